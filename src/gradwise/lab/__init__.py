@@ -1,0 +1,1 @@
+"""Experiments: learning-rate finder and optimizer comparisons."""

@@ -1,0 +1,1 @@
+"""Training: fit loop, batch modes, callbacks, metrics, checkpoints, data and model builders."""

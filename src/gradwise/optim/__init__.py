@@ -1,0 +1,20 @@
+"""gradwise's optimizers: drop-in for ``torch.optim``, one rule per algorithm on a flat engine.
+
+=========  ===========================  ==========================
+class      rule (the math, once)        PyTorch namesake
+=========  ===========================  ==========================
+SGD        :func:`sgd.sgd`              ``torch.optim.SGD``
+Adagrad    :func:`adagrad.adagrad`      ``torch.optim.Adagrad``
+RMSprop    :func:`rmsprop.rmsprop`      ``torch.optim.RMSprop``
+Adam       :func:`adam.adam`            ``torch.optim.Adam``
+AdamW      :func:`adam.adam`            ``torch.optim.AdamW``
+=========  ===========================  ==========================
+"""
+
+from gradwise.optim.adagrad import Adagrad
+from gradwise.optim.adam import Adam, AdamW
+from gradwise.optim.base import Optimizer
+from gradwise.optim.rmsprop import RMSprop
+from gradwise.optim.sgd import SGD
+
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Optimizer"]

@@ -1,0 +1,102 @@
+"""AdaGrad (Duchi, Hazan & Singer, 2011)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gradwise import _checks
+from gradwise.optim.base import Optimizer
+
+
+def adagrad(
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Tensor],
+    *,
+    step: int,
+    lr: float,
+    lr_decay: float,
+    eps: float,
+    eps_inside_sqrt: bool,
+) -> None:
+    r"""One AdaGrad step, in place.
+
+    With ``g`` the gradient, ``η = lr``, ``ε = eps``, ``t = step``::
+
+        η_t = η / (1 + (t − 1)·lr_decay)
+        G ← G + g²                               (sum)
+        θ ← θ − η_t · g / (sqrt(G) + ε)          (eps_inside_sqrt=True: sqrt(G + ε))
+
+    Differences: PyTorch's form (ε outside the root, ``lr_decay``, ``initial_accumulator_value``)
+    by default; Keras and optax put ε inside the root (``eps_inside_sqrt=True``) and start the
+    accumulator at 0.1. The spec cites AdaGrad's ever-growing ``G`` as what RMSProp fixes.
+    """
+    clr = lr / (1 + (step - 1) * lr_decay)
+    total = state["sum"]
+    total.addcmul_(grad, grad, value=1)
+    root = total.add(eps).sqrt_() if eps_inside_sqrt else total.sqrt().add_(eps)
+    param.addcdiv_(grad, root, value=-clr)
+
+
+class Adagrad(Optimizer):
+    """AdaGrad, drop-in for ``torch.optim.Adagrad`` (same arguments and defaults).
+
+    Extras: ``l1`` (proximal L1), ``eps_inside_sqrt``.
+    """
+
+    rule = staticmethod(adagrad)
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        l1: float = 0.0,
+        eps_inside_sqrt: bool = False,
+    ) -> None:
+        _checks.at_least("Adagrad", "lr_decay", lr_decay, 0.0)
+        _checks.at_least("Adagrad", "initial_accumulator_value", initial_accumulator_value, 0.0)
+        _checks.at_least("Adagrad", "eps", eps, 0.0)
+        _checks.flag("Adagrad", "eps_inside_sqrt", eps_inside_sqrt)
+        defaults = dict(
+            lr=lr,
+            lr_decay=lr_decay,
+            eps=eps,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+            fused=fused,
+            l1=l1,
+            eps_inside_sqrt=eps_inside_sqrt,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:  # PyTorch creates Adagrad's state up front
+            for p in group["params"]:
+                self.state[p] = self.init_state(p, group)
+
+    def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
+        state = super().init_state(param, group)
+        state["sum"] = torch.full_like(param, group["initial_accumulator_value"])
+        return state
+
+    def state_names(self, group: dict) -> list[str]:
+        return ["sum"]
+
+    def hyperparameters(self, group: dict) -> dict:
+        return dict(
+            lr=group["lr"],
+            lr_decay=group["lr_decay"],
+            eps=group["eps"],
+            eps_inside_sqrt=group["eps_inside_sqrt"],
+        )

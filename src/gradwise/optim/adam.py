@@ -1,0 +1,166 @@
+"""Adam and AdamW: one rule; AdamW is Adam with decoupled weight decay."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gradwise import _checks
+from gradwise.optim.base import Optimizer
+
+
+def adam(
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Tensor],
+    *,
+    step: int,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    amsgrad: bool,
+) -> None:
+    r"""One Adam step, in place (Kingma & Ba, 2015).
+
+    With ``g`` the gradient, ``β1, β2 = betas``, ``η = lr``, ``ε = eps``, ``t = step``::
+
+        m ← β1·m + (1 − β1)·g                (exp_avg: first moment)
+        v ← β2·v + (1 − β2)·g²               (exp_avg_sq: second moment)
+        m̂ = m / (1 − β1^t)
+        v̂ = v / (1 − β2^t)                   (with amsgrad: v_max ← max(v_max, v); v̂ from v_max)
+        θ ← θ − η · m̂ / (sqrt(v̂) + ε)
+
+    Differences: the spec's and PyTorch's equations (ε outside the root, added after the bias
+    correction). Keras and optax add ``ε`` to ``sqrt(v̂)`` the same way; the original paper's
+    "efficient" form adds an ε̂ to ``sqrt(v)`` before correcting, which differs slightly while
+    ``t`` is small.
+    """
+    beta1, beta2 = betas
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    second = exp_avg_sq
+    if amsgrad:
+        second = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+    denom = (second.sqrt() / bias_correction2**0.5).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+
+
+class Adam(Optimizer):
+    """Adam, drop-in for ``torch.optim.Adam`` (same arguments and defaults).
+
+    Extras: ``l1`` (proximal L1 after each update). ``decoupled_weight_decay=True`` gives AdamW.
+    ``foreach``/``fused`` are accepted and ignored: the engine picks the fastest path.
+
+    Example::
+
+        >>> import torch, gradwise.optim as go
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        >>> opt = go.Adam([w], lr=0.1)
+        >>> (w ** 2).sum().backward(); _ = opt.step()
+        >>> w.detach()
+        tensor([ 0.9000, -1.9000])
+    """
+
+    rule = staticmethod(adam)
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        l1: float = 0.0,
+    ) -> None:
+        name = type(self).__name__
+        if not isinstance(betas, tuple | list) or len(betas) != 2:
+            raise ValueError(
+                f"{name}: betas must be a pair (beta1, beta2); received betas={betas!r}"
+            )
+        betas = (
+            _checks.in_range(name, "betas[0]", _item(betas[0]), 0.0, 1.0),
+            _checks.in_range(name, "betas[1]", _item(betas[1]), 0.0, 1.0),
+        )
+        _checks.at_least(name, "eps", eps, 0.0)
+        _checks.flag(name, "amsgrad", amsgrad)
+        _checks.flag(name, "decoupled_weight_decay", decoupled_weight_decay)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay,
+            l1=l1,
+        )
+        super().__init__(params, defaults)
+
+    def state_names(self, group: dict) -> list[str]:
+        names = ["exp_avg", "exp_avg_sq"]
+        return names + ["max_exp_avg_sq"] if group["amsgrad"] else names
+
+    def hyperparameters(self, group: dict) -> dict:
+        return dict(
+            lr=group["lr"], betas=group["betas"], eps=group["eps"], amsgrad=group["amsgrad"]
+        )
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay, drop-in for
+    ``torch.optim.AdamW`` (default ``weight_decay=1e-2``).
+
+    The decay shrinks the weights directly, ``θ ← θ·(1 − lr·weight_decay)``, before Adam's update,
+    instead of adding ``weight_decay·θ`` to the gradient (which Adam would then rescale).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        l1: float = 0.0,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+            l1=l1,
+        )
+
+
+def _item(value):
+    return float(value.item()) if isinstance(value, Tensor) and value.numel() == 1 else value

@@ -1,0 +1,219 @@
+"""The optimizer base: what every algorithm shares, written once.
+
+An algorithm subclass declares its rule (the math), the names of its state tensors, whether it
+keeps PyTorch's per-parameter ``step`` counter, and how a group's hyperparameters become the
+rule's arguments. The base does the rest, identically for every algorithm:
+
+1. ``g ← −g`` when ``maximize``;
+2. coupled L2: ``g ← g + weight_decay·θ`` (or, with ``decoupled_weight_decay``,
+   ``θ ← θ·(1 − lr·weight_decay)``, AdamW's decay);
+3. the rule's update of θ and its state;
+4. the L1 proximal step ``θ ← sign(θ)·max(|θ| − lr·l1, 0)``, which gives exact zeros.
+
+and hands the rule to the engine (:mod:`gradwise.optim.engine`), which applies it to a whole
+group at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from gradwise import _checks
+from gradwise.optim import engine
+
+#: Arguments PyTorch accepts for choosing its implementation; gradwise's engine chooses itself.
+IMPLEMENTATION_FLAGS = ("foreach", "fused")
+
+
+def l1_proximal_(param: Tensor, threshold: float) -> None:
+    """Soft-thresholding, the proximal operator of ``threshold·|θ|``, in place.
+
+    θ ← sign(θ) · max(|θ| − threshold, 0)
+    """
+    param.copy_(torch.nn.functional.softshrink(param, threshold))
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base class of gradwise's optimizers (a ``torch.optim.Optimizer``)."""
+
+    #: the rule: ``rule(param, grad, state, *, step, **hyperparameters)``, updating in place
+    rule: ClassVar[engine.Rule]
+    #: whether the algorithm keeps PyTorch's per-parameter ``state["step"]`` tensor
+    has_step: ClassVar[bool] = True
+
+    def __init__(self, params, defaults: dict[str, Any]) -> None:
+        name = type(self).__name__
+        _checks.at_least(name, "lr", _as_float(name, "lr", defaults["lr"]), 0.0)
+        defaults["lr"] = _as_float(name, "lr", defaults["lr"])
+        _checks.at_least(name, "weight_decay", defaults.get("weight_decay", 0.0), 0.0)
+        _checks.at_least(name, "l1", defaults.get("l1", 0.0), 0.0)
+        _checks.flag(name, "maximize", defaults.get("maximize", False))
+        for flag in ("capturable", "differentiable"):
+            if defaults.get(flag, False):
+                raise NotImplementedError(
+                    f"{name}: {flag}=True is not supported by gradwise; received {flag}=True "
+                    f"(use torch.optim.{name} for that mode)"
+                )
+        self._segments: dict[int, tuple[list, list[engine.Segment]]] = {}
+        super().__init__(params, defaults)
+
+    # ----------------------------------------------------------------- to be given by subclasses
+    def state_names(self, group: dict) -> list[str]:
+        """Names of the state tensors, in PyTorch's layout, for this group's options."""
+        raise NotImplementedError
+
+    def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
+        """A new parameter's state (zeros unless the algorithm says otherwise)."""
+        state = {name: torch.zeros_like(param) for name in self.state_names(group)}
+        if self.has_step:
+            state["step"] = torch.tensor(0.0, dtype=_step_dtype())
+        return state
+
+    def hyperparameters(self, group: dict) -> dict[str, Any]:
+        """The rule's keyword arguments, from a param group."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------- torch API
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        self._segments = {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._segments = {}  # state tensors were replaced: rebuild the flat layout on next step
+
+    def state_dict(self) -> dict:
+        """PyTorch's layout; ``step`` tensors are copies so that each stands on its own."""
+        sd = super().state_dict()
+        sd["state"] = {
+            k: {n: (v.clone() if n == "step" else v) for n, v in s.items()}
+            for k, s in sd["state"].items()
+        }
+        return sd
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients, as ``torch.optim.Optimizer.zero_grad``.
+
+        With ``set_to_none=False``, gradients that exist become zeroed views into the segment's
+        flat gradient buffer, so that the next ``backward()`` accumulates straight into it (one
+        ``zero_()`` for the whole segment, and no gather at ``step()``). Gradients that are
+        ``None`` stay ``None``, as in PyTorch.
+        """
+        if set_to_none:
+            super().zero_grad(set_to_none=True)
+            return
+        for group in self.param_groups:
+            for seg in self._group_segments(group):
+                if seg.flat and seg.still_flat():
+                    seg.grad.zero_()
+                    for p, view in zip(seg.params, seg.grad_views):
+                        if p.grad is not None and p.grad is not view:
+                            p.grad = view
+                    continue
+                for p in seg.params:
+                    if p.grad is not None:
+                        if p.grad.grad_fn is not None:
+                            p.grad.detach_()
+                        else:
+                            p.grad.requires_grad_(False)
+                        p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for seg in self._group_segments(group):
+                self._step_segment(seg, group)
+        return loss
+
+    # ------------------------------------------------------------------------------ the engine
+    def _group_segments(self, group: dict) -> list[engine.Segment]:
+        key = id(group)
+        cached = self._segments.get(key)
+        if cached is None or cached[0] is not group["params"] or cached[2] != len(group["params"]):
+            cached = (group["params"], engine.split_group(group["params"]), len(group["params"]))
+            self._segments[key] = cached
+        return cached[1]
+
+    def _step_segment(self, seg: engine.Segment, group: dict) -> None:
+        if seg.flat and not seg.still_flat():
+            seg.flat = False  # a parameter was moved or replaced: flatten again once possible
+        if seg.flat and all(p.grad is not None for p in seg.params):
+            step = engine.uniform_step(seg)
+            if step is not None:
+                if seg.steps is not None:
+                    seg.steps += 1
+                seg.step = step + 1
+                self._update(seg.param, engine.flat_grad(seg), seg.state, seg.step, group)
+                return
+        self._step_each(seg, group)
+
+    def _step_each(self, seg: engine.Segment, group: dict) -> None:
+        """The per-tensor path: the same rule, one parameter at a time."""
+        names = self.state_names(group)
+        for p in seg.params:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            new = not self._has_state(p, names)
+            if new:
+                state = self.state[p]
+                for n, v in self.init_state(p, group).items():
+                    state.setdefault(n, v)
+            else:
+                state = self.state.get(p, {})
+            if self.has_step:
+                state["step"] += 1
+                step = int(state["step"].item())
+            else:
+                step = 1 if new else 2  # only "first update or not" matters without a counter
+            self._update(p, p.grad, state, step, group)
+        if seg.steps is not None:
+            seg.step = None  # step counts may now differ between parameters
+        if seg.flattenable and not seg.flat and all(self._has_state(p, names) for p in seg.params):
+            engine.flatten(seg, self.state, names, self.has_step)
+
+    def _has_state(self, p: Tensor, names: list[str]) -> bool:
+        state = self.state.get(p, {})
+        return all(n in state for n in names) and (not self.has_step or "step" in state)
+
+    def _update(self, param: Tensor, grad: Tensor, state: dict, step: int, group: dict) -> None:
+        """Steps 1-4 of the module docstring on one tensor (a parameter or a flat buffer)."""
+        lr, wd = group["lr"], group["weight_decay"]
+        if group["maximize"]:
+            grad = -grad
+        if wd != 0:
+            if group.get("decoupled_weight_decay", False):
+                param.mul_(1 - lr * wd)
+            else:
+                grad = grad.add(param, alpha=wd)
+        type(self).rule(param, grad, state, step=step, **self.hyperparameters(group))
+        if group.get("l1", 0.0):
+            l1_proximal_(param, lr * group["l1"])
+
+
+def _step_dtype() -> torch.dtype:
+    """PyTorch's dtype for ``state["step"]``: float64 when that is the default dtype, else float32."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _as_float(owner: str, name: str, value) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"{owner}: {name} must be a number or a 1-element tensor; "
+                f"received a tensor of shape {tuple(value.shape)}"
+            )
+        return float(value.item())
+    return _checks.number(owner, name, value)

@@ -1,0 +1,127 @@
+"""The engine: applies an update rule to a whole param group with a handful of tensor operations.
+
+A rule (``gradwise.optim.adam.adam``, ...) is the math of one algorithm, written once for one
+tensor. The engine decides *what* it is applied to:
+
+* **Flat path.** A group's parameters of one device and dtype (a :class:`Segment`) become views
+  into one contiguous buffer; so does every state tensor (``exp_avg`` ...) and the per-parameter
+  ``step`` counters. One call of the rule then updates every tensor of the segment, whatever their
+  number. Gradients prepared by ``zero_grad(set_to_none=False)`` are views into a flat gradient
+  buffer too, so ``loss.backward()`` accumulates into it and no copy is needed; other gradients are
+  gathered into it with one multi-tensor copy.
+* **Per-tensor path.** Where the flat view cannot hold (a parameter whose ``.grad`` is ``None`` on
+  this step, parameters whose step counts differ, a state not yet created, a sparse gradient, a
+  tensor subclass such as a DTensor), the same rule runs on each tensor on its own. The results
+  are the same; only the speed differs.
+
+The per-parameter ``self.state[p]`` dicts always hold tensors in PyTorch's layout (in the flat
+path they are views into the segment's buffers), so ``state_dict()`` moves either way between
+gradwise and ``torch.optim``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+def _is_plain(t: Tensor) -> bool:
+    """A dense strided tensor of the base class (no DTensor or other subclass)."""
+    return type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
+
+
+@dataclass
+class Segment:
+    """The parameters of one param group that share a device and a dtype.
+
+    ``flat`` is None until every parameter has a state (after its first update); then ``param``,
+    ``grad``, ``state[name]`` and ``steps`` are flat buffers and the per-parameter tensors are views
+    into them.
+    """
+
+    params: list[Tensor]
+    flattenable: bool
+    flat: bool = False
+    param: Tensor | None = None
+    grad: Tensor | None = None
+    grad_views: list[Tensor] = field(default_factory=list)
+    state: dict[str, Tensor] = field(default_factory=dict)
+    steps: Tensor | None = None
+    step: int | None = None  # the common step count, None when unknown or not uniform
+    ptrs: list[int] = field(default_factory=list)
+
+    def still_flat(self) -> bool:
+        """False when a parameter no longer lives in the flat buffer (``model.to(...)``, ...)."""
+        return [p.data_ptr() for p in self.params] == self.ptrs
+
+    def grads_are_views(self) -> bool:
+        return all(p.grad is g for p, g in zip(self.params, self.grad_views))
+
+
+def split_group(params: list[Tensor]) -> list[Segment]:
+    """Partition a group's params by (device, dtype), keeping their order within each segment."""
+    by_key: dict[tuple, list[Tensor]] = {}
+    for p in params:
+        by_key.setdefault((p.device, p.dtype, _is_plain(p)), []).append(p)
+    return [Segment(ps, flattenable=plain) for (_, _, plain), ps in by_key.items()]
+
+
+def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> None:
+    """Move a segment's params, states and step counters into flat buffers (values unchanged)."""
+    params = seg.params
+    numels = [p.numel() for p in params]
+    total = sum(numels)
+    like = params[0]
+    seg.param = torch.empty(total, dtype=like.dtype, device=like.device)
+    seg.grad = torch.zeros(total, dtype=like.dtype, device=like.device)
+    views = []
+    for name in names:
+        dtype = states[params[0]][name].dtype
+        buf = torch.empty(total, dtype=dtype, device=like.device)
+        seg.state[name] = buf
+    offset = 0
+    for p, n in zip(params, numels):
+        view = seg.param[offset : offset + n].view_as(p)
+        view.copy_(p.detach())
+        p.data = view
+        views.append(seg.grad[offset : offset + n].view_as(p))
+        for name in names:
+            v = seg.state[name][offset : offset + n].view_as(p)
+            v.copy_(states[p][name])
+            states[p][name] = v
+        offset += n
+    seg.grad_views = views
+    if has_step:
+        old = [states[p]["step"] for p in params]
+        seg.steps = torch.stack([s.detach().reshape(()) for s in old]).to(old[0].dtype)
+        for i, p in enumerate(params):
+            states[p]["step"] = seg.steps[i]
+        seg.step = None
+    else:
+        seg.steps, seg.step = None, 1  # every parameter has had its first update
+    seg.ptrs = [p.data_ptr() for p in params]
+    seg.flat = True
+
+
+def flat_grad(seg: Segment) -> Tensor:
+    """The segment's gradient as one flat tensor: free when the grads are the flat views."""
+    if not seg.grads_are_views():
+        torch._foreach_copy_(seg.grad_views, [p.grad for p in seg.params])
+    return seg.grad
+
+
+def uniform_step(seg: Segment) -> int | None:
+    """The step count shared by every parameter of the segment, or None if they differ."""
+    if seg.steps is None:
+        return seg.step
+    if seg.step is None:
+        first = seg.steps[0]
+        if bool((seg.steps == first).all()):
+            seg.step = int(first.item())
+    return seg.step
+
+
+Rule = Callable[..., None]

@@ -1,0 +1,479 @@
+"""gradwise.optim against torch.optim, the spec's equations, and each other."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gradwise.optim as go
+
+# (name, gradwise class, torch class, kwargs): every option of every optimizer.
+GRID = [
+    ("sgd", go.SGD, torch.optim.SGD, dict(lr=0.05)),
+    ("sgd-momentum", go.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
+    ("sgd-dampening", go.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, dampening=0.3)),
+    ("sgd-nesterov", go.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.8, nesterov=True)),
+    ("sgd-wd-max", go.SGD, torch.optim.SGD, dict(lr=0.05, weight_decay=0.1, maximize=True)),
+    ("adagrad", go.Adagrad, torch.optim.Adagrad, dict(lr=0.1)),
+    (
+        "adagrad-all",
+        go.Adagrad,
+        torch.optim.Adagrad,
+        dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.2, eps=1e-6),
+    ),
+    ("adagrad-max", go.Adagrad, torch.optim.Adagrad, dict(lr=0.1, maximize=True)),
+    ("rmsprop", go.RMSprop, torch.optim.RMSprop, dict(lr=0.01)),
+    ("rmsprop-centered", go.RMSprop, torch.optim.RMSprop, dict(lr=0.01, centered=True)),
+    ("rmsprop-momentum", go.RMSprop, torch.optim.RMSprop, dict(lr=0.01, momentum=0.9)),
+    (
+        "rmsprop-all",
+        go.RMSprop,
+        torch.optim.RMSprop,
+        dict(lr=0.01, alpha=0.9, eps=1e-6, weight_decay=0.1, momentum=0.5, centered=True),
+    ),
+    ("rmsprop-max", go.RMSprop, torch.optim.RMSprop, dict(lr=0.01, maximize=True)),
+    ("adam", go.Adam, torch.optim.Adam, dict(lr=0.01)),
+    ("adam-amsgrad", go.Adam, torch.optim.Adam, dict(lr=0.01, amsgrad=True)),
+    (
+        "adam-all",
+        go.Adam,
+        torch.optim.Adam,
+        dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, amsgrad=True, maximize=True),
+    ),
+    ("adamw", go.AdamW, torch.optim.AdamW, dict(lr=0.01)),
+    ("adamw-all", go.AdamW, torch.optim.AdamW, dict(lr=0.01, weight_decay=0.3, amsgrad=True)),
+]
+IDS = [g[0] for g in GRID]
+SHAPES = [(4, 3), (7,), (0,), (2, 3, 2), (1,)]
+TOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+def make_params(dtype=torch.float32, shapes=SHAPES, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
+
+
+def twins(values):
+    return (
+        [torch.nn.Parameter(v.clone()) for v in values],
+        [torch.nn.Parameter(v.clone()) for v in values],
+    )
+
+
+def set_grads(a, b, gen, none=()):
+    for i, (x, y) in enumerate(zip(a, b)):
+        if i in none:
+            x.grad = y.grad = None
+            continue
+        g = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype)
+        x.grad, y.grad = g.clone(), g.clone()
+
+
+def assert_close(x, y, dtype, what=""):
+    if x.numel() == 0:
+        return
+    x, y = x.double(), y.double()
+    scale = max(1.0, y.abs().max().item())
+    err = (x - y).abs().max().item() / scale
+    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:g}"
+
+
+def assert_same_state(oa, ob, a, b, dtype):
+    for x, y in zip(a, b):
+        assert_close(x.detach(), y.detach(), dtype, "param")
+        sb = ob.state.get(y, {})
+        sa = oa.state.get(x, {})
+        assert set(sa) == set(sb), (set(sa), set(sb))
+        for k, v in sb.items():
+            assert_close(sa[k], v, dtype, f"state {k}")
+
+
+def run_lockstep(oa, ob, a, b, steps, gen, none_at=None):
+    for i in range(steps):
+        set_grads(a, b, gen, none=none_at(i) if none_at else ())
+        oa.step()
+        ob.step()
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_parity_with_torch(name, cls, tcls, kw, dtype):
+    a, b = twins(make_params(dtype))
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    gen = torch.Generator().manual_seed(1)
+    # param 1 has no gradient on steps 3 and 10..12: skipped exactly as PyTorch skips it
+    run_lockstep(oa, ob, a, b, 30, gen, none_at=lambda i: (1,) if i == 3 or 10 <= i <= 12 else ())
+    assert_same_state(oa, ob, a, b, dtype)
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[::3], ids=IDS[::3])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_parity_low_precision(name, cls, tcls, kw, dtype):
+    a, b = twins(make_params(dtype))
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    run_lockstep(oa, ob, a, b, 25, torch.Generator().manual_seed(2))
+    assert_same_state(oa, ob, a, b, dtype)
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=IDS)
+def test_param_groups_and_add_param_group(name, cls, tcls, kw):
+    vals = make_params(torch.float64)
+    a, b = twins(vals)
+    extra = {"lr": kw["lr"] * 3, "weight_decay": 0.05}
+    oa = cls([{"params": a[:2]}, {"params": a[2:4], **extra}], **kw)
+    ob = tcls([{"params": b[:2]}, {"params": b[2:4], **extra}], foreach=False, **kw)
+    gen = torch.Generator().manual_seed(3)
+    run_lockstep(oa, ob, a[:4], b[:4], 10, gen)
+    oa.add_param_group({"params": [a[4]], "lr": kw["lr"] / 2})
+    ob.add_param_group({"params": [b[4]], "lr": kw["lr"] / 2})
+    run_lockstep(oa, ob, a, b, 15, gen)
+    assert_same_state(oa, ob, a, b, torch.float64)
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=IDS)
+def test_grads_from_zero_grad_views_and_backward(name, cls, tcls, kw):
+    """A real training loop: zero_grad(set_to_none=False) then backward into the flat buffer."""
+    torch.manual_seed(0)
+    net_a = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    net_b = copy.deepcopy(net_a)
+    oa, ob = cls(net_a.parameters(), **kw), tcls(net_b.parameters(), foreach=False, **kw)
+    x, y = torch.randn(32, 6), torch.randn(32, 2)
+    for _ in range(20):
+        for net, opt in ((net_a, oa), (net_b, ob)):
+            opt.zero_grad(set_to_none=False)
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+    assert_same_state(oa, ob, list(net_a.parameters()), list(net_b.parameters()), torch.float32)
+    seg = next(iter(oa._segments.values()))[1][0]
+    assert seg.flat and seg.grads_are_views()  # the fast path ran with no gradient copy
+
+
+def test_zero_grad_semantics():
+    a = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    opt = go.Adam(a)
+    for _ in range(2):
+        a[0].grad, a[1].grad = torch.ones(3), torch.ones(2)
+        opt.step()
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in a)
+    opt.zero_grad()
+    assert all(p.grad is None for p in a)
+    b = [torch.nn.Parameter(torch.ones(3))]
+    go.SGD(b, lr=0.1).zero_grad(set_to_none=False)
+    assert b[0].grad is None  # None stays None, as in PyTorch
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[::2], ids=IDS[::2])
+def test_closure_returns_loss(name, cls, tcls, kw):
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    opt = cls([w], **kw)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        return loss
+
+    assert opt.step(closure).item() == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("direction", ["torch->gradwise", "gradwise->torch"])
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=IDS)
+def test_state_dict_interchange(name, cls, tcls, kw, direction):
+    """A state saved by one library loads into the other; both then continue in lockstep."""
+    vals = make_params(torch.float64)
+    first, second = (tcls, cls) if direction == "torch->gradwise" else (cls, tcls)
+    kw_first = dict(kw, foreach=False) if first is tcls else kw
+    kw_second = dict(kw, foreach=False) if second is tcls else kw
+    a, b = twins(vals)
+    oa = first(a, **kw_first)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(7):
+        for p in a:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        oa.step()
+    buf = io.BytesIO()
+    torch.save(oa.state_dict(), buf)
+    buf.seek(0)
+    for p, q in zip(a, b):
+        q.data.copy_(p.data)
+    ob = second(b, **kw_second)
+    ob.load_state_dict(torch.load(buf, weights_only=True))
+    run_lockstep(oa, ob, a, b, 10, gen)
+    assert_same_state(oa, ob, a, b, torch.float64)
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[::4], ids=IDS[::4])
+def test_torch_lr_scheduler_drives_gradwise(name, cls, tcls, kw):
+    a, b = twins(make_params(torch.float64))
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    sa = torch.optim.lr_scheduler.StepLR(oa, step_size=3, gamma=0.5)
+    sb = torch.optim.lr_scheduler.StepLR(ob, step_size=3, gamma=0.5)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(12):
+        run_lockstep(oa, ob, a, b, 1, gen)
+        sa.step()
+        sb.step()
+    assert oa.param_groups[0]["lr"] == ob.param_groups[0]["lr"]
+    assert_same_state(oa, ob, a, b, torch.float64)
+
+
+def test_params_moved_after_flattening_fall_back_and_reflatten():
+    """A parameter replaced after the flat layout was built (e.g. model.to) is still updated."""
+    a, b = twins(make_params(torch.float64))
+    oa, ob = go.Adam(a, lr=0.01), torch.optim.Adam(b, lr=0.01, foreach=False)
+    gen = torch.Generator().manual_seed(6)
+    run_lockstep(oa, ob, a, b, 3, gen)
+    a[0].data = a[0].data.clone()  # no longer a view into the flat buffer
+    run_lockstep(oa, ob, a, b, 5, gen)
+    assert_same_state(oa, ob, a, b, torch.float64)
+
+
+# ------------------------------------------------------------ the spec's equations, in float64
+
+
+def spec_rmsprop(theta, grads, lr, rho, eps):
+    """The spec: E[g²] ← ρE[g²] + (1−ρ)g²;  θ ← θ − η/sqrt(E[g²] + ε) · g (element by element)."""
+    theta = list(theta)
+    avg = [0.0] * len(theta)
+    for g in grads:
+        for i, gi in enumerate(g):
+            avg[i] = rho * avg[i] + (1 - rho) * gi * gi
+            theta[i] = theta[i] - lr / math.sqrt(avg[i] + eps) * gi
+    return theta
+
+
+def spec_adam(theta, grads, lr, beta1, beta2, eps):
+    """The spec's Adam, with bias correction, element by element."""
+    theta = list(theta)
+    m = [0.0] * len(theta)
+    v = [0.0] * len(theta)
+    for t, g in enumerate(grads, start=1):
+        for i, gi in enumerate(g):
+            m[i] = beta1 * m[i] + (1 - beta1) * gi
+            v[i] = beta2 * v[i] + (1 - beta2) * gi * gi
+            m_hat = m[i] / (1 - beta1**t)
+            v_hat = v[i] / (1 - beta2**t)
+            theta[i] = theta[i] - lr / (math.sqrt(v_hat) + eps) * m_hat
+    return theta
+
+
+def run_on_grads(opt_cls, theta, grads, **kw):
+    p = torch.nn.Parameter(torch.tensor(theta, dtype=torch.float64))
+    opt = opt_cls([p], **kw)
+    for g in grads:
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+    return p.detach().tolist()
+
+
+def random_grads(n, steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(steps, n, generator=g, dtype=torch.float64).tolist()
+
+
+def test_rmsprop_matches_spec_equations():
+    theta, grads = [0.5, -1.0, 2.0, 0.0], random_grads(4, 25, 7)
+    ours = run_on_grads(
+        go.RMSprop, theta, grads, lr=0.01, alpha=0.9, eps=1e-8, eps_inside_sqrt=True
+    )
+    assert ours == pytest.approx(spec_rmsprop(theta, grads, 0.01, 0.9, 1e-8), rel=1e-12, abs=1e-14)
+
+
+def test_adam_matches_spec_equations():
+    theta, grads = [0.5, -1.0, 2.0, 0.0], random_grads(4, 25, 8)
+    ours = run_on_grads(go.Adam, theta, grads, lr=0.01, betas=(0.9, 0.999), eps=1e-8)
+    expect = spec_adam(theta, grads, 0.01, 0.9, 0.999, 1e-8)
+    assert ours == pytest.approx(expect, rel=1e-12, abs=1e-14)
+
+
+def test_momentum_matches_hand_computed_steps():
+    """b ← μb + g; θ ← θ − ηb, by hand for three steps."""
+    ours = run_on_grads(go.SGD, [1.0], [[1.0], [2.0], [-1.0]], lr=0.1, momentum=0.5)
+    # b: 1, 0.5 + 2 = 2.5, 1.25 - 1 = 0.25; θ: 1 − 0.1 − 0.25 − 0.025
+    assert ours == pytest.approx([0.625], rel=1e-15)
+
+
+# ------------------------------------------------------------------------------ equivalences
+
+
+def test_adam_with_beta1_zero_is_bias_corrected_rmsprop():
+    """β1 = 0: θ ← θ − η g / (sqrt(v/(1−β2^t)) + ε), i.e. RMSProp with a bias-corrected average."""
+    theta, grads = [0.3, -0.7, 1.1], random_grads(3, 20, 9)
+    ours = run_on_grads(go.Adam, theta, grads, lr=0.01, betas=(0.0, 0.99), eps=1e-8)
+    p = list(theta)
+    v = [0.0] * 3
+    for t, g in enumerate(grads, start=1):
+        for i, gi in enumerate(g):
+            v[i] = 0.99 * v[i] + 0.01 * gi * gi
+            p[i] -= 0.01 * gi / (math.sqrt(v[i] / (1 - 0.99**t)) + 1e-8)
+    assert ours == pytest.approx(p, rel=1e-12)
+
+
+def test_adamw_with_zero_decay_is_adam():
+    theta, grads = [0.3, -0.7, 1.1], random_grads(3, 20, 10)
+    assert run_on_grads(go.AdamW, theta, grads, lr=0.01, weight_decay=0.0) == run_on_grads(
+        go.Adam, theta, grads, lr=0.01
+    )
+
+
+def test_nesterov_sgd_with_zero_momentum_is_plain_sgd():
+    theta, grads = [0.3, -0.7], random_grads(2, 10, 11)
+    plain = run_on_grads(go.SGD, theta, grads, lr=0.1)
+    assert run_on_grads(go.SGD, theta, grads, lr=0.1, momentum=0.0) == plain
+
+
+# ------------------------------------------------------------------------------- convergence
+
+CONVERGE = [
+    (go.SGD, dict(lr=0.1)),
+    (go.SGD, dict(lr=0.05, momentum=0.9)),
+    (go.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
+    (go.Adagrad, dict(lr=0.5)),
+    (go.RMSprop, dict(lr=0.01)),
+    (go.RMSprop, dict(lr=0.01, eps_inside_sqrt=True)),
+    (go.Adam, dict(lr=0.05)),
+    (go.AdamW, dict(lr=0.05, weight_decay=0.0)),
+]
+
+
+@pytest.mark.parametrize(("cls", "kw"), CONVERGE)
+def test_converges_on_quadratic(cls, kw):
+    """f(θ) = ½ θᵀ A θ − bᵀθ with A positive definite: the minimum is A⁻¹ b."""
+    a_mat = torch.tensor([[3.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    b_vec = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    opt = cls([w], **kw)
+    for _ in range(3000):
+        opt.zero_grad()
+        (0.5 * w @ a_mat @ w - b_vec @ w).backward()
+        opt.step()
+    assert w.detach() == pytest.approx(torch.linalg.solve(a_mat, b_vec), abs=2e-2)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw", "steps"),
+    [
+        (go.Adam, dict(lr=0.02), 5000),
+        (go.SGD, dict(lr=1e-3, momentum=0.9), 10000),
+        (go.RMSprop, dict(lr=1e-3, centered=True), 10000),
+    ],
+)
+def test_converges_on_rosenbrock(cls, kw, steps):
+    """f(x, y) = (1 − x)² + 100 (y − x²)², minimum at (1, 1)."""
+    w = torch.nn.Parameter(torch.tensor([-1.5, 2.0], dtype=torch.float64))
+    opt = cls([w], **kw)
+    for _ in range(steps):
+        opt.zero_grad()
+        ((1 - w[0]) ** 2 + 100 * (w[1] - w[0] ** 2) ** 2).backward()
+        opt.step()
+    assert w.detach() == pytest.approx([1.0, 1.0], abs=5e-2)
+
+
+# ---------------------------------------------------------------------------------- L1 zeros
+
+
+@pytest.mark.parametrize(
+    ("cls", "lr", "l1"),
+    [
+        (go.SGD, 0.01, 0.5),
+        (go.Adam, 0.01, 0.5),
+        (go.RMSprop, 0.01, 0.5),
+        (go.Adagrad, 0.5, 0.02),
+        (go.AdamW, 0.01, 0.5),
+    ],
+)
+def test_l1_proximal_gives_exact_zeros(cls, lr, l1):
+    """Weights with a small gradient signal are thresholded to exactly 0 by the proximal step."""
+    w = torch.nn.Parameter(torch.tensor([2.0, 0.001, -0.002, -3.0]))
+    target = torch.tensor([2.0, 0.0, 0.0, -3.0])
+    opt = cls([w], lr=lr, l1=l1)
+    for _ in range(500):
+        opt.zero_grad()
+        ((w - target) ** 2).sum().backward()
+        opt.step()
+    assert w[1].item() == 0.0 and w[2].item() == 0.0
+    assert abs(w[0].item()) > 1.0 and abs(w[3].item()) > 1.0
+
+
+def test_l1_is_soft_thresholding_after_update():
+    w = torch.nn.Parameter(torch.tensor([1.0, 0.05, -0.5]))
+    opt = go.SGD([w], lr=0.1, l1=1.0)
+    w.grad = torch.tensor([0.0, 0.0, 1.0])
+    opt.step()
+    # θ − η g = [1, 0.05, −0.6]; then shrink by η·l1 = 0.1 → [0.9, 0, −0.5]
+    assert w.detach().tolist() == pytest.approx([0.9, 0.0, -0.5])
+
+
+# -------------------------------------------------------------------------------- validation
+
+BAD = [
+    (go.SGD, dict(lr=-0.1), "lr"),
+    (go.SGD, dict(lr="fast"), "lr"),
+    (go.SGD, dict(lr=float("nan")), "lr"),
+    (go.SGD, dict(momentum=-0.5), "momentum"),
+    (go.SGD, dict(dampening=1.5), "dampening"),
+    (go.SGD, dict(weight_decay=-1.0), "weight_decay"),
+    (go.SGD, dict(nesterov=True), "nesterov"),
+    (go.SGD, dict(nesterov=True, momentum=0.9, dampening=0.1), "nesterov"),
+    (go.SGD, dict(l1=-0.1), "l1"),
+    (go.SGD, dict(maximize="yes"), "maximize"),
+    (go.Adam, dict(betas=(1.0, 0.999)), "betas[0]"),
+    (go.Adam, dict(betas=(0.9, -0.1)), "betas[1]"),
+    (go.Adam, dict(betas=0.9), "betas"),
+    (go.Adam, dict(eps=-1e-8), "eps"),
+    (go.Adam, dict(amsgrad=1), "amsgrad"),
+    (go.Adam, dict(lr=torch.tensor([0.1, 0.2])), "lr"),
+    (go.AdamW, dict(weight_decay=-0.01), "weight_decay"),
+    (go.RMSprop, dict(alpha=1.5), "alpha"),
+    (go.RMSprop, dict(alpha=-0.1), "alpha"),
+    (go.RMSprop, dict(eps=-1.0), "eps"),
+    (go.RMSprop, dict(momentum=-1.0), "momentum"),
+    (go.RMSprop, dict(centered="no"), "centered"),
+    (go.Adagrad, dict(lr_decay=-1.0), "lr_decay"),
+    (go.Adagrad, dict(initial_accumulator_value=-1.0), "initial_accumulator_value"),
+    (go.Adagrad, dict(eps=-1.0), "eps"),
+    (go.Adagrad, dict(eps_inside_sqrt=None), "eps_inside_sqrt"),
+]
+
+
+@pytest.mark.parametrize(("cls", "kw", "arg"), BAD, ids=[f"{c.__name__}-{a}" for c, _, a in BAD])
+def test_bad_hyperparameters_are_refused_with_a_clear_message(cls, kw, arg):
+    with pytest.raises((ValueError, TypeError)) as info:
+        cls([torch.nn.Parameter(torch.zeros(2))], **kw)
+    message = str(info.value)
+    assert arg in message and cls.__name__ in message
+    assert "received" in message
+
+
+def test_unsupported_modes_say_so():
+    with pytest.raises(NotImplementedError, match="capturable"):
+        go.Adam([torch.nn.Parameter(torch.zeros(1))], capturable=True)
+
+
+# ------------------------------------------------------------------------- property testing
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    case=st.sampled_from(GRID),
+    shapes=st.lists(
+        st.lists(st.integers(0, 5), min_size=1, max_size=3).map(tuple), min_size=1, max_size=4
+    ),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    lr=st.floats(1e-4, 0.5),
+    seed=st.integers(0, 2**16),
+)
+def test_property_parity_with_torch(case, shapes, dtype, lr, seed):
+    _, cls, tcls, kw = case
+    kw = dict(kw, lr=lr)
+    a, b = twins(make_params(dtype, shapes, seed))
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    run_lockstep(oa, ob, a, b, 6, torch.Generator().manual_seed(seed))
+    assert_same_state(oa, ob, a, b, dtype)

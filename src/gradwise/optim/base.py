@@ -86,7 +86,12 @@ class Optimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        self._segments = {}  # state tensors were replaced: rebuild the flat layout on next step
+        self._segments = {}  # the state tensors were replaced: lay them out flat again now
+        for group in self.param_groups:
+            names = self.state_names(group)
+            for seg in self._group_segments(group):
+                if seg.flattenable and all(self._has_state(p, names) for p in seg.params):
+                    engine.flatten(seg, self.state, names, self.has_step)
 
     def state_dict(self) -> dict:
         """PyTorch's layout; ``step`` tensors are copies so that each stands on its own."""
@@ -204,7 +209,7 @@ class Optimizer(torch.optim.Optimizer):
 
 
 def _step_dtype() -> torch.dtype:
-    """PyTorch's dtype for ``state["step"]``: float64 when that is the default dtype, else float32."""
+    """PyTorch's dtype for ``state["step"]``: float64 if that is the default dtype, else float32."""
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 

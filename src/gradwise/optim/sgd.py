@@ -48,7 +48,7 @@ def sgd(
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional (Nesterov) momentum, drop-in for ``torch.optim.SGD``.
+    """Gradient descent with optional (Nesterov) momentum, drop-in for ``torch.optim.SGD``.
 
     Arguments as ``torch.optim.SGD`` (same defaults), plus ``l1`` (proximal L1 strength, applied
     as ``θ ← sign(θ)·max(|θ| − lr·l1, 0)`` after each update). ``foreach``/``fused`` are accepted

@@ -1,0 +1,103 @@
+"""Schedules run one after another, and schedules multiplied together."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+
+import torch
+
+from gradwise import _checks
+from gradwise.schedules._base import Schedule, Steps, check_schedule, maximum
+
+
+class Sequence(Schedule):
+    """Run schedules one after another; each counts steps from its own start.
+
+    ``segments`` is a list of ``(schedule, steps)`` pairs. With ``s_k`` the sum of the lengths
+    before segment ``k``::
+
+        m(t) = schedule_k(t − s_k)      for s_k <= t < s_k + steps_k
+
+    The last segment runs forever, so its ``steps`` may be ``None`` (a number there is
+    allowed and ignored).
+
+    Differences: PyTorch's ``SequentialLR(schedulers, milestones)`` joins schedulers at
+    milestones; its sub-schedulers mutate the rate in turn, here each segment is a pure function
+    of its local step. Keras has no join.
+
+    Example::
+
+        >>> s = Sequence([(Warmup(10), 10), (Cosine(90), None)])
+        >>> [round(s(t), 3) for t in (0, 5, 10, 55, 100, 1000)]
+        [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+    """
+
+    def __init__(self, segments) -> None:
+        owner = "Sequence"
+        if isinstance(segments, str | bytes) or not hasattr(segments, "__iter__"):
+            _checks._fail(
+                owner, "segments", "a list of (schedule, steps) pairs", segments, TypeError
+            )
+        segments = list(segments)
+        if not segments:
+            _checks._fail(
+                owner, "segments", "a non-empty list of (schedule, steps) pairs", segments
+            )
+        checked = []
+        for i, seg in enumerate(segments):
+            if not isinstance(seg, tuple | list) or len(seg) != 2:
+                _checks._fail(owner, f"segments[{i}]", "a (schedule, steps) pair", seg, TypeError)
+            schedule, steps = seg
+            check_schedule(owner, f"segments[{i}][0]", schedule)
+            last = i == len(segments) - 1
+            if steps is not None or not last:
+                if steps is None:
+                    _checks._fail(
+                        owner,
+                        f"segments[{i}][1]",
+                        "a number of steps (only the last may be None)",
+                        steps,
+                    )
+                steps = _checks.integer(owner, f"segments[{i}][1]", steps, low=1)
+            checked.append((schedule, steps))
+        self.segments = tuple(checked)
+        self._starts = [0, *itertools.accumulate(n for _, n in self.segments[:-1])]
+
+    def _eval(self, t: Steps) -> Steps:
+        schedules = [s for s, _ in self.segments]
+        if not isinstance(t, torch.Tensor):
+            k = bisect.bisect_right(self._starts, t) - 1
+            return schedules[k]._eval(t - self._starts[k])
+        out = schedules[0]._eval(t)
+        for schedule, start in zip(schedules[1:], self._starts[1:]):
+            out = torch.where(t >= start, schedule._eval(maximum(t - start, 0.0)), out)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Sequence([{', '.join(f'({s!r}, {n!r})' for s, n in self.segments)}])"
+
+
+class Product(Schedule):
+    """The product of two schedules at the same step (also written ``a * b``).
+
+    ::
+
+        m(t) = a(t) · b(t)
+
+    Differences: PyTorch's ``ChainedScheduler`` multiplies recursive schedulers' updates; Keras
+    has no product.
+
+    Example::
+
+        >>> p = Product(StepDecay(10, gamma=0.5), Warmup(4))
+        >>> p(2), p(12)
+        (0.5, 0.5)
+    """
+
+    def __init__(self, a: Schedule, b: Schedule) -> None:
+        self.a = check_schedule("Product", "a", a)
+        self.b = check_schedule("Product", "b", b)
+
+    def _eval(self, t: Steps) -> Steps:
+        return self.a._eval(t) * self.b._eval(t)

@@ -508,6 +508,6 @@ def test_naive_init_collapses_or_explodes(propagation):
 def test_variance_table_runs():
     text = init.variance_table(("relu",), ("auto",), depth=4, width=16, batch=32, every=2)
     lines = text.splitlines()
-    assert lines[3].split() == "activation init pass layer 1 layer 2 layer 4".split()
+    assert " ".join(lines[3].split()) == "activation init pass layer 1 layer 2 layer 4"
     assert lines[5].startswith("relu") and "fwd" in lines[5]
     assert lines[6].startswith("relu") and "bwd" in lines[6]

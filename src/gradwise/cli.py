@@ -1,11 +1,305 @@
-"""The ``gradwise`` command line (placeholder until the commands land)."""
+"""The ``gradwise`` command line: train, lr-find, compare, schedule, bench.
+
+Bad input ends with one line on stderr, ``gradwise: error: ...``, and exit code 2 (no traceback;
+set ``GRADWISE_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
 
 import click
 
 from gradwise import __version__
+from gradwise.errors import GradwiseError
+
+EXIT_USAGE = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _friendly(fn):
+    """Turn gradwise's input errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (GradwiseError, ValueError, TypeError) as e:
+            if os.environ.get("GRADWISE_DEBUG"):
+                raise
+            message = " ".join(str(e).split())
+            click.echo(f"gradwise: error: {message}", err=True)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="gradwise")
 def main() -> None:
-    """gradwise: train neural networks well and fast on PyTorch."""
+    """gradwise: train neural networks well and fast on PyTorch.
+
+    Start with `gradwise train` (digits, an MLP and Adam, under 10 seconds).
+    """
+
+
+def _csv_ints(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        items = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not items or any(v < 1 for v in items):
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return items
+
+
+def _betas(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        b1, b2 = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected two numbers like 0.9,0.999, got {value!r}") from None
+    return (b1, b2)
+
+
+def train_options(fn):
+    """The options that describe a training configuration (shared by train, lr-find, compare)."""
+    from gradwise.train.run import INITS, MODELS, OPTIMIZERS
+
+    options = [
+        click.option(
+            "--dataset",
+            help="Bundled dataset: digits, mnist1d, spirals, moons, regression.  [default: digits]",
+        ),
+        click.option(
+            "--data",
+            type=click.Path(dir_okay=False),
+            help="Your own data: a .csv, .npz (x, y) or .pt file, instead of --dataset.",
+        ),
+        click.option("--target", help="CSV column to predict.  [default: the last column]"),
+        click.option(
+            "--model",
+            type=click.Choice(MODELS),
+            help="Model builder.  [default: per dataset: mlp, cnn1d for mnist1d]",
+        ),
+        click.option("--hidden", callback=_csv_ints, help="MLP hidden widths, e.g. 128,128."),
+        click.option("--channels", callback=_csv_ints, help="cnn1d channels per conv layer."),
+        click.option(
+            "--activation",
+            help="relu, leaky_relu, gelu, silu, tanh, sigmoid, selu, elu.  [default: relu]",
+        ),
+        click.option("--dropout", type=float, help="Dropout rate after each hidden layer."),
+        click.option(
+            "--init",
+            type=click.Choice(INITS),
+            help="Weight init; auto = He for ReLU-like, Xavier for tanh/sigmoid, LeCun for SELU.",
+        ),
+        click.option(
+            "--optimizer", type=click.Choice(OPTIMIZERS), help="Update rule.  [default: adam]"
+        ),
+        click.option("--lr", type=float, help="Learning rate.  [default: per optimizer]"),
+        click.option("--momentum", type=float, help="Momentum (momentum, nesterov, rmsprop)."),
+        click.option("--betas", callback=_betas, help="Adam's β1,β2.  [default: 0.9,0.999]"),
+        click.option("--eps", type=float, help="ε of Adam/RMSprop/Adagrad."),
+        click.option(
+            "--weight-decay",
+            type=float,
+            help="The optimizer's weight decay (coupled; decoupled for adamw), on weights only.",
+        ),
+        click.option(
+            "--l1",
+            type=float,
+            help="L1 strength, as the optimizer's proximal step (exact zeros), on weights only.",
+        ),
+        click.option("--l2", type=float, help="L2 penalty λ/2·Σθ² added to the loss, on weights."),
+        click.option("--batch-size", help="full (batch GD), 1 (stochastic) or N (mini-batch)."),
+        click.option("--epochs", type=int, help="Passes over the training set."),
+        click.option(
+            "--schedule",
+            help="LR schedule, e.g. 'warmup:100,cosine' or 'step:300:0.5'"
+            " (see `gradwise schedule --help`); steps are batches.",
+        ),
+        click.option(
+            "--plateau/--no-plateau",
+            default=None,
+            help="Reduce the LR when the validation loss stalls (on top of --schedule).",
+        ),
+        click.option(
+            "--plateau-patience",
+            type=int,
+            help="Epochs without improvement before a cut.  [default: 5]",
+        ),
+        click.option(
+            "--plateau-factor",
+            type=float,
+            help="Multiply the LR by this at each cut.  [default: 0.5]",
+        ),
+        click.option(
+            "--early-stop",
+            type=int,
+            help="Stop after N epochs without validation improvement (0: never).",
+        ),
+        click.option("--seed", type=int, help="Seed for init, shuffling and dropout."),
+        click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]"),
+        click.option(
+            "--nan-policy",
+            type=click.Choice(["raise", "skip"]),
+            help="On a NaN/inf loss or gradient: stop (raise) or drop the step (skip).",
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False),
+            help="Read settings from a TOML file (a run's config.toml); options given "
+            "here override it.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+CONFIG_OPTIONS = (
+    "dataset",
+    "data",
+    "target",
+    "model",
+    "hidden",
+    "channels",
+    "activation",
+    "dropout",
+    "init",
+    "optimizer",
+    "lr",
+    "momentum",
+    "betas",
+    "eps",
+    "weight_decay",
+    "l1",
+    "l2",
+    "batch_size",
+    "epochs",
+    "schedule",
+    "plateau",
+    "plateau_patience",
+    "plateau_factor",
+    "early_stop",
+    "seed",
+    "device",
+    "nan_policy",
+)
+
+
+def config_from_options(options: dict):
+    """A TrainConfig from a config file (if any) overridden by the options given."""
+    from gradwise.train.run import TrainConfig
+
+    config_file = options.pop("config_file", None)
+    base = TrainConfig.from_toml(config_file) if config_file else TrainConfig()
+    values = {k: v for k, v in options.items() if k in CONFIG_OPTIONS and v is not None}
+    if "batch_size" in values:
+        values["batch_size"] = str(values["batch_size"])
+    if "dataset" in values and "data" not in values:
+        values["data"] = None
+    if "data" in values and not Path(values["data"]).exists():
+        from gradwise.errors import DataError
+
+        raise DataError(f"--data: file {values['data']} does not exist")
+    import dataclasses
+
+    return dataclasses.replace(base, **values)
+
+
+def _run_name(config) -> str:
+    data = Path(config.data).stem if config.data else config.dataset
+    return f"{data}-{config.optimizer}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@main.command()
+@train_options
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Run folder.  [default: runs/<dataset>-<optimizer>-<time>]",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False),
+    help="Continue the run in this folder from its last checkpoint, with its saved configuration.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_friendly
+def train(out, resume_dir, no_progress, **options):
+    """Train a model and write a run folder: config.toml, metrics.csv, history.jsonl,
+    checkpoint.pt and curves.png.
+
+    With no options: an MLP on the bundled digits set with Adam.
+    """
+    from gradwise.train.run import load_run_config, run
+
+    if resume_dir is not None:
+        given = [k for k, v in options.items() if v is not None]
+        if given or out:
+            names = ", ".join("--" + k.replace("_", "-") for k in given + (["out"] if out else []))
+            raise GradwiseError(
+                f"--resume takes the run's saved configuration; drop {names} "
+                f"(or start a new run with --config {Path(resume_dir) / 'config.toml'})"
+            )
+        config = load_run_config(resume_dir)
+        out, resume = Path(resume_dir), True
+    else:
+        config = config_from_options(options)
+        out, resume = Path(out) if out else Path("runs") / _run_name(config), False
+    try:
+        result = run(config, out, progress=not no_progress, resume=resume)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted. The last checkpoint (end of the last finished epoch) is in {out}; "
+            f"continue with: gradwise train --resume {out}",
+            err=True,
+        )
+        sys.exit(130)
+    _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    h, c = result.history, result.config
+    table = Table(title="gradwise train", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    data = c.data or c.dataset
+    table.add_row(
+        "data",
+        f"{data} ({len(result.data.x_train)} train, "
+        f"{0 if result.data.x_val is None else len(result.data.x_val)} val, "
+        f"{len(result.data.x_test)} test)",
+    )
+    table.add_row("model", f"{c.model} · {c.optimizer} lr={c.lr:g} · batch {c.batch_size}")
+    for key in ("test_accuracy", "test_rmse", "test_loss"):
+        if key in h.summary:
+            value = h.summary[key]
+            table.add_row(
+                key.replace("_", " "),
+                f"{value:.2%}" if key.endswith("accuracy") else f"{value:.4f}",
+            )
+    if h.epochs:
+        table.add_row("epochs · steps", f"{h.epochs[-1]['epoch']} · {h.summary['steps']}")
+    table.add_row(
+        "time", f"{h.summary['train_time']:.2f} s training, {h.summary['total_time']:.2f} s in all"
+    )
+    if h.stopped:
+        table.add_row("stopped", h.stopped)
+    if h.skipped_steps:
+        table.add_row("skipped steps", str(h.skipped_steps))
+    table.add_row("run folder", str(result.out))
+    Console().print(table)

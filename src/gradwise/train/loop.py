@@ -1,0 +1,406 @@
+"""``fit()``: batch, stochastic and mini-batch gradient descent on any ``nn.Module``."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gradwise import _checks
+from gradwise.errors import CheckpointError, ConfigError, GradwiseError
+from gradwise.train import checkpoint as ckpt
+from gradwise.train.callbacks import Callback
+from gradwise.train.history import History
+from gradwise.train.progress import Progress
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "cross_entropy": nn.functional.cross_entropy,
+    "mse": nn.functional.mse_loss,
+}
+NAN_POLICIES = ("raise", "skip")
+
+
+class Diverged(GradwiseError, FloatingPointError):
+    """The loss or a gradient became NaN or infinite (``nan_policy="raise"``)."""
+
+
+@dataclass
+class TrainState:
+    """What callbacks see at the end of an epoch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    history: History
+    epoch: int = 0
+    step: int = 0
+    stop: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def fit(
+    model: nn.Module,
+    train,
+    *,
+    loss: str | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
+    optimizer: torch.optim.Optimizer | Callable | None = None,
+    scheduler=None,
+    epochs: int = 10,
+    batch_size: int | str = 32,
+    val=None,
+    metrics: Sequence[str] = ("accuracy",),
+    callbacks: Iterable[Callback] = (),
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    nan_policy: str = "raise",
+    monitor: str = "val_loss",
+    scheduler_interval: str = "step",
+    penalty: Callable[[], Tensor] | None = None,
+    extra_state: dict | None = None,
+) -> History:
+    """Train ``model`` on ``train`` and return its :class:`History`.
+
+    ``train`` and ``val`` are ``(x, y)`` pairs of tensors (batched by slicing, reshuffled every
+    epoch from a generator seeded by ``seed``) or any iterable of ``(x, y)`` batches such as a
+    ``DataLoader``. The spec's three kinds of gradient descent:
+
+    * ``batch_size="full"``: batch gradient descent, one step per epoch on the whole set;
+    * ``batch_size=1``: stochastic gradient descent, one sample per step;
+    * ``batch_size=n``: mini-batch gradient descent.
+
+    ``optimizer`` is an optimizer of the model's parameters or a function ``params -> optimizer``
+    (default: ``gradwise.optim.Adam`` with lr 1e-3). ``scheduler`` is a
+    :class:`gradwise.schedules.Scheduler` (stepped every step, or every epoch with
+    ``scheduler_interval="epoch"``; its plateau is fed ``monitor`` after each epoch) or a
+    ``torch.optim.lr_scheduler`` object (``ReduceLROnPlateau`` is fed ``monitor``).
+
+    With ``checkpoint_dir`` a checkpoint (model, optimizer, scheduler, random states, history,
+    callbacks) is written atomically every ``checkpoint_every`` epochs and at the end;
+    ``resume=True`` continues from it, ending with exactly the weights an uninterrupted run gets.
+    A NaN or infinite loss or gradient stops the run naming the step and the parameter
+    (``nan_policy="raise"``) or drops that step (``"skip"``) without touching optimizer state.
+    ``penalty()`` (e.g. an L1/L2 term from :mod:`gradwise.regularization`) is added to the
+    training loss of every step; ``extra_state`` is stored in each checkpoint.
+    """
+    _checks.integer("fit", "epochs", epochs, low=1)
+    _checks.integer("fit", "checkpoint_every", checkpoint_every, low=1)
+    _checks.choice("fit", "nan_policy", nan_policy, NAN_POLICIES)
+    _checks.choice("fit", "scheduler_interval", scheduler_interval, ("step", "epoch"))
+    loss_fn = _loss(loss)
+    for name in metrics:
+        _checks.choice("fit", "metrics", name, tuple(METRICS))
+    dev = _device(device)
+    model.to(dev)
+    if optimizer is None:
+        from gradwise.optim import Adam
+
+        optimizer = Adam(model.parameters(), lr=1e-3)
+    elif not isinstance(optimizer, torch.optim.Optimizer):
+        optimizer = optimizer(model.parameters())
+    callbacks = list(callbacks)
+    data = _Batches(train, batch_size, dev, "train")
+    val_data = _Batches(val, "full", dev, "val") if val is not None else None
+
+    history = History()
+    shuffle = torch.Generator().manual_seed(seed)
+    start_epoch, step = 0, 0
+    if resume:
+        if checkpoint_dir is None:
+            raise ConfigError("fit: resume=True needs checkpoint_dir; received checkpoint_dir=None")
+        payload, _, _ = ckpt.load_latest(checkpoint_dir)
+        start_epoch, step, history = _restore(
+            payload, model, optimizer, scheduler, shuffle, callbacks
+        )
+    else:
+        torch.manual_seed(seed)
+    state = TrainState(model, optimizer, scheduler, history, start_epoch, step)
+    for cb in callbacks:
+        cb.on_fit_start(state)
+
+    def save_checkpoint(next_epoch: int) -> None:
+        ckpt.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "epoch": next_epoch,
+                "step": state.step,
+                "history": history.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
+                "callbacks": [cb.state_dict() for cb in callbacks],
+                "extra": extra_state or {},
+            },
+            checkpoint_dir,
+        )
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    names = {id(p): n for n, p in model.named_parameters()}
+    track_accuracy = "accuracy" in metrics
+    clock_base = history.wall_time
+    started = time.perf_counter()
+    bar = Progress(enabled=progress, epochs=epochs, steps_per_epoch=data.steps_per_epoch)
+    with bar:
+        for epoch in range(start_epoch, epochs):
+            state.epoch = epoch
+            model.train()
+            loss_sum = torch.zeros((), device=dev)
+            correct = torch.zeros((), dtype=torch.long, device=dev)
+            seen = 0
+            losses: list[Tensor] = []
+            lrs: list[float] = []
+            bar.start_epoch(epoch)
+            for xb, yb in data.epoch(shuffle):
+                optimizer.zero_grad(set_to_none=False)
+                out = model(xb)
+                batch_loss = loss_fn(out, yb)
+                if penalty is not None:
+                    batch_loss = batch_loss + penalty()
+                if not torch.isfinite(batch_loss):
+                    if _fault(nan_policy, history, state.step + 1, "the loss", batch_loss):
+                        continue
+                batch_loss.backward()
+                bad = _nonfinite_grad(params)
+                if bad is not None:
+                    where = f"the gradient of {names.get(id(params[bad]), f'parameter {bad}')}"
+                    if _fault(nan_policy, history, state.step + 1, where, batch_loss):
+                        continue
+                optimizer.step()
+                state.step += 1
+                lr = optimizer.param_groups[0]["lr"]
+                if scheduler is not None and scheduler_interval == "step":
+                    _scheduler_step(scheduler)
+                detached = batch_loss.detach()
+                losses.append(detached)
+                lrs.append(lr)
+                n = len(yb)
+                loss_sum += detached * n
+                seen += n
+                if track_accuracy:
+                    correct += (out.argmax(1) == yb).sum()
+                bar.advance(detached, lr)
+            row = _epoch_row(
+                history, epoch, state.step, losses, lrs, loss_sum, correct, seen, track_accuracy
+            )
+            if val_data is not None:
+                row.update(evaluate(model, val_data, loss_fn, metrics, prefix="val_"))
+            row["lr"] = optimizer.param_groups[0]["lr"]
+            row["elapsed"] = clock_base + time.perf_counter() - started
+            history.epochs.append(row)
+            if scheduler is not None:
+                _scheduler_epoch_end(scheduler, row, monitor, scheduler_interval)
+            for cb in callbacks:
+                cb.on_epoch_end(state)
+            bar.end_epoch(row)
+            last = epoch + 1 == epochs or state.stop is not None
+            if checkpoint_dir is not None and ((epoch + 1) % checkpoint_every == 0 or last):
+                save_checkpoint(epoch + 1)
+            if state.stop is not None:
+                history.stopped = state.stop
+                break
+    return history
+
+
+def evaluate(model: nn.Module, data, loss_fn, metrics=("accuracy",), prefix: str = "") -> dict:
+    """Mean loss and metrics of ``model`` on ``data`` (``(x, y)`` or batches), in eval mode."""
+    if isinstance(loss_fn, str):
+        loss_fn = _loss(loss_fn)
+    if not isinstance(data, _Batches):
+        device = next(model.parameters()).device
+        data = _Batches(data, "full", device, "data")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    sums = dict.fromkeys(metrics, 0.0)
+    with torch.no_grad():
+        for xb, yb in data.chunks(8192):
+            out = model(xb)
+            n = len(yb)
+            total += float(loss_fn(out, yb)) * n
+            for name in metrics:
+                sums[name] += float(METRICS[name](out, yb)) * n
+            count += n
+    model.train(was_training)
+    result = {f"{prefix}loss": total / max(count, 1)}
+    result.update({f"{prefix}{k}": v / max(count, 1) for k, v in sums.items()})
+    return result
+
+
+METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "accuracy": lambda out, y: (out.argmax(1) == y).float().mean(),
+    "mae": lambda out, y: (out - y).abs().mean(),
+    "rmse": lambda out, y: ((out - y) ** 2).mean().sqrt(),
+}
+
+
+# --------------------------------------------------------------------------------- internals
+
+
+class _Batches:
+    """Batches of in-memory ``(x, y)`` tensors (sliced after one shuffle per epoch) or of a loader."""
+
+    def __init__(self, data, batch_size, device: torch.device, what: str) -> None:
+        self.loader = None
+        if (
+            isinstance(data, tuple | list)
+            and len(data) == 2
+            and all(isinstance(t, Tensor) for t in data)
+        ):
+            x, y = data
+            if len(x) != len(y):
+                raise ConfigError(
+                    f"fit: {what} x and y must have the same length; received {len(x)} and {len(y)}"
+                )
+            if len(x) == 0:
+                raise ConfigError(f"fit: {what} set is empty")
+            self.x, self.y = x.to(device), y.to(device)
+            n = len(x)
+            if batch_size == "full":
+                self.batch_size = n
+            else:
+                size = _checks.integer("fit", "batch_size", batch_size, low=1)
+                if size > n:
+                    raise ConfigError(
+                        f"fit: batch_size must be at most the {what} set's size ({n}) or 'full'; "
+                        f"received batch_size={size}"
+                    )
+                self.batch_size = size
+            self.steps_per_epoch = math.ceil(n / self.batch_size)
+        elif isinstance(data, Iterable):
+            self.loader, self.device = data, device
+            try:
+                self.steps_per_epoch = len(data)
+            except TypeError:
+                self.steps_per_epoch = None
+        else:
+            raise ConfigError(
+                f"fit: {what} must be an (x, y) pair of tensors or an iterable of batches; "
+                f"received {type(data).__name__}"
+            )
+
+    def epoch(self, generator: torch.Generator):
+        if self.loader is not None:
+            for xb, yb in self.loader:
+                yield xb.to(self.device), yb.to(self.device)
+            return
+        n, bs = len(self.x), self.batch_size
+        if bs >= n:
+            yield self.x, self.y
+            return
+        order = torch.randperm(n, generator=generator).to(self.x.device)
+        xs, ys = self.x[order], self.y[order]
+        for i in range(0, n, bs):
+            yield xs[i : i + bs], ys[i : i + bs]
+
+    def chunks(self, size: int):
+        if self.loader is not None:
+            for xb, yb in self.loader:
+                yield xb.to(self.device), yb.to(self.device)
+            return
+        for i in range(0, len(self.x), size):
+            yield self.x[i : i + size], self.y[i : i + size]
+
+
+def _loss(loss) -> Callable[[Tensor, Tensor], Tensor]:
+    if callable(loss):
+        return loss
+    return LOSSES[_checks.choice("fit", "loss", loss, tuple(LOSSES))]
+
+
+def _device(device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"fit: device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; received device={device!r}"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"fit: device={device!r} was asked for but CUDA is not available here")
+    return dev
+
+
+def _nonfinite_grad(params: list[Tensor]) -> int | None:
+    """Index of the first parameter whose gradient holds a NaN or an infinity, else None."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    norms = torch._foreach_norm(grads, math.inf)
+    if bool(torch.isfinite(torch.stack(norms)).all()):
+        return None
+    for i, p in enumerate(params):
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            return i
+    return None
+
+
+def _fault(policy: str, history: History, step: int, where: str, loss: Tensor) -> bool:
+    """Handle a non-finite value: raise, or count and skip the step (returns True)."""
+    message = f"non-finite value ({float(loss):.3g} loss) in {where} at step {step}"
+    if policy == "raise":
+        raise Diverged(
+            f"training diverged: {message}; lower the learning rate, or pass "
+            f"nan_policy='skip' to drop such steps"
+        )
+    history.skipped_steps += 1
+    return True
+
+
+def _scheduler_step(scheduler) -> None:
+    if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step()
+
+
+def _scheduler_epoch_end(scheduler, row: dict, monitor: str, interval: str) -> None:
+    value = row.get(monitor, row.get("train_loss"))
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(value)
+        return
+    if interval == "epoch":
+        scheduler.step()
+    if getattr(scheduler, "plateau", None) is not None:
+        scheduler.report(value)
+
+
+def _epoch_row(history, epoch, step, losses, lrs, loss_sum, correct, seen, track_accuracy):
+    first_step = step - len(losses) + 1
+    for i, (value, lr) in enumerate(zip(torch.stack(losses).tolist() if losses else [], lrs)):
+        history.steps.append({"step": first_step + i, "epoch": epoch + 1, "loss": value, "lr": lr})
+    row = {"epoch": epoch + 1, "step": step}
+    row["train_loss"] = float(loss_sum) / seen if seen else math.nan
+    if track_accuracy:
+        row["train_accuracy"] = float(correct) / seen if seen else math.nan
+    return row
+
+
+def _restore(payload, model, optimizer, scheduler, shuffle, callbacks):
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(
+            f"the checkpoint was written for a different model and cannot be resumed ({first})"
+        ) from None
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"the checkpoint's optimizer state does not fit this optimizer ({e})"
+        ) from None
+    if scheduler is not None and payload.get("scheduler") is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    shuffle.set_state(payload["rng"]["shuffle"])
+    for cb, st in zip(callbacks, payload.get("callbacks", [])):
+        cb.load_state_dict(st)
+    return int(payload["epoch"]), int(payload["step"]), History.from_state_dict(payload["history"])

@@ -1,0 +1,433 @@
+"""A whole training run from one configuration: data, model, optimizer, schedule, fit, outputs.
+
+This is what ``gradwise train`` runs and what the lab repeats over configurations and seeds.
+Every setting lives in :class:`TrainConfig`; ``config.toml`` in the run folder holds the resolved
+configuration, so ``gradwise train --config runs/x/config.toml`` repeats a run and
+``gradwise train --resume runs/x`` continues one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+
+from gradwise import _checks, optim
+from gradwise.errors import ConfigError
+from gradwise.regularization import l2_penalty, param_groups
+from gradwise.train import checkpoint as ckpt
+from gradwise.train.callbacks import EarlyStopping
+from gradwise.train.data import DATASETS, Dataset, load_dataset, load_file
+from gradwise.train.history import History
+from gradwise.train.loop import evaluate, fit
+from gradwise.train.models import cnn1d, mlp
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+MODELS = ("mlp", "cnn1d")
+INITS = ("auto", "he", "xavier", "lecun", "orthogonal", "normal", "small", "torch")
+
+#: default learning rate of each optimizer name
+OPTIMIZER_LR = {
+    "sgd": 0.1,
+    "momentum": 0.05,
+    "nesterov": 0.05,
+    "adagrad": 0.05,
+    "rmsprop": 1e-3,
+    "adam": 1e-3,
+    "adamw": 1e-3,
+}
+
+#: gradwise's defaults for each bundled dataset (anything not listed comes from TrainConfig)
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": dict(model="mlp", hidden=(128, 128), epochs=20, batch_size="32"),
+    "mnist1d": dict(
+        model="cnn1d",
+        hidden=(256, 256),
+        channels=(64, 64, 64),
+        epochs=60,
+        batch_size="100",
+        lr_scale=3.0,
+        schedule="warmup:200,cosine",
+        weight_decay=0.0,
+    ),
+    "spirals": dict(model="mlp", hidden=(64, 64), epochs=100, batch_size="32"),
+    "moons": dict(model="mlp", hidden=(32, 32), epochs=40, batch_size="32"),
+    "regression": dict(model="mlp", hidden=(64, 64), epochs=60, batch_size="32"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. ``None`` means "the default for this dataset and optimizer"."""
+
+    dataset: str = "digits"
+    data: str | None = None
+    target: str | None = None
+    model: str | None = None
+    hidden: tuple[int, ...] | None = None
+    channels: tuple[int, ...] | None = None
+    activation: str = "relu"
+    dropout: float = 0.0
+    init: str = "auto"
+    optimizer: str = "adam"
+    lr: float | None = None
+    lr_scale: float = 1.0
+    momentum: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float | None = None
+    weight_decay: float | None = None
+    l1: float = 0.0
+    l2: float = 0.0
+    batch_size: str | None = None
+    epochs: int | None = None
+    schedule: str | None = None
+    plateau: bool = False
+    plateau_patience: int = 5
+    plateau_factor: float = 0.5
+    early_stop: int = 0
+    seed: int = 0
+    val_fraction: float = 0.1
+    device: str = "auto"
+    nan_policy: str = "raise"
+    checkpoint_every: int = 1
+    extra: dict = field(default_factory=dict)
+
+    # ---------------------------------------------------------------------------- resolution
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` replaced by the dataset's and optimizer's defaults."""
+        _checks.choice("train", "optimizer", self.optimizer, OPTIMIZERS)
+        if self.data is None:
+            _checks.choice("train", "dataset", self.dataset, tuple(DATASETS))
+        defaults = dict(DATASET_DEFAULTS.get(self.dataset if self.data is None else "", {}))
+        values = dataclasses.asdict(self)
+        scale = defaults.pop("lr_scale", 1.0)
+        for key, value in defaults.items():
+            if values.get(key) is None:
+                values[key] = value
+        values.setdefault("model", None)
+        values["model"] = values["model"] or "mlp"
+        values["hidden"] = tuple(values["hidden"] or (128, 128))
+        values["channels"] = tuple(values["channels"] or (32, 32, 32))
+        values["epochs"] = values["epochs"] or 20
+        values["batch_size"] = str(values["batch_size"] or "32")
+        if values["lr"] is None:
+            values["lr"] = OPTIMIZER_LR[self.optimizer] * (scale if self.lr_scale == 1.0 else 1.0)
+        values["lr_scale"] = 1.0
+        if values["momentum"] is None:
+            values["momentum"] = 0.9 if self.optimizer in ("momentum", "nesterov") else 0.0
+        if values["weight_decay"] is None:
+            values["weight_decay"] = 1e-2 if self.optimizer == "adamw" else 0.0
+        values["betas"] = tuple(values["betas"])
+        config = TrainConfig(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        owner = "train"
+        _checks.choice(owner, "model", self.model, MODELS)
+        _checks.choice(owner, "init", self.init, INITS)
+        _checks.choice(owner, "nan_policy", self.nan_policy, ("raise", "skip"))
+        _checks.in_range(owner, "dropout", self.dropout, 0.0, 1.0)
+        _checks.in_range(owner, "val_fraction", self.val_fraction, 0.0, 0.9, closed_high=True)
+        _checks.at_least(owner, "lr", self.lr, 0.0)
+        for name in ("l1", "l2", "weight_decay", "momentum"):
+            _checks.at_least(owner, name, getattr(self, name), 0.0)
+        _checks.integer(owner, "epochs", self.epochs, low=1)
+        _checks.integer(owner, "early_stop", self.early_stop, low=0)
+        _checks.integer(owner, "plateau_patience", self.plateau_patience, low=0)
+        _checks.in_range(owner, "plateau_factor", self.plateau_factor, 0.0, 1.0)
+        _checks.integer(owner, "seed", self.seed, low=0)
+        _checks.integer(owner, "checkpoint_every", self.checkpoint_every, low=1)
+        parse_batch_size(self.batch_size)
+        for name in ("hidden", "channels"):
+            for width in getattr(self, name):
+                _checks.integer(owner, name, width, low=1)
+
+    # ---------------------------------------------------------------------------- TOML files
+    def to_toml(self) -> str:
+        values = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        if not values.get("extra"):
+            values.pop("extra", None)
+        return tomli_w.dumps(values)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown setting(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(known))}"
+            )
+        clean = {}
+        for key, value in values.items():
+            clean[key] = _coerce(source, key, value, cls.__dataclass_fields__[key].default)
+        return cls(**clean)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        return cls.from_dict(values, source=str(path))
+
+
+def _coerce(source: str, key: str, value, default):
+    """Check a config file's value against the setting's type (TOML has no tuples or None)."""
+    expected = {
+        "hidden": tuple,
+        "channels": tuple,
+        "betas": tuple,
+        "lr": float,
+        "momentum": float,
+        "eps": float,
+        "weight_decay": float,
+        "epochs": int,
+        "batch_size": str,
+        "data": str,
+        "target": str,
+        "model": str,
+        "schedule": str,
+        "extra": dict,
+    }.get(key, type(default))
+    if expected is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list; received {key}={value!r}")
+        return tuple(value)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is str and key == "batch_size" and isinstance(value, int):
+        return str(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{source}: {key} must be of type {expected.__name__}; received {key}={value!r}"
+        )
+    return value
+
+
+def parse_batch_size(text: str) -> int | str:
+    """``"full"`` (batch gradient descent), ``"1"`` (stochastic) or ``"N"`` (mini-batch)."""
+    if str(text).strip().lower() == "full":
+        return "full"
+    try:
+        size = int(str(text))
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ConfigError(
+            f"train: batch_size must be 'full', 1 or a positive integer; received batch_size={text!r}"
+        )
+    return size
+
+
+# ------------------------------------------------------------------------------------ builders
+
+
+def build_data(config: TrainConfig) -> Dataset:
+    if config.data is not None:
+        return load_file(
+            config.data, target=config.target, seed=config.seed, val_fraction=config.val_fraction
+        )
+    return load_dataset(config.dataset, seed=config.seed, val_fraction=config.val_fraction)
+
+
+def build_model(config: TrainConfig, data: Dataset) -> torch.nn.Module:
+    out = data.n_classes if data.task == "classification" else 1
+    generator = torch.Generator().manual_seed(config.seed)
+    if config.model == "cnn1d":
+        return cnn1d(
+            data.n_features,
+            out,
+            channels=config.channels,
+            activation=config.activation,
+            dropout=config.dropout,
+            init=config.init,
+            generator=generator,
+        )
+    return mlp(
+        data.n_features,
+        out,
+        hidden=config.hidden,
+        activation=config.activation,
+        dropout=config.dropout,
+        init=config.init,
+        generator=generator,
+    )
+
+
+def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The named optimizer; weight decay and L1 apply to weights, not to biases or norms."""
+    groups = param_groups(model, weight_decay=config.weight_decay)
+    for group in groups:  # L1 on the weights, not on biases and norms
+        group["l1"] = config.l1 if any(p.dim() > 1 for p in group["params"]) else 0.0
+    name, lr = config.optimizer, config.lr
+    eps = {} if config.eps is None else {"eps": config.eps}
+    if name in ("sgd", "momentum", "nesterov"):
+        return optim.SGD(
+            groups,
+            lr=lr,
+            momentum=config.momentum if name != "sgd" else 0.0,
+            nesterov=name == "nesterov",
+        )
+    if name == "adagrad":
+        return optim.Adagrad(groups, lr=lr, **eps)
+    if name == "rmsprop":
+        return optim.RMSprop(groups, lr=lr, momentum=config.momentum, **eps)
+    cls = optim.AdamW if name == "adamw" else optim.Adam
+    return cls(groups, lr=lr, betas=config.betas, **eps)
+
+
+def build_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
+    from gradwise.schedules import Plateau, Scheduler, parse
+
+    if config.schedule is None and not config.plateau:
+        return None
+    text = config.schedule or "constant"
+    total = steps_per_epoch * config.epochs
+    schedule = parse(_fill_lengths(text, total))
+    plateau = (
+        Plateau(factor=config.plateau_factor, patience=config.plateau_patience)
+        if config.plateau
+        else None
+    )
+    return Scheduler(optimizer, schedule, plateau=plateau)
+
+
+def _fill_lengths(text: str, total: int) -> str:
+    """Give a trailing ``cosine`` / ``onecycle`` without a length the run's remaining steps."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    used = 0
+    for i, part in enumerate(parts):
+        fields = part.split(":")
+        if fields[0] in ("warmup", "cosine", "onecycle", "linear") and len(fields) >= 2:
+            try:
+                used += int(fields[1])
+            except ValueError:
+                pass
+        if fields[0] in ("cosine", "onecycle") and len(fields) == 1:
+            parts[i] = f"{fields[0]}:{max(total - used, 1)}"
+    return ",".join(parts)
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class RunResult:
+    config: TrainConfig
+    history: History
+    out: Path | None
+    model: torch.nn.Module
+    data: Dataset
+
+
+def run(
+    config: TrainConfig,
+    out: str | Path | None = None,
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    plots: bool = True,
+) -> RunResult:
+    """Train per ``config``; with ``out``, write config, metrics, history, checkpoint and plots."""
+    config = config.resolved()
+    started = time.perf_counter()
+    data = build_data(config)
+    model = build_model(config, data)
+    optimizer = build_optimizer(config, model)
+    batch_size = parse_batch_size(config.batch_size)
+    n_train = len(data.x_train)
+    steps = 1 if batch_size == "full" else math.ceil(n_train / min(batch_size, n_train))
+    scheduler = build_scheduler(config, optimizer, steps)
+    classification = data.task == "classification"
+    callbacks = [EarlyStopping(patience=config.early_stop)] if config.early_stop else []
+    weights = [p for n, p in model.named_parameters() if p.dim() > 1]
+    penalty = (lambda: l2_penalty(weights, config.l2)) if config.l2 else None
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        _prepare_out(out_path, config, resume)
+    history = fit(
+        model,
+        (data.x_train, data.y_train),
+        val=(data.x_val, data.y_val) if data.x_val is not None else None,
+        loss="cross_entropy" if classification else "mse",
+        metrics=("accuracy",) if classification else ("rmse",),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epochs=config.epochs,
+        batch_size=batch_size,
+        callbacks=callbacks,
+        checkpoint_dir=out_path,
+        checkpoint_every=config.checkpoint_every,
+        resume=resume,
+        seed=config.seed,
+        device=config.device,
+        progress=progress,
+        nan_policy=config.nan_policy,
+        penalty=penalty,
+        extra_state={"config": config.to_toml()},
+    )
+    test = evaluate(
+        model,
+        (data.x_test, data.y_test),
+        "cross_entropy" if classification else "mse",
+        ("accuracy",) if classification else ("rmse",),
+        prefix="test_",
+    )
+    history.summary.update(test)
+    history.summary["steps"] = history.epochs[-1]["step"] if history.epochs else 0
+    history.summary["train_time"] = history.wall_time
+    history.summary["total_time"] = time.perf_counter() - started
+    if out_path is not None:
+        history.to_csv(out_path / "metrics.csv")
+        history.to_jsonl(out_path / "history.jsonl")
+        if plots:
+            from gradwise.lab.plots import plot_history
+
+            plot_history(history, out_path / "curves.png", title=_title(config))
+    return RunResult(config, history, out_path, model, data)
+
+
+def _title(config: TrainConfig) -> str:
+    data = Path(config.data).name if config.data else config.dataset
+    return (
+        f"{data} · {config.model} · {config.optimizer} lr={config.lr:g} · batch {config.batch_size}"
+    )
+
+
+def _prepare_out(out: Path, config: TrainConfig, resume: bool) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".gradwise-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output folder {out} is not writable ({e.strerror})") from None
+    if not resume:
+        if (out / ckpt.CURRENT).exists():
+            raise ConfigError(
+                f"output folder {out} already holds a run; continue it with --resume {out} "
+                f"or choose another --out"
+            )
+        (out / "config.toml").write_text(config.to_toml())
+
+
+def load_run_config(folder: str | Path) -> TrainConfig:
+    """The configuration saved in a run folder (for ``--resume``)."""
+    folder = Path(folder)
+    path = folder / "config.toml"
+    if not path.exists():
+        raise ConfigError(f"cannot resume: {folder} has no config.toml (is it a gradwise run?)")
+    return TrainConfig.from_toml(path)

@@ -35,41 +35,45 @@ def _steps(text: str) -> int:
     return value
 
 
+# name: (fewest, most) arguments
+_ARITY = {
+    "constant": (0, 2),
+    "warmup": (1, 2),
+    "cosine": (1, 2),
+    "onecycle": (1, 2),
+    "step": (1, 2),
+    "multistep": (1, 2),
+    "exp": (1, 1),
+}
+
+
 def _segment(text: str) -> tuple[Schedule, int | None]:
     """One segment as (schedule, length), length None for a segment that runs forever."""
     name, *args = (part.strip() for part in text.split(":"))
     name = name.lower()
-    arity = {
-        "constant": (0, 2),
-        "warmup": (1, 2),
-        "cosine": (1, 2),
-        "onecycle": (1, 2),
-        "step": (1, 2),
-        "multistep": (1, 2),
-        "exp": (1, 1),
-    }
-    if name not in arity:
+    if name not in _ARITY:
         raise ConfigError(f"unknown schedule name {name!r}")
-    low, high = arity[name]
+    low, high = _ARITY[name]
     if not low <= len(args) <= high:
         wanted = f"{low}" if low == high else f"{low} to {high}"
         raise ConfigError(f"{name} takes {wanted} argument(s), got {len(args)}")
-    nums = [float(a) for a in args[1:]]
-    if name == "constant":
-        if not args:
-            return Constant(), None
-        return Constant(*nums), _steps(args[0])
-    if name == "warmup":
-        return Warmup(_steps(args[0]), start=nums[0] if nums else 0.0), _steps(args[0])
-    if name == "cosine":
-        return Cosine(_steps(args[0]), *nums), _steps(args[0])
-    if name == "onecycle":
-        return OneCycle(_steps(args[0]), *nums), _steps(args[0])
-    if name == "step":
-        return StepDecay(_steps(args[0]), *nums), None
+    if name == "constant" and not args:
+        return Constant(), None
+    if name == "exp":
+        return ExponentialDecay(float(args[0])), None
+    rest = [float(a) for a in args[1:]]
     if name == "multistep":
-        return MultiStepDecay([_steps(m) for m in args[0].split("/")], *nums), None
-    return ExponentialDecay(float(args[0])), None
+        return MultiStepDecay([_steps(m) for m in args[0].split("/")], *rest), None
+    n = _steps(args[0])
+    if name == "step":
+        return StepDecay(n, *rest), None
+    if name == "constant":
+        return Constant(*rest), n
+    if name == "warmup":
+        return Warmup(n, start=rest[0] if rest else 0.0), n
+    if name == "cosine":
+        return Cosine(n, *rest), n
+    return OneCycle(n, *rest), n
 
 
 def parse(text: str) -> Schedule:

@@ -20,7 +20,8 @@ class OneCycle(Schedule):
         A(a, b, x) = b + (a − b) · (1 + cos(π·x)) / 2       anneal="cos"
         A(a, b, x) = a + (b − a) · x                        anneal="linear"
 
-    so ``m(0) = lo``, the peak ``m(p) = 1`` and ``m(T − 1) = end``, held afterwards.
+    so the multiplier starts at ``lo`` (when ``p > 0``), peaks at 1 at step ``p`` and reaches
+    ``end`` at step ``T − 1``, which it holds afterwards.
 
     Differences: PyTorch's ``OneCycleLR(max_lr=base_lr, total_steps, pct_start, anneal_strategy,
     div_factor, final_div_factor, three_phase=False)`` gives the same rates for

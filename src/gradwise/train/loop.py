@@ -166,14 +166,14 @@ def fit(
                 if penalty is not None:
                     batch_loss = batch_loss + penalty()
                 if not torch.isfinite(batch_loss):
-                    if _fault(nan_policy, history, state.step + 1, "the loss", batch_loss):
-                        continue
+                    _fault(nan_policy, history, state.step + 1, "the loss", batch_loss)
+                    continue
                 batch_loss.backward()
                 bad = _nonfinite_grad(params)
                 if bad is not None:
                     where = f"the gradient of {names.get(id(params[bad]), f'parameter {bad}')}"
-                    if _fault(nan_policy, history, state.step + 1, where, batch_loss):
-                        continue
+                    _fault(nan_policy, history, state.step + 1, where, batch_loss)
+                    continue
                 optimizer.step()
                 state.step += 1
                 lr = optimizer.param_groups[0]["lr"]
@@ -246,7 +246,7 @@ METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 
 class _Batches:
-    """Batches of in-memory ``(x, y)`` tensors (sliced after one shuffle per epoch) or of a loader."""
+    """Batches of in-memory ``(x, y)`` tensors (sliced after a shuffle per epoch) or a loader's."""
 
     def __init__(self, data, batch_size, device: torch.device, what: str) -> None:
         self.loader = None
@@ -344,8 +344,8 @@ def _nonfinite_grad(params: list[Tensor]) -> int | None:
     return None
 
 
-def _fault(policy: str, history: History, step: int, where: str, loss: Tensor) -> bool:
-    """Handle a non-finite value: raise, or count and skip the step (returns True)."""
+def _fault(policy: str, history: History, step: int, where: str, loss: Tensor) -> None:
+    """Handle a non-finite value: raise, or count the step as skipped."""
     message = f"non-finite value ({float(loss):.3g} loss) in {where} at step {step}"
     if policy == "raise":
         raise Diverged(
@@ -353,7 +353,6 @@ def _fault(policy: str, history: History, step: int, where: str, loss: Tensor) -
             f"nan_policy='skip' to drop such steps"
         )
     history.skipped_steps += 1
-    return True
 
 
 def _scheduler_step(scheduler) -> None:

@@ -227,7 +227,8 @@ def parse_batch_size(text: str) -> int | str:
         size = 0
     if size < 1:
         raise ConfigError(
-            f"train: batch_size must be 'full', 1 or a positive integer; received batch_size={text!r}"
+            "train: batch_size must be 'full', 1 or a positive integer; "
+            f"received batch_size={text!r}"
         )
     return size
 
@@ -311,11 +312,8 @@ def _fill_lengths(text: str, total: int) -> str:
     used = 0
     for i, part in enumerate(parts):
         fields = part.split(":")
-        if fields[0] in ("warmup", "cosine", "onecycle", "linear") and len(fields) >= 2:
-            try:
-                used += int(fields[1])
-            except ValueError:
-                pass
+        if fields[0] in ("warmup", "cosine", "onecycle") and len(fields) >= 2:
+            used += int(fields[1]) if fields[1].isdigit() else 0
         if fields[0] in ("cosine", "onecycle") and len(fields) == 1:
             parts[i] = f"{fields[0]}:{max(total - used, 1)}"
     return ",".join(parts)

@@ -47,12 +47,18 @@ _ARITY = {
 }
 
 
-def _segment(text: str) -> tuple[Schedule, int | None]:
-    """One segment as (schedule, length), length None for a segment that runs forever."""
+def _segment(text: str, remaining: int | None = None) -> tuple[Schedule, int | None]:
+    """One segment as (schedule, length), length None for a segment that runs forever.
+
+    ``remaining``: the steps left in the run, the length of a ``cosine`` or ``onecycle`` given
+    without one (``cosine`` or ``cosine::0.01``).
+    """
     name, *args = (part.strip() for part in text.split(":"))
     name = name.lower()
     if name not in _ARITY:
         raise ConfigError(f"unknown schedule name {name!r}")
+    if name in ("cosine", "onecycle") and remaining is not None and (not args or not args[0]):
+        args = [str(max(remaining, 1)), *args[1:]]
     low, high = _ARITY[name]
     if not low <= len(args) <= high:
         wanted = f"{low}" if low == high else f"{low} to {high}"
@@ -76,7 +82,7 @@ def _segment(text: str) -> tuple[Schedule, int | None]:
     return OneCycle(n, *rest), n
 
 
-def parse(text: str) -> Schedule:
+def parse(text: str, total_steps: int | None = None) -> Schedule:
     """Build a schedule from its text form, as given to ``gradwise train --schedule`` and
     ``gradwise schedule``.
 
@@ -110,6 +116,10 @@ def parse(text: str) -> Schedule:
         warmup:5,multistep:30/60                   x 0.1 at steps 35 and 65
         onecycle:1000                              the one-cycle policy over 1000 batches
 
+    With ``total_steps`` (the run's length, as ``gradwise train`` passes it), ``cosine`` and
+    ``onecycle`` may leave N out (``warmup:100,cosine`` or ``cosine::0.01``): they then last
+    until the end of the run.
+
     Text that is not in this form raises :class:`~gradwise.errors.ConfigError` naming the bad
     segment and listing the allowed forms. :func:`describe` writes a schedule back as text.
 
@@ -128,7 +138,9 @@ def parse(text: str) -> Schedule:
         try:
             if not part:
                 raise ConfigError("empty segment")
-            schedule, length = _segment(part)
+            used = sum(length or 0 for _, length in segments)
+            remaining = None if total_steps is None else total_steps - used
+            schedule, length = _segment(part, remaining)
         except (ValueError, TypeError) as err:  # ConfigError is a ValueError
             raise ConfigError(
                 f"bad schedule segment {part!r} in {text!r}: {err}; {_ALLOWED}"

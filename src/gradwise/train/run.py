@@ -297,26 +297,13 @@ def build_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
         return None
     text = config.schedule or "constant"
     total = steps_per_epoch * config.epochs
-    schedule = parse(_fill_lengths(text, total))
+    schedule = parse(text, total_steps=total)
     plateau = (
         Plateau(factor=config.plateau_factor, patience=config.plateau_patience)
         if config.plateau
         else None
     )
     return Scheduler(optimizer, schedule, plateau=plateau)
-
-
-def _fill_lengths(text: str, total: int) -> str:
-    """Give a trailing ``cosine`` / ``onecycle`` without a length the run's remaining steps."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    used = 0
-    for i, part in enumerate(parts):
-        fields = part.split(":")
-        if fields[0] in ("warmup", "cosine", "onecycle") and len(fields) >= 2:
-            used += int(fields[1]) if fields[1].isdigit() else 0
-        if fields[0] in ("cosine", "onecycle") and len(fields) == 1:
-            parts[i] = f"{fields[0]}:{max(total - used, 1)}"
-    return ",".join(parts)
 
 
 # ---------------------------------------------------------------------------------------- run

@@ -703,3 +703,14 @@ def test_docstring_examples(module):
     )
     result = doctest.testmod(mod, extraglobs=vars(gs), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
+
+
+def test_parse_fills_an_open_cosine_to_the_end_of_the_run():
+    from gradwise.schedules import Cosine, Sequence, Warmup, parse
+
+    assert parse("warmup:100,cosine", total_steps=1000) == Sequence(
+        [(Warmup(100), 100), (Cosine(900), 900)]
+    )
+    assert parse("cosine::0.01", total_steps=50) == Cosine(50, final=0.01)
+    with pytest.raises(ConfigError):
+        parse("warmup:100,cosine")  # no run length given: cosine needs its N

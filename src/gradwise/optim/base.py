@@ -153,7 +153,7 @@ class Optimizer(torch.optim.Optimizer):
     def _step_segment(self, seg: engine.Segment, group: dict) -> None:
         if seg.flat and not seg.still_flat():
             seg.flat = False  # a parameter was moved or replaced: flatten again once possible
-        if seg.flat and all(p.grad is not None for p in seg.params):
+        if seg.flat and seg.all_have_grads():
             step = engine.uniform_step(seg)
             if step is not None:
                 if seg.steps is not None:

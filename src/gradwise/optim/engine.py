@@ -21,11 +21,16 @@ gradwise and ``torch.optim``.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+
+_GRAD = operator.attrgetter("grad")
 
 
 def _is_plain(t: Tensor) -> bool:
@@ -55,10 +60,14 @@ class Segment:
 
     def still_flat(self) -> bool:
         """False when a parameter no longer lives in the flat buffer (``model.to(...)``, ...)."""
-        return [p.data_ptr() for p in self.params] == self.ptrs
+        return list(map(Tensor.data_ptr, self.params)) == self.ptrs
 
     def grads_are_views(self) -> bool:
-        return all(p.grad is g for p, g in zip(self.params, self.grad_views))
+        """True when every ``p.grad`` is its view into the flat gradient buffer."""
+        return all(map(operator.is_, map(_GRAD, self.params), self.grad_views))
+
+    def all_have_grads(self) -> bool:
+        return all(map(operator.is_not, map(_GRAD, self.params), itertools.repeat(None)))
 
 
 def split_group(params: list[Tensor]) -> list[Segment]:

@@ -1,0 +1,119 @@
+"""The optimizer-step benchmark harness, in a tiny configuration (no timing is asserted)."""
+
+import json
+import math
+
+import pytest
+
+from gradwise import bench
+
+TINY = {
+    "scale": 1e-3,
+    "warmup": 1,
+    "rounds": 1,
+    "min_round_s": 0.0,
+    "threads": 1,
+    "bandwidth_mib": 1,
+    "bandwidth_reps": 2,
+}
+
+
+def _gradwise_available() -> bool:
+    return bench._gradwise_optim()[0] is not None
+
+
+def test_workload_shapes():
+    resnet = bench.make_workload("resnet18")
+    assert resnet.tensors == 62
+    assert resnet.numel == 11_689_512  # torchvision's resnet18 parameter count
+    assert resnet.shapes[0] == (64, 3, 7, 7)
+    assert resnet.shapes[-2:] == ((1000, 512), (1000,))
+    assert bench.make_workload("one-tensor").numel == 16 * 2**20
+    small = bench.make_workload("small-2000")
+    assert (small.tensors, small.numel) == (2000, 2000 * 512)
+    shrunk = bench.make_workload("resnet18", scale=0.01)
+    assert shrunk.tensors == 62 and shrunk.numel < resnet.numel / 50
+    assert "scaled" in shrunk.label
+    with pytest.raises(ValueError, match="unknown workload"):
+        bench.make_workload("vgg")
+
+
+def test_tiny_run_json_structure(tmp_path):
+    cfg = bench.Config(
+        workloads=["one-tensor", "resnet18", bench.Workload("tiny", "tiny", ((3, 4), (5,)) * 20)],
+        optimizers=list(bench.OPTIMIZERS),
+        **TINY,
+    )
+    results = bench.run(cfg)
+    path = tmp_path / "out.json"
+    bench.write_json(results, path)
+    data = json.loads(path.read_text())
+
+    machine = data["machine"]
+    for key in ("cpu_model", "threads", "torch", "loadavg_start", "loadavg_end"):
+        assert key in machine
+    assert machine["threads"] == 1
+    assert data["bandwidth"]["gbs"] > 0 and machine["bandwidth_gbs"] == data["bandwidth"]["gbs"]
+
+    impls = [i for i in bench.IMPLEMENTATIONS if _gradwise_available() or "gradwise" not in i]
+    done = {(r["workload"], r["optimizer"], r["implementation"]) for r in data["results"]}
+    skipped = {(s["workload"], s["optimizer"], s["implementation"]) for s in data["skipped"]}
+    for w in ("one-tensor", "resnet18", "tiny"):
+        for opt in bench.OPTIMIZERS:
+            for impl in impls:
+                # every combination is either measured or skipped with a reason
+                assert ((w, opt, impl) in done) != ((w, opt, impl) in skipped)
+            assert (w, opt, "torch for-loop") in done
+            assert (w, opt, "torch foreach") in done
+    assert all(s["implementation"] == "torch fused" for s in data["skipped"])
+    assert all(s["reason"] for s in data["skipped"])
+
+    for r in data["results"]:
+        assert r["params_finite"], r
+        for key in ("ms_median", "ms_q1", "ms_q3", "ms_min", "ms_max", "gbs"):
+            assert math.isfinite(r[key]) and r[key] > 0, (key, r)
+        assert r["ms_min"] <= r["ms_median"] <= r["ms_max"]
+        assert len(r["samples_ms"]) == 1
+        assert math.isfinite(r["speedup_vs_best_torch"])
+        assert math.isfinite(r["bandwidth_fraction"])
+        assert r["bytes_per_param"] in (20, 28)
+        if r["implementation"] == "gradwise":
+            assert r["grads_flat"], r  # the flat path, no gather
+        if r["implementation"] == "gradwise (gather)":
+            assert not r["grads_flat"], r
+    for group in {(r["workload"], r["optimizer"]) for r in data["results"]}:
+        torch_rows = [
+            r
+            for r in data["results"]
+            if (r["workload"], r["optimizer"]) == group and r["implementation"].startswith("torch")
+        ]
+        assert max(r["speedup_vs_best_torch"] for r in torch_rows) == pytest.approx(1.0)
+
+    bench.render(results)  # builds the rich table without error
+
+
+def test_without_gradwise(monkeypatch):
+    monkeypatch.setattr(bench, "_gradwise_optim", lambda: (None, "ImportError: not yet"))
+    cfg = bench.Config(
+        workloads=[bench.Workload("tiny", "tiny", ((7,), (2, 3)))],
+        optimizers=["adam"],
+        bandwidth=False,
+        **{k: v for k, v in TINY.items() if not k.startswith("bandwidth")},
+    )
+    results = bench.run(cfg)
+    assert {r["implementation"] for r in results["results"]} <= set(bench.TORCH_IMPLEMENTATIONS)
+    assert any("gradwise.optim is not available" in n for n in results["notes"])
+    assert results["bandwidth"] is None and results["results"][0]["bandwidth_fraction"] is None
+
+
+def test_main_writes_json(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    argv = ["--quick", "--threads", "1", "--scale", "0.0001", "--no-bandwidth"]
+    argv += ["--optimizers", "sgd", "--workloads", "one-tensor", "--json", str(path)]
+    assert bench.main(argv) == 0
+    data = json.loads(path.read_text())
+    assert data["config"]["quick"] and data["config"]["workloads"] == ["one-tensor"]
+    assert {r["optimizer"] for r in data["results"]} == {"sgd"}
+    assert "optimizer.step()" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--optimizers", "lion"])

@@ -346,7 +346,12 @@ def _nonfinite_grad(params: list[Tensor]) -> int | None:
 
 def _fault(policy: str, history: History, step: int, where: str, loss: Tensor) -> None:
     """Handle a non-finite value: raise, or count the step as skipped."""
-    message = f"non-finite value ({float(loss):.3g} loss) in {where} at step {step}"
+    value = float(loss.detach())
+    message = (
+        f"the loss is {value} at step {step}"
+        if where == "the loss"
+        else f"{where} holds NaN or inf at step {step} (loss {value:.4g})"
+    )
     if policy == "raise":
         raise Diverged(
             f"training diverged: {message}; lower the learning rate, or pass "

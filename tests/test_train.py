@@ -1,0 +1,366 @@
+"""fit(): the three kinds of gradient descent, history, callbacks, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradwise.optim as go
+from gradwise.errors import CheckpointError, ConfigError
+from gradwise.schedules import Cosine, Plateau, Scheduler, Warmup
+from gradwise.train import checkpoint as ckpt
+from gradwise.train.callbacks import EarlyStopping
+from gradwise.train.history import History
+from gradwise.train.loop import Diverged, evaluate, fit
+
+
+def blobs(n=240, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
+    y = torch.arange(n) % 3
+    x = centers[y] + 0.6 * torch.randn(n, 2, generator=g)
+    return x, y
+
+
+def small_net(seed=0, dropout=0.0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize(("batch_size", "steps_per_epoch"), [("full", 1), (1, 240), (32, 8)])
+def test_batch_modes_take_the_right_number_of_steps_and_learn(batch_size, steps_per_epoch):
+    x, y = blobs()
+    model = small_net()
+    lr = 0.5 if batch_size == "full" else 0.05
+    h = fit(
+        model,
+        (x, y),
+        optimizer=go.SGD(model.parameters(), lr=lr),
+        epochs=5,
+        batch_size=batch_size,
+        progress=False,
+    )
+    assert len(h.steps) == 5 * steps_per_epoch
+    assert [r["step"] for r in h.epochs] == [steps_per_epoch * (e + 1) for e in range(5)]
+    if batch_size != "full":
+        assert evaluate(model, (x, y), "cross_entropy")["accuracy"] > 0.9
+
+
+def test_full_batch_step_equals_hand_written_gradient_descent():
+    """batch_size='full': each epoch is one step on the gradient of the whole set."""
+    x, y = blobs()
+    a, b = small_net(), small_net()
+    fit(
+        a,
+        (x, y),
+        optimizer=go.SGD(a.parameters(), lr=0.1),
+        epochs=3,
+        batch_size="full",
+        progress=False,
+    )
+    opt = torch.optim.SGD(b.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(b(x), y).backward()
+        opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_minibatch_matches_hand_written_loop_with_same_shuffle():
+    x, y = blobs()
+    a, b = small_net(), small_net()
+    fit(
+        a,
+        (x, y),
+        optimizer=go.Adam(a.parameters(), lr=0.01),
+        epochs=2,
+        batch_size=50,
+        progress=False,
+        seed=3,
+    )
+    opt = torch.optim.Adam(b.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        order = torch.randperm(len(x), generator=g)
+        xs, ys = x[order], y[order]
+        for i in range(0, len(x), 50):
+            opt.zero_grad()
+            nn.functional.cross_entropy(b(xs[i : i + 50]), ys[i : i + 50]).backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_history_records_steps_epochs_and_files(tmp_path):
+    x, y = blobs()
+    model = small_net()
+    h = fit(
+        model, (x[:200], y[:200]), val=(x[200:], y[200:]), epochs=3, batch_size=40, progress=False
+    )
+    assert {"step", "epoch", "loss", "lr"} <= set(h.steps[0])
+    row = h.epochs[-1]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "elapsed"):
+        assert key in row and math.isfinite(row[key])
+    manual = evaluate(model, (x[200:], y[200:]), "cross_entropy")
+    assert row["val_loss"] == pytest.approx(manual["loss"], rel=1e-5)
+    h.summary["test_accuracy"] = 0.5
+    h.to_csv(tmp_path / "m.csv")
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert len(lines) == 4 and "test_accuracy" in lines[0] and lines[-1].endswith("0.5")
+    h.to_jsonl(tmp_path / "h.jsonl")
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "h.jsonl").read_text().splitlines()]
+    assert kinds.count("step") == 15 and kinds.count("epoch") == 3 and kinds[-1] == "summary"
+    again = History.from_jsonl(tmp_path / "h.jsonl")
+    assert again.epochs == h.epochs and len(again.steps) == 15
+
+
+def test_scheduler_is_stepped_per_batch_and_plateau_fed_from_validation():
+    x, y = blobs()
+    model = small_net()
+    opt = go.SGD(model.parameters(), lr=0.1)
+    sched = Scheduler(opt, Warmup(10, then=Cosine(50)), plateau=Plateau(patience=0, factor=0.5))
+    h = fit(
+        model,
+        (x[:200], y[:200]),
+        val=(x[200:], y[200:]),
+        optimizer=opt,
+        scheduler=sched,
+        epochs=6,
+        batch_size=20,
+        progress=False,
+    )
+    assert [r["lr"] for r in h.steps[:3]] == pytest.approx([0.0, 0.01, 0.02])
+    assert sched.t == 60
+    assert sched.plateau.scale <= 1.0
+    expected = 0.1 * Warmup(10, then=Cosine(50))(60) * sched.plateau.scale
+    assert opt.param_groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_early_stopping_stops_and_restores_best():
+    x, y = blobs()
+    model = small_net()
+    stopper = EarlyStopping(monitor="val_loss", patience=2)
+    # a learning rate so large that validation loss gets worse quickly
+    h = fit(
+        model,
+        (x[:200], y[:200]),
+        val=(x[200:], y[200:]),
+        optimizer=go.SGD(model.parameters(), lr=5.0),
+        epochs=50,
+        batch_size=20,
+        callbacks=[stopper],
+        progress=False,
+        nan_policy="skip",
+    )
+    assert h.stopped is not None and "early stopping" in h.stopped
+    assert len(h.epochs) < 50
+    best = evaluate(model, (x[200:], y[200:]), "cross_entropy")["loss"]
+    assert best == pytest.approx(stopper.best, rel=1e-5)
+
+
+def test_nan_policy_raise_names_the_step():
+    x, y = blobs()
+    model = small_net()
+    with pytest.raises(Diverged, match=r"step \d+"):
+        fit(
+            model,
+            (x, y),
+            optimizer=go.SGD(model.parameters(), lr=1e6),
+            epochs=20,
+            batch_size=10,
+            progress=False,
+        )
+
+
+def test_nan_policy_skip_leaves_optimizer_state_clean():
+    x, y = blobs()
+    x = x.clone()
+    x[5] = float("nan")  # the batch holding sample 5 gives a NaN loss
+    model = small_net()
+    opt = go.Adam(model.parameters(), lr=0.01)
+    h = fit(
+        model, (x, y), optimizer=opt, epochs=2, batch_size="full", progress=False, nan_policy="skip"
+    )
+    assert h.skipped_steps == 2 and len(h.steps) == 0
+    assert all(len(s) == 0 for s in opt.state.values())  # never stepped: no state created
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_checkpoint_resume_is_bit_exact(tmp_path):
+    """A run stopped after 3 epochs and resumed to 6 ends with the uninterrupted run's weights."""
+    x, y = blobs()
+
+    def make():
+        model = small_net(dropout=0.2)
+        opt = go.Adam(model.parameters(), lr=0.01)
+        sched = Scheduler(opt, Cosine(60), plateau=Plateau(patience=1))
+        return model, opt, sched
+
+    m1, o1, s1 = make()
+    fit(
+        m1,
+        (x[:200], y[:200]),
+        val=(x[200:], y[200:]),
+        optimizer=o1,
+        scheduler=s1,
+        epochs=6,
+        batch_size=20,
+        progress=False,
+        seed=7,
+    )
+    m2, o2, s2 = make()
+    fit(
+        m2,
+        (x[:200], y[:200]),
+        val=(x[200:], y[200:]),
+        optimizer=o2,
+        scheduler=s2,
+        epochs=3,
+        batch_size=20,
+        progress=False,
+        seed=7,
+        checkpoint_dir=tmp_path,
+    )
+    m3, o3, s3 = make()
+    torch.manual_seed(12345)  # the global RNG state must come from the checkpoint
+    h3 = fit(
+        m3,
+        (x[:200], y[:200]),
+        val=(x[200:], y[200:]),
+        optimizer=o3,
+        scheduler=s3,
+        epochs=6,
+        batch_size=20,
+        progress=False,
+        seed=7,
+        checkpoint_dir=tmp_path,
+        resume=True,
+    )
+    assert len(h3.epochs) == 6 and h3.epochs[-1]["step"] == 60
+    for p, q in zip(m1.state_dict().values(), m3.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_checkpoint_integrity_and_fallback(tmp_path):
+    ckpt.save({"a": torch.ones(3), "n": 1}, tmp_path)
+    ckpt.save({"a": torch.ones(3) * 2, "n": 2}, tmp_path)
+    current = tmp_path / ckpt.CURRENT
+    data = current.read_bytes()
+    current.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        ckpt.load_file(current)
+    payload, path, problems = ckpt.load_latest(tmp_path)
+    assert payload["n"] == 1 and path.name == ckpt.PREVIOUS and problems
+    current.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a gradwise checkpoint"):
+        ckpt.load_file(current)
+
+
+def test_checkpoint_refuses_code_in_the_pickle(tmp_path):
+    """A checkpoint whose pickle would run code is refused, and the code does not run."""
+    import hashlib
+    import io
+    import os
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    buf = io.BytesIO()
+    torch.save({"model": Evil()}, buf)
+    body = buf.getvalue()
+    digest = hashlib.sha256(body).hexdigest()
+    (tmp_path / ckpt.CURRENT).write_bytes(
+        b"GRADWISE-CHECKPOINT 1 sha256=" + digest.encode() + b"\n" + body
+    )
+    with pytest.raises(CheckpointError, match="refused"):
+        ckpt.load_file(tmp_path / ckpt.CURRENT)
+    assert not marker.exists()
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path):
+    x, y = blobs()
+    model = small_net()
+    fit(model, (x, y), epochs=1, batch_size=40, progress=False, checkpoint_dir=tmp_path)
+    other = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(CheckpointError, match="different model"):
+        fit(
+            other,
+            (x, y),
+            epochs=2,
+            batch_size=40,
+            progress=False,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
+
+
+def test_resume_from_an_empty_folder_is_refused(tmp_path):
+    x, y = blobs()
+    with pytest.raises(CheckpointError, match="no checkpoint.pt"):
+        fit(small_net(), (x, y), epochs=1, progress=False, checkpoint_dir=tmp_path, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=1000), "batch_size must be at most"),
+        (dict(batch_size="half"), "batch_size"),
+        (dict(epochs=0), "epochs"),
+        (dict(loss="hinge"), "loss"),
+        (dict(nan_policy="ignore"), "nan_policy"),
+        (dict(metrics=("f1",)), "metrics"),
+        (dict(device="tpu"), "device"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, match):
+    x, y = blobs()
+    with pytest.raises((ConfigError, ValueError, TypeError), match=match):
+        fit(small_net(), (x, y), progress=False, **kwargs)
+
+
+def test_works_with_torch_optimizer_and_dataloader():
+    x, y = blobs()
+    model = small_net()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=30, shuffle=True
+    )
+    h = fit(
+        model,
+        loader,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=3,
+        progress=False,
+    )
+    assert len(h.steps) == 24
+    assert h.epochs[-1]["train_accuracy"] > 0.8
+
+
+def test_regression_with_mse():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 3, generator=g)
+    y = (x @ torch.tensor([[1.0], [-2.0], [0.5]])) + 0.01 * torch.randn(300, 1, generator=g)
+    model = nn.Linear(3, 1)
+    h = fit(
+        model,
+        (x, y),
+        loss="mse",
+        metrics=("rmse",),
+        optimizer=go.Adam(model.parameters(), lr=0.05),
+        epochs=40,
+        batch_size=30,
+        progress=False,
+    )
+    assert h.epochs[-1]["train_loss"] < 1e-3
+    assert "train_accuracy" not in h.epochs[-1]
+    state = copy.deepcopy(model.state_dict())
+    assert state["weight"].flatten().tolist() == pytest.approx([1.0, -2.0, 0.5], abs=0.02)

@@ -303,3 +303,32 @@ def _print_summary(result) -> None:
         table.add_row("skipped steps", str(h.skipped_steps))
     table.add_row("run folder", str(result.out))
     Console().print(table)
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args):
+    """Time gradwise's optimizer step against torch.optim's for-loop, foreach and fused paths.
+
+    Same code as benchmarks/optim_step.py; `gradwise bench --help` lists its options
+    (--quick, --threads, --optimizers, --workloads, --json PATH, ...).
+    """
+    from gradwise.bench import main as bench_main
+
+    sys.exit(bench_main(list(args)))
+
+
+def _register_lab_commands() -> None:
+    """lr-find, compare and schedule live in gradwise.cli_lab."""
+    try:
+        from gradwise import cli_lab
+    except ImportError:  # pragma: no cover - while the lab is being written
+        return
+    for command in cli_lab.COMMANDS:
+        main.add_command(command)
+
+
+_register_lab_commands()

@@ -1,0 +1,3 @@
+"""The lab's commands: ``gradwise lr-find``, ``gradwise compare``, ``gradwise schedule``."""
+
+COMMANDS: list = []

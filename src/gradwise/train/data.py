@@ -390,7 +390,7 @@ def load_file(
             values, a single class, bad labels, mismatched lengths, too few rows to split).
     """
     owner = "load_file"
-    if target is not None and not isinstance(target, str | int):
+    if target is not None and (isinstance(target, bool) or not isinstance(target, str | int)):
         _checks._fail(owner, "target", "a column name, an index or None", target, TypeError)
     task = _checks.choice(owner, "task", task, TASKS)
     seed = _checks.integer(owner, "seed", seed, 0)

@@ -44,23 +44,27 @@ OPTIMIZER_LR = {
     "adamw": 1e-3,
 }
 
-#: gradwise's defaults for each bundled dataset (anything not listed comes from TrainConfig)
+#: gradwise's defaults for each bundled dataset; a nested dict holds a model's own defaults.
+#: ``lr`` maps optimizer names to the dataset's default rate (else OPTIMIZER_LR's).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": dict(model="mlp", hidden=(128, 128), epochs=20, batch_size="32"),
     "mnist1d": dict(
         model="cnn1d",
-        hidden=(256, 256),
-        channels=(64, 64, 64),
-        epochs=60,
         batch_size="100",
-        lr_scale=3.0,
-        schedule="warmup:200,cosine",
-        weight_decay=0.0,
+        lr=dict(adam=1e-2, adamw=1e-2, rmsprop=3e-3),
+        schedule="cosine",
+        cnn1d=dict(channels=(32, 32, 32), dropout=0.1, epochs=160),
+        mlp=dict(hidden=(256, 256), dropout=0.1, epochs=100),
     ),
     "spirals": dict(model="mlp", hidden=(64, 64), epochs=100, batch_size="32"),
     "moons": dict(model="mlp", hidden=(32, 32), epochs=40, batch_size="32"),
     "regression": dict(model="mlp", hidden=(64, 64), epochs=60, batch_size="32"),
 }
+#: what a setting left as None becomes when neither the dataset nor the model says otherwise
+FALLBACKS: dict[str, Any] = dict(
+    model="mlp", hidden=(128, 128), channels=(32, 32, 32), dropout=0.0, epochs=20,
+    batch_size="32",
+)
 
 
 @dataclass
@@ -74,11 +78,10 @@ class TrainConfig:
     hidden: tuple[int, ...] | None = None
     channels: tuple[int, ...] | None = None
     activation: str = "relu"
-    dropout: float = 0.0
+    dropout: float | None = None
     init: str = "auto"
     optimizer: str = "adam"
     lr: float | None = None
-    lr_scale: float = 1.0
     momentum: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float | None = None
@@ -101,30 +104,31 @@ class TrainConfig:
 
     # ---------------------------------------------------------------------------- resolution
     def resolved(self) -> TrainConfig:
-        """A copy with every ``None`` replaced by the dataset's and optimizer's defaults."""
+        """A copy with every ``None`` replaced by the dataset's, model's and optimizer's
+        defaults (:data:`DATASET_DEFAULTS`, :data:`FALLBACKS`, :data:`OPTIMIZER_LR`)."""
         _checks.choice("train", "optimizer", self.optimizer, OPTIMIZERS)
         if self.data is None:
             _checks.choice("train", "dataset", self.dataset, tuple(DATASETS))
-        defaults = dict(DATASET_DEFAULTS.get(self.dataset if self.data is None else "", {}))
+        dataset = dict(DATASET_DEFAULTS.get(self.dataset, {})) if self.data is None else {}
         values = dataclasses.asdict(self)
-        scale = defaults.pop("lr_scale", 1.0)
-        for key, value in defaults.items():
-            if values.get(key) is None:
-                values[key] = value
-        values.setdefault("model", None)
-        values["model"] = values["model"] or "mlp"
-        values["hidden"] = tuple(values["hidden"] or (128, 128))
-        values["channels"] = tuple(values["channels"] or (32, 32, 32))
-        values["epochs"] = values["epochs"] or 20
-        values["batch_size"] = str(values["batch_size"] or "32")
+        model = values["model"] or dataset.get("model", FALLBACKS["model"])
+        _checks.choice("train", "model", model, MODELS)
+        values["model"] = model
+        layered = {**FALLBACKS, **dataset, **dataset.get(model, {})}
+        for key in FALLBACKS:
+            if values[key] is None:
+                values[key] = layered[key]
+        if values["schedule"] is None:
+            values["schedule"] = layered.get("schedule")
         if values["lr"] is None:
-            values["lr"] = OPTIMIZER_LR[self.optimizer] * (scale if self.lr_scale == 1.0 else 1.0)
-        values["lr_scale"] = 1.0
+            values["lr"] = layered.get("lr", {}).get(self.optimizer, OPTIMIZER_LR[self.optimizer])
         if values["momentum"] is None:
             values["momentum"] = 0.9 if self.optimizer in ("momentum", "nesterov") else 0.0
         if values["weight_decay"] is None:
             values["weight_decay"] = 1e-2 if self.optimizer == "adamw" else 0.0
-        values["betas"] = tuple(values["betas"])
+        for key in ("hidden", "channels", "betas"):
+            values[key] = tuple(values[key])
+        values["batch_size"] = str(values["batch_size"])
         config = TrainConfig(**values)
         config.validate()
         return config
@@ -191,6 +195,7 @@ def _coerce(source: str, key: str, value, default):
         "channels": tuple,
         "betas": tuple,
         "lr": float,
+        "dropout": float,
         "momentum": float,
         "eps": float,
         "weight_decay": float,

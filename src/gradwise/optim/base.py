@@ -159,7 +159,10 @@ class Optimizer(torch.optim.Optimizer):
                 if seg.steps is not None:
                     seg.steps += 1
                 seg.step = step + 1
-                self._update(seg.param, engine.flat_grad(seg), seg.state, seg.step, group)
+                grad = engine.flat_grad(seg)
+                for sl in engine.chunks(seg.param.numel()):
+                    state = {name: buf[sl] for name, buf in seg.state.items()}
+                    self._update(seg.param[sl], grad[sl], state, seg.step, group)
                 return
         self._step_each(seg, group)
 

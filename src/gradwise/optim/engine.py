@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-
 _GRAD = operator.attrgetter("grad")
 
 
@@ -113,6 +112,20 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
         seg.steps, seg.step = None, 1  # every parameter has had its first update
     seg.ptrs = [p.data_ptr() for p in params]
     seg.flat = True
+
+
+#: elements per piece of a flat buffer that the rule is applied to at once (see :func:`chunks`)
+CHUNK = 1 << 18
+
+
+def chunks(n: int, size: int = CHUNK) -> list[slice]:
+    """Slices covering ``range(n)`` in pieces of ``size`` elements.
+
+    The rule's temporaries (e.g. Adam's denominator) are then chunk-sized: they come from the
+    allocator's cache instead of fresh pages, and the rule's several passes over a piece hit the
+    CPU cache instead of main memory.
+    """
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
 
 
 def flat_grad(seg: Segment) -> Tensor:

@@ -6,7 +6,13 @@ import torch
 from torch import Tensor
 
 from gradwise import _checks
+from gradwise.optim import engine
 from gradwise.optim.base import Optimizer
+
+
+def adagrad_coefficients(step: int, lr: float, lr_decay: float) -> dict[str, float]:
+    """The rate of step ``t``: ``η_t = η / (1 + (t − 1)·lr_decay)``."""
+    return {"clr": lr / (1 + (step - 1) * lr_decay)}
 
 
 def adagrad(
@@ -14,17 +20,15 @@ def adagrad(
     grad: Tensor,
     state: dict[str, Tensor],
     *,
-    step: int,
-    lr: float,
-    lr_decay: float,
     eps: float,
     eps_inside_sqrt: bool,
+    clr: float | Tensor,
 ) -> None:
     r"""One AdaGrad step, in place.
 
     With ``g`` the gradient, ``η = lr``, ``ε = eps``, ``t = step``::
 
-        η_t = η / (1 + (t − 1)·lr_decay)
+        η_t = η / (1 + (t − 1)·lr_decay)        (clr, from adagrad_coefficients)
         G ← G + g²                               (sum)
         θ ← θ − η_t · g / (sqrt(G) + ε)          (eps_inside_sqrt=True: sqrt(G + ε))
 
@@ -32,11 +36,10 @@ def adagrad(
     by default; Keras and optax put ε inside the root (``eps_inside_sqrt=True``) and start the
     accumulator at 0.1. The spec cites AdaGrad's ever-growing ``G`` as what RMSProp fixes.
     """
-    clr = lr / (1 + (step - 1) * lr_decay)
     total = state["sum"]
     total.addcmul_(grad, grad, value=1)
     root = total.add(eps).sqrt_() if eps_inside_sqrt else total.sqrt().add_(eps)
-    param.addcdiv_(grad, root, value=-clr)
+    engine.sub_scaled_ratio_(param, grad, root, clr)
 
 
 class Adagrad(Optimizer):
@@ -94,9 +97,7 @@ class Adagrad(Optimizer):
         return ["sum"]
 
     def hyperparameters(self, group: dict) -> dict:
-        return dict(
-            lr=group["lr"],
-            lr_decay=group["lr_decay"],
-            eps=group["eps"],
-            eps_inside_sqrt=group["eps_inside_sqrt"],
-        )
+        return dict(eps=group["eps"], eps_inside_sqrt=group["eps_inside_sqrt"])
+
+    def coefficients(self, group: dict, step: int) -> dict:
+        return adagrad_coefficients(step, group["lr"], group["lr_decay"])

@@ -6,7 +6,14 @@ import torch
 from torch import Tensor
 
 from gradwise import _checks
+from gradwise.optim import engine
 from gradwise.optim.base import Optimizer
+
+
+def adam_coefficients(step: int, lr: float, betas: tuple[float, float]) -> dict[str, float]:
+    """Step ``t``'s scalars: ``step_size = η/(1 − β1^t)``, ``root_correction = √(1 − β2^t)``."""
+    beta1, beta2 = betas
+    return {"step_size": lr / (1 - beta1**step), "root_correction": (1 - beta2**step) ** 0.5}
 
 
 def adam(
@@ -14,21 +21,24 @@ def adam(
     grad: Tensor,
     state: dict[str, Tensor],
     *,
-    step: int,
-    lr: float,
     betas: tuple[float, float],
     eps: float,
     amsgrad: bool,
+    step_size: float | Tensor,
+    root_correction: float | Tensor,
 ) -> None:
     r"""One Adam step, in place (Kingma & Ba, 2015).
 
-    With ``g`` the gradient, ``β1, β2 = betas``, ``η = lr``, ``ε = eps``, ``t = step``::
+    With ``g`` the gradient, ``β1, β2 = betas``, ``η = lr``, ``ε = eps``, ``t`` the step::
 
         m ← β1·m + (1 − β1)·g                (exp_avg: first moment)
         v ← β2·v + (1 − β2)·g²               (exp_avg_sq: second moment)
         m̂ = m / (1 − β1^t)
         v̂ = v / (1 − β2^t)                   (with amsgrad: v_max ← max(v_max, v); v̂ from v_max)
         θ ← θ − η · m̂ / (sqrt(v̂) + ε)
+
+    computed as ``θ ← θ − step_size · m / (sqrt(v) / root_correction + ε)`` with the step's
+    scalars from :func:`adam_coefficients` (PyTorch's arrangement, the same numbers).
 
     Differences: the spec's and PyTorch's equations (ε outside the root, added after the bias
     correction). Keras and optax add ``ε`` to ``sqrt(v̂)`` the same way; the original paper's
@@ -39,13 +49,11 @@ def adam(
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
     second = exp_avg_sq
     if amsgrad:
         second = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-    denom = (second.sqrt() / bias_correction2**0.5).add_(eps)
-    param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+    denom = (second.sqrt() / root_correction).add_(eps)
+    engine.sub_scaled_ratio_(param, exp_avg, denom, step_size)
 
 
 class Adam(Optimizer):
@@ -116,9 +124,10 @@ class Adam(Optimizer):
         return names + ["max_exp_avg_sq"] if group["amsgrad"] else names
 
     def hyperparameters(self, group: dict) -> dict:
-        return dict(
-            lr=group["lr"], betas=group["betas"], eps=group["eps"], amsgrad=group["amsgrad"]
-        )
+        return dict(betas=group["betas"], eps=group["eps"], amsgrad=group["amsgrad"])
+
+    def coefficients(self, group: dict, step: int) -> dict:
+        return adam_coefficients(step, group["lr"], group["betas"])
 
 
 class AdamW(Adam):

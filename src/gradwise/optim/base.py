@@ -28,18 +28,48 @@ from gradwise.optim import engine
 IMPLEMENTATION_FLAGS = ("foreach", "fused")
 
 
-def l1_proximal_(param: Tensor, threshold: float) -> None:
+def l1_proximal_(param: Tensor, threshold: float | Tensor) -> None:
     """Soft-thresholding, the proximal operator of ``threshold·|θ|``, in place.
 
     θ ← sign(θ) · max(|θ| − threshold, 0)
     """
-    param.copy_(torch.nn.functional.softshrink(param, threshold))
+    param.copy_(param.sign() * (param.abs() - threshold).clamp_(min=0))
+
+
+def update(
+    rule: engine.Rule,
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Tensor],
+    *,
+    maximize: bool,
+    weight_decay: float,
+    shrink: float | Tensor | None,
+    l1_threshold: float | Tensor | None,
+    hyperparameters: dict[str, Any],
+    coefficients: dict[str, Any],
+) -> None:
+    """Steps 1-4 of the module docstring on one tensor (a parameter, or a flat buffer).
+
+    ``weight_decay`` is the coupled L2 strength (0 when decay is decoupled), ``shrink`` the
+    decoupled factor ``1 − lr·weight_decay`` (or None), ``l1_threshold`` is ``lr·l1`` (or None).
+    ``hyperparameters`` are the group's constants, ``coefficients`` the step's scalars.
+    """
+    if maximize:
+        grad = -grad
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)
+    if shrink is not None:
+        param.mul_(shrink)
+    rule(param, grad, state, **hyperparameters, **coefficients)
+    if l1_threshold is not None:
+        l1_proximal_(param, l1_threshold)
 
 
 class Optimizer(torch.optim.Optimizer):
     """Base class of gradwise's optimizers (a ``torch.optim.Optimizer``)."""
 
-    #: the rule: ``rule(param, grad, state, *, step, **hyperparameters)``, updating in place
+    #: the rule: ``rule(param, grad, state, **hyperparameters, **coefficients)``, in place
     rule: ClassVar[engine.Rule]
     #: whether the algorithm keeps PyTorch's per-parameter ``state["step"]`` tensor
     has_step: ClassVar[bool] = True
@@ -73,7 +103,11 @@ class Optimizer(torch.optim.Optimizer):
         return state
 
     def hyperparameters(self, group: dict) -> dict[str, Any]:
-        """The rule's keyword arguments, from a param group."""
+        """The rule's constant keyword arguments, from a param group."""
+        raise NotImplementedError
+
+    def coefficients(self, group: dict, step: int) -> dict[str, Any]:
+        """The rule's keyword arguments that change from step to step (rates, corrections)."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------- torch API
@@ -197,18 +231,20 @@ class Optimizer(torch.optim.Optimizer):
         return all(n in state for n in names) and (not self.has_step or "step" in state)
 
     def _update(self, param: Tensor, grad: Tensor, state: dict, step: int, group: dict) -> None:
-        """Steps 1-4 of the module docstring on one tensor (a parameter or a flat buffer)."""
-        lr, wd = group["lr"], group["weight_decay"]
-        if group["maximize"]:
-            grad = -grad
-        if wd != 0:
-            if group.get("decoupled_weight_decay", False):
-                param.mul_(1 - lr * wd)
-            else:
-                grad = grad.add(param, alpha=wd)
-        type(self).rule(param, grad, state, step=step, **self.hyperparameters(group))
-        if group.get("l1", 0.0):
-            l1_proximal_(param, lr * group["l1"])
+        update(type(self).rule, param, grad, state, **self._update_args(group, step))
+
+    def _update_args(self, group: dict, step: int) -> dict[str, Any]:
+        """``update``'s keyword arguments for this group and step."""
+        lr, wd, l1 = group["lr"], group["weight_decay"], group.get("l1", 0.0)
+        decoupled = group.get("decoupled_weight_decay", False)
+        return dict(
+            maximize=group["maximize"],
+            weight_decay=0.0 if decoupled else wd,
+            shrink=1 - lr * wd if decoupled and wd != 0 else None,
+            l1_threshold=lr * l1 if l1 else None,
+            hyperparameters=self.hyperparameters(group),
+            coefficients=self.coefficients(group, step),
+        )
 
 
 def _step_dtype() -> torch.dtype:

@@ -147,3 +147,19 @@ def uniform_step(seg: Segment) -> int | None:
 
 
 Rule = Callable[..., None]
+
+
+def sub_scaled_(param: Tensor, x: Tensor, scale: float | Tensor) -> None:
+    """``θ ← θ − scale·x`` in place; ``scale`` is a number (eager) or a 0-d tensor (compiled)."""
+    if isinstance(scale, Tensor):
+        param.sub_(x * scale)
+    else:
+        param.add_(x, alpha=-scale)
+
+
+def sub_scaled_ratio_(param: Tensor, num: Tensor, den: Tensor, scale: float | Tensor) -> None:
+    """``θ ← θ − scale·num/den`` in place, as ``sub_scaled_`` for its ``scale``."""
+    if isinstance(scale, Tensor):
+        param.sub_(num.mul(scale).div_(den))
+    else:
+        param.addcdiv_(num, den, value=-scale)

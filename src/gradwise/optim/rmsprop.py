@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from gradwise import _checks
+from gradwise.optim import engine
 from gradwise.optim.base import Optimizer
 
 
@@ -13,13 +14,12 @@ def rmsprop(
     grad: Tensor,
     state: dict[str, Tensor],
     *,
-    step: int,
-    lr: float,
     alpha: float,
     eps: float,
     momentum: float,
     centered: bool,
     eps_inside_sqrt: bool,
+    lr: float | Tensor,
 ) -> None:
     r"""One RMSProp step, in place.
 
@@ -46,9 +46,9 @@ def rmsprop(
     if momentum > 0:
         buf = state["momentum_buffer"]
         buf.mul_(momentum).addcdiv_(grad, root)
-        param.add_(buf, alpha=-lr)
+        engine.sub_scaled_(param, buf, lr)
     else:
-        param.addcdiv_(grad, root, value=-lr)
+        engine.sub_scaled_ratio_(param, grad, root, lr)
 
 
 class RMSprop(Optimizer):
@@ -113,10 +113,12 @@ class RMSprop(Optimizer):
 
     def hyperparameters(self, group: dict) -> dict:
         return dict(
-            lr=group["lr"],
             alpha=group["alpha"],
             eps=group["eps"],
             momentum=group["momentum"],
             centered=group["centered"],
             eps_inside_sqrt=group["eps_inside_sqrt"],
         )
+
+    def coefficients(self, group: dict, step: int) -> dict:
+        return {"lr": group["lr"]}

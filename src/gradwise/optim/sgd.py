@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from gradwise import _checks
+from gradwise.optim import engine
 from gradwise.optim.base import Optimizer
 
 
@@ -13,17 +14,17 @@ def sgd(
     grad: Tensor,
     state: dict[str, Tensor],
     *,
-    step: int,
-    lr: float,
     momentum: float,
     dampening: float,
     nesterov: bool,
+    first: bool,
+    lr: float | Tensor,
 ) -> None:
     r"""One step of (momentum) gradient descent, in place.
 
     With ``g`` the gradient ∇J(θ), ``μ = momentum``, ``τ = dampening``, ``η = lr``::
 
-        b ← g                          on the first step (μ ≠ 0)
+        b ← g                          on the first step (``first``; μ ≠ 0)
         b ← μ·b + (1 − τ)·g            afterwards
         d = g            if μ = 0
         d = b            with momentum
@@ -39,12 +40,12 @@ def sgd(
     """
     if momentum != 0:
         buf = state["momentum_buffer"]
-        if step == 1:
+        if first:
             buf.copy_(grad)
         else:
             buf.mul_(momentum).add_(grad, alpha=1 - dampening)
         grad = grad.add(buf, alpha=momentum) if nesterov else buf
-    param.add_(grad, alpha=-lr)
+    engine.sub_scaled_(param, grad, lr)
 
 
 class SGD(Optimizer):
@@ -109,8 +110,8 @@ class SGD(Optimizer):
 
     def hyperparameters(self, group: dict) -> dict:
         return dict(
-            lr=group["lr"],
-            momentum=group["momentum"],
-            dampening=group["dampening"],
-            nesterov=group["nesterov"],
+            momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"]
         )
+
+    def coefficients(self, group: dict, step: int) -> dict:
+        return {"lr": group["lr"], "first": step == 1}

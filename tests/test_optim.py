@@ -477,3 +477,51 @@ def test_property_parity_with_torch(case, shapes, dtype, lr, seed):
     oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
     run_lockstep(oa, ob, a, b, 6, torch.Generator().manual_seed(seed))
     assert_same_state(oa, ob, a, b, dtype)
+
+
+# ------------------------------------------------------------------ the compiled (fused) path
+
+COMPILED = [GRID[i] for i in (1, 3, 6, 12, 11, 15, 17)]
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), COMPILED, ids=[c[0] for c in COMPILED])
+def test_compiled_path_matches_torch(name, cls, tcls, kw):
+    """fused=True runs the same rule compiled into one pass; results equal PyTorch's."""
+    a, b = twins(make_params(torch.float32, shapes=[(64, 33), (17,), (5, 5)]))
+    oa, ob = cls(a, fused=True, **kw), tcls(b, foreach=False, **kw)
+    gen = torch.Generator().manual_seed(12)
+    for i in range(12):
+        run_lockstep(oa, ob, a, b, 1, gen)
+        if i == 6:  # a new rate must not need a recompilation, nor change the results
+            for group in oa.param_groups + ob.param_groups:
+                group["lr"] *= 0.3
+    assert_same_state(oa, ob, a, b, torch.float32)
+    seg = next(iter(oa._segments.values()))[1][0]
+    assert seg.flat and oa._compiles(seg, oa.param_groups[0])
+
+
+def test_compiled_path_with_l1_and_decoupled_decay_matches_eager():
+    vals = make_params(torch.float32, shapes=[(40, 30), (30,)])
+    a, b = twins(vals)
+    kw = dict(lr=0.01, weight_decay=0.1, l1=5.0)
+    oa, ob = go.AdamW(a, fused=True, **kw), go.AdamW(b, fused=False, **kw)
+    run_lockstep(oa, ob, a, b, 10, torch.Generator().manual_seed(13))
+    assert_same_state(oa, ob, a, b, torch.float32)
+    assert (a[0] == 0).sum() > 0  # L1 made exact zeros in the compiled path too
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    from gradwise.optim import engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(engine, "_compiled", {})
+    monkeypatch.setattr(engine, "_compile_error", None)
+    monkeypatch.setattr(engine.torch, "compile", broken)
+    a, b = twins(make_params(torch.float64))
+    oa, ob = go.Adam(a, lr=0.01, fused=True), torch.optim.Adam(b, lr=0.01, foreach=False)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        run_lockstep(oa, ob, a, b, 5, torch.Generator().manual_seed(14))
+    assert_same_state(oa, ob, a, b, torch.float64)
+    assert not engine.compile_available()

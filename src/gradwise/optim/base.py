@@ -194,11 +194,30 @@ class Optimizer(torch.optim.Optimizer):
                     seg.steps += 1
                 seg.step = step + 1
                 grad = engine.flat_grad(seg)
+                if self._compiles(seg, group):
+                    args = engine.as_tensors(self._update_args(group, seg.step), grad.device)
+                    try:
+                        # grad mode on: under no_grad, torch 2.13's compiled in-place updates can
+                        # read a stale value (seen with Nesterov's buffer); nothing here needs grad
+                        with torch.enable_grad():
+                            engine.compiled(update, type(self).rule)(
+                                type(self).rule, seg.param, grad, seg.state, **args
+                            )
+                        return
+                    except Exception as e:  # no compiler, unsupported device, ...
+                        engine.disable_compile(e)
                 for sl in engine.chunks(seg.param.numel()):
                     state = {name: buf[sl] for name, buf in seg.state.items()}
                     self._update(seg.param[sl], grad[sl], state, seg.step, group)
                 return
         self._step_each(seg, group)
+
+    def _compiles(self, seg: engine.Segment, group: dict) -> bool:
+        """Whether the flat update runs as one compiled pass (``fused``: True, False, None=auto)."""
+        fused = group.get("fused")
+        if fused is False or not engine.compile_available():
+            return False
+        return bool(fused) or seg.param.numel() >= engine.AUTO_COMPILE_NUMEL
 
     def _step_each(self, seg: engine.Segment, group: dict) -> None:
         """The per-tensor path: the same rule, one parameter at a time."""

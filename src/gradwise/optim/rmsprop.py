@@ -79,6 +79,7 @@ class RMSprop(Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
         *,
+        fused: bool | None = None,
         l1: float = 0.0,
         eps_inside_sqrt: bool = False,
     ) -> None:
@@ -98,6 +99,7 @@ class RMSprop(Optimizer):
             foreach=foreach,
             maximize=maximize,
             differentiable=differentiable,
+            fused=fused,
             l1=l1,
             eps_inside_sqrt=eps_inside_sqrt,
         )

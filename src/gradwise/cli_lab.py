@@ -1,3 +1,543 @@
-"""The lab's commands: ``gradwise lr-find``, ``gradwise compare``, ``gradwise schedule``."""
+"""The lab's commands: ``gradwise lr-find``, ``gradwise compare``, ``gradwise schedule``.
 
-COMMANDS: list = []
+``cli.py`` registers every command in :data:`COMMANDS` into the ``gradwise`` group. lr-find and
+compare take every ``gradwise train`` option (the shared ``train_options``), so a comparison or a
+range test is described exactly like a training run.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import time
+from pathlib import Path
+
+import click
+
+from gradwise.cli import _csv_ints, _friendly, config_from_options, train_options
+from gradwise.errors import ConfigError
+
+
+def _console():
+    """A console for tables: the terminal's width, or 160 columns when piped (no wrapping)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as typed, rebuilt from the options that were given (for reports)."""
+    parts = ["gradwise", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP") or value is None:
+            continue
+        if isinstance(param, click.Argument):
+            values = value if isinstance(value, tuple) else (value,)
+            parts += [shlex.quote(str(v)) for v in values]
+            continue
+        if param.is_flag:
+            if param.secondary_opts and not value:
+                parts.append(param.secondary_opts[0])
+            elif value:
+                parts.append(param.opts[0])
+            continue
+        if isinstance(value, tuple):
+            value = ",".join(map(str, value))
+        parts += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def _csv(name: str, value: str | None, sep: str = ",") -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(sep)]
+    if not items or any(not v for v in items):
+        raise ConfigError(f"--{name}: empty item in {value!r} (separate items with {sep!r})")
+    return items
+
+
+def _floats(name: str, value: str | None) -> list[float] | None:
+    items = _csv(name, value)
+    if items is None:
+        return None
+    out = []
+    for item in items:
+        try:
+            number = float(item)
+        except ValueError:
+            raise ConfigError(f"--{name}: {item!r} is not a number (in {value!r})") from None
+        if not math.isfinite(number) or number <= 0:
+            raise ConfigError(f"--{name}: rates must be positive numbers; received {item!r}")
+        out.append(number)
+    return out
+
+
+def _run_folder(kind: str, config) -> Path:
+    data = Path(config.data).stem if config.data else config.dataset
+    return Path("runs") / f"{kind}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# ------------------------------------------------------------------------------------ lr-find
+
+
+@click.command("lr-find")
+@train_options
+@click.option(
+    "--start-lr", type=float, default=1e-7, show_default=True, help="Rate of the first step."
+)
+@click.option(
+    "--end-lr", type=float, default=10.0, show_default=True, help="Rate of the last step."
+)
+@click.option(
+    "--steps", type=int, default=100, show_default=True, help="Most steps (batches) to take."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Folder for lr_find.png and lr_find.csv.  [default: runs/lr-find-<dataset>-<time>]",
+)
+@_friendly
+def lr_find_command(start_lr, end_lr, steps, out, **options):
+    """Find a learning rate: the range test.
+
+    Trains the configured model for a few batches while the rate grows exponentially from
+    --start-lr to --end-lr, stops when the loss diverges, and suggests the rate where the
+    smoothed loss falls fastest (its steepest descent against log(rate)). Draws lr_find.png
+    (loss against rate, log scale, suggestion marked). The model is not saved: the test only
+    measures. Takes every `gradwise train` option.
+    """
+    import torch
+
+    from gradwise.lab.lr_find import lr_find
+    from gradwise.lab.plots import _lr_text
+    from gradwise.regularization import l2_penalty
+    from gradwise.train.run import build_data, build_model, build_optimizer, parse_batch_size
+
+    ctx = click.get_current_context()
+    config = config_from_options(dict(options)).resolved()
+    data = build_data(config)
+    model = build_model(config, data)
+    optimizer = build_optimizer(config, model)
+    weights = [p for p in model.parameters() if p.dim() > 1]
+    penalty = (lambda: l2_penalty(weights, config.l2)) if config.l2 else None
+    with torch.random.fork_rng():
+        result = lr_find(
+            model,
+            data,
+            optimizer=optimizer,
+            loss="cross_entropy" if data.task == "classification" else "mse",
+            start_lr=start_lr,
+            end_lr=end_lr,
+            steps=steps,
+            batch_size=parse_batch_size(config.batch_size),
+            penalty=penalty,
+            seed=config.seed,
+        )
+    folder = Path(out) if out else _run_folder("lr-find", config)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = Path(config.data).name if config.data else config.dataset
+    title = f"{name} · {config.model} · {config.optimizer} · batch {config.batch_size}"
+    result.plot(folder / "lr_find.png", title=title)
+    result.to_csv(folder / "lr_find.csv")
+
+    from rich.table import Table
+
+    table = Table(title="gradwise lr-find", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("setup", title)
+    table.add_row("range", f"{_lr_text(start_lr)} to {_lr_text(end_lr)}, {len(result.lrs)} steps")
+    table.add_row("stopped", result.stopped)
+    if result.suggestion is not None:
+        table.add_row(
+            "suggested lr", f"[bold green]{_lr_text(result.suggestion)}[/]  ({result.rule})"
+        )
+    else:
+        table.add_row("suggested lr", "none: the loss never fell; widen the range or add --steps")
+    if result.min_loss_lr is not None:
+        table.add_row(
+            "loss minimum at", f"{_lr_text(result.min_loss_lr)} (near the edge of stability)"
+        )
+    table.add_row("plot", str(folder / "lr_find.png"))
+    _console().print(table)
+    if result.suggestion is not None:
+        line = _command_line(ctx).replace(f"gradwise {ctx.info_name}", "gradwise train", 1)
+        for flag in ("--start-lr", "--end-lr", "--steps", "--out"):
+            line = _drop_option(line, flag)
+        line = _drop_option(line, "--lr")
+        click.echo(f"train with it:  {line} --lr {_lr_text(result.suggestion)}")
+
+
+def _drop_option(line: str, flag: str) -> str:
+    words = shlex.split(line)
+    out, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if word == flag:
+            skip = True
+            continue
+        out.append(word)
+    return " ".join(shlex.quote(w) for w in out)
+
+
+# ------------------------------------------------------------------------------------ compare
+
+
+@click.command("compare")
+@train_options
+@click.option(
+    "--optimizers",
+    help="Optimizers to compare, e.g. sgd,momentum,rmsprop,adam (each at its default rate "
+    "unless --lrs is given).",
+)
+@click.option("--lrs", help="Learning rates to compare, e.g. 1e-3,1e-2,1e-1.")
+@click.option(
+    "--batch-sizes",
+    help="Batch modes: full (batch descent), 1 (stochastic), N (mini-batch), e.g. full,1,64.",
+)
+@click.option(
+    "--schedules",
+    help="Schedules separated by ';' (they contain commas), e.g. "
+    "'none;step:200:0.5;exp:0.998;cosine;plateau'. 'plateau' or a '+plateau' suffix adds "
+    "reduce-on-plateau.",
+)
+@click.option(
+    "--inits", help="Init schemes, e.g. he,xavier,small (auto, lecun, orthogonal, normal, torch)."
+)
+@click.option(
+    "--regularizers",
+    help="Regularizers, e.g. none,l1=1e-4,l2=1e-3,wd=1e-2,dropout=0.2 (join with + to combine).",
+)
+@click.option(
+    "--seeds",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Runs of each configuration (seed, seed+1, ...).",
+)
+@click.option("--jobs", type=int, help="Runs in parallel, one process each.  [default: the cores]")
+@click.option(
+    "--target-accuracy",
+    type=float,
+    help="Report steps and time to this validation accuracy (0-1).  "
+    "[default: 95% of the best configuration's, rounded down]",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    help="Share of the training rows held out for validation (0.9 leaves a small training "
+    "set).  [default: 0.1]",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Report folder.  [default: runs/compare-<dataset>-<time>]",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_friendly
+def compare_command(
+    optimizers,
+    lrs,
+    batch_sizes,
+    schedules,
+    inits,
+    regularizers,
+    seeds,
+    jobs,
+    target_accuracy,
+    val_fraction,
+    out,
+    no_progress,
+    **options,
+):
+    """Compare configurations: every combination of the lists given, each over several seeds.
+
+    Trains the same model on the same data under each configuration (the cartesian product of
+    --optimizers, --lrs, --batch-sizes, --schedules, --inits, --regularizers; every other
+    setting from the usual train options), one process per run, at most --jobs at a time.
+    Writes a report folder: curves.png, summary.md, summary.csv, runs.csv and each run's
+    history in runs/<configuration>-seed<k>/.
+
+    Example: gradwise compare --dataset digits --optimizers sgd,momentum,rmsprop,adam --epochs 10
+    """
+    import dataclasses
+
+    from gradwise.lab.compare import compare, default_jobs, grid
+    from gradwise.train.run import INITS, OPTIMIZERS
+
+    ctx = click.get_current_context()
+    pairs = {
+        "optimizers": "optimizer",
+        "lrs": "lr",
+        "batch_sizes": "batch_size",
+        "schedules": "schedule",
+        "inits": "init",
+    }
+    for many, one in pairs.items():
+        if ctx.params.get(many) is not None and options.get(one) is not None:
+            raise ConfigError(
+                f"give --{one.replace('_', '-')} or --{many.replace('_', '-')}, not both"
+            )
+    if regularizers is not None:
+        given = [k for k in ("l1", "l2", "weight_decay", "dropout") if options.get(k) is not None]
+        if given:
+            names = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise ConfigError(f"--regularizers sets l1, l2, wd and dropout itself; drop {names}")
+    optimizer_list = _csv("optimizers", optimizers)
+    for name in optimizer_list or ():
+        if name not in OPTIMIZERS:
+            raise ConfigError(
+                f"--optimizers: unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}"
+            )
+    init_list = _csv("inits", inits)
+    for name in init_list or ():
+        if name not in INITS:
+            raise ConfigError(f"--inits: unknown init {name!r}; allowed: {', '.join(INITS)}")
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1; received --seeds {seeds}")
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1; received --jobs {jobs}")
+    if target_accuracy is not None and not 0 <= target_accuracy <= 1:
+        raise ConfigError(
+            f"--target-accuracy must be in [0, 1] (e.g. 0.95); received {target_accuracy:g}"
+        )
+    base = config_from_options(dict(options))
+    if val_fraction is not None:
+        base = dataclasses.replace(base, val_fraction=val_fraction)
+    configs = grid(
+        base,
+        optimizers=optimizer_list,
+        lrs=_floats("lrs", lrs),
+        batch_sizes=_csv("batch-sizes", batch_sizes),
+        schedules=_csv("schedules", schedules, sep=";"),
+        inits=init_list,
+        regularizers=_csv("regularizers", regularizers),
+    )
+    first = next(iter(configs.values())).resolved()
+    folder = Path(out) if out else _run_folder("compare", first)
+    jobs = jobs or default_jobs()
+    total = len(configs) * seeds
+
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    click.echo(
+        f"compare: {len(configs)} configuration(s) x {seeds} seed(s) = {total} runs, "
+        f"{min(jobs, total)} at a time -> {folder}",
+        err=True,
+    )
+    bar = Progress(
+        TextColumn("runs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[last]}"),
+        console=console,
+        disable=no_progress or not console.is_terminal,
+    )
+
+    with bar:
+        task = bar.add_task("compare", total=total, last="")
+
+        def on_result(record, done, total):
+            if record.diverged:
+                last = f"[red]{record.label} seed {record.seed}: diverged[/]"
+            else:
+                acc = record.history.last(record.metric_key)
+                last = f"{record.label} seed {record.seed}: {record.metric_key} {acc:.3f}"
+            bar.update(task, completed=done, last=last)
+
+        result = compare(
+            configs,
+            seeds=range(first.seed, first.seed + seeds),
+            jobs=jobs,
+            out=folder,
+            target_accuracy=target_accuracy,
+            on_result=on_result,
+            command=_command_line(ctx),
+        )
+    _print_comparison(result, folder)
+
+
+def _print_comparison(result, folder: Path) -> None:
+    from rich.table import Table
+
+    from gradwise.lab.compare import fmt_mean_std
+
+    metric = result.metric
+    pct = metric == "accuracy"
+    short = "acc" if pct else metric
+    table = Table(
+        title=result.title,
+        title_justify="left",
+        caption=f"{metric}: mean ± std over seeds; final and best on the validation split, "
+        "test on the test set",
+        caption_justify="left",
+    )
+    table.add_column("configuration", style="bold", no_wrap=True)
+    table.add_column(f"final {short}", justify="right")
+    table.add_column(f"best {short}", justify="right")
+    table.add_column(f"test {short}", justify="right")
+    if result.target is not None:
+        target = f"{result.target:.1%}".replace(".0%", "%")
+        table.add_column(f"steps to {target}", justify="right")
+        table.add_column(f"time to {target}", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("diverged", justify="right")
+    for row in result.summary():
+        cells = [row["label"]]
+        for name in (f"final_{metric}", f"best_{metric}", f"test_{metric}"):
+            cells.append(fmt_mean_std(row[f"{name}_mean"], row[f"{name}_std"], pct, compact=True))
+        if result.target is not None:
+            ok = row["runs"] - row["diverged"]
+            reached = "" if row["reached"] == ok else f" ({row['reached']}/{ok})"
+            steps = row["steps_to_target"]
+            cells.append("—" if math.isnan(steps) else f"{steps:.0f}{reached}")
+            seconds = row["time_to_target"]
+            cells.append("—" if math.isnan(seconds) else f"{seconds:.2f} s")
+        cells.append(f"{row['train_time_mean']:.2f} s" if row["runs"] > row["diverged"] else "—")
+        cells.append(f"[red]{row['diverged']}/{row['runs']}[/]" if row["diverged"] else "0")
+        table.add_row(*cells)
+    console = _console()
+    console.print(table)
+    console.print(
+        f"{len(result.runs)} runs in {result.wall_time:.1f} s "
+        f"({result.jobs} at a time). Report: {folder / 'summary.md'}, {folder / 'curves.png'}"
+    )
+
+
+# ----------------------------------------------------------------------------------- schedule
+
+
+@click.command("schedule")
+@click.argument("texts", nargs=-1, required=True, metavar="SCHEDULE...")
+@click.option("--steps", type=int, default=1000, show_default=True, help="Steps to draw.")
+@click.option(
+    "--plateau-at",
+    callback=_csv_ints,
+    help="Steps at which a reduce-on-plateau cut happens, e.g. 400,700 (to see what cuts do).",
+)
+@click.option(
+    "--factor",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Each plateau cut multiplies by this.",
+)
+@click.option("--base-lr", type=float, default=1e-3, show_default=True, help="The base rate.")
+@click.option("--log", "log_scale", is_flag=True, help="Log scale for the rate.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="lr.png",
+    show_default=True,
+    help="PNG to write.",
+)
+@_friendly
+def schedule_command(texts, steps, plateau_at, factor, base_lr, log_scale, out):
+    """Plot learning-rate schedules before training, and print a few values.
+
+    SCHEDULE is the text that `gradwise train --schedule` takes: segments joined by commas,
+    run one after another, each counting steps from its own start:
+
+    \b
+      constant                      1, forever
+      constant:N[:VALUE]            VALUE (default 1) for N steps
+      warmup:N[:START]              linear from START (default 0) to 1 over N steps
+      cosine:N[:FINAL]              half a cosine from 1 to FINAL (default 0) over N steps
+      onecycle:N[:PCT_START]        one cycle over N steps (PyTorch's OneCycleLR shape)
+      step:SIZE[:GAMMA]             x GAMMA (default 0.1) every SIZE steps, forever
+      multistep:M1/M2/...[:GAMMA]   x GAMMA at steps M1, M2, ..., forever
+      exp:GAMMA                     GAMMA ** t, forever
+
+    cosine and onecycle without N last until --steps. Give several schedules to overlay them.
+    --plateau-at shows what reduce-on-plateau cuts (--plateau in train) do on top: the rate is
+    base x schedule(t) x factor^(cuts so far). In `gradwise train` a step is one batch.
+
+    \b
+    Examples:
+      gradwise schedule "warmup:100,cosine:900" --plateau-at 400,700 --steps 1000 --out lr.png
+      gradwise schedule "step:300:0.5" "exp:0.998" "cosine" --steps 1000
+    """
+    from gradwise.lab.plots import _lr_text, plot_schedule
+
+    if steps < 1:
+        raise ConfigError(f"--steps must be at least 1; received --steps {steps}")
+    if not 0 < factor < 1:
+        raise ConfigError(f"--factor must be in (0, 1); received --factor {factor:g}")
+    if not (math.isfinite(base_lr) and base_lr > 0):
+        raise ConfigError(f"--base-lr must be a positive number; received --base-lr {base_lr:g}")
+    cuts = sorted(set(plateau_at or ()))
+    for cut in cuts:
+        if cut > steps:
+            raise ConfigError(f"--plateau-at: step {cut} is past --steps {steps}")
+    curves = []
+    for text in texts:
+        curves.append((text, schedule_rates(text, steps, base_lr)))
+        if cuts:
+            at = ",".join(map(str, cuts))
+            rates = schedule_rates(text, steps, base_lr, cuts=cuts, factor=factor)
+            curves.append((f"{text} + plateau cuts at {at} (x{factor:g})", rates))
+    xs = list(range(steps + 1))
+    title = "Learning-rate schedule" + ("s" if len(texts) > 1 else f": {texts[0]}")
+    title += f"  (base lr {_lr_text(base_lr)})"
+    path = plot_schedule(xs, curves, out, title=title, cuts=cuts, log=log_scale)
+
+    from rich.table import Table
+
+    marks = sorted(
+        {0, steps, *cuts, *(c - 1 for c in cuts if c > 0)}
+        | {round(steps * f) for f in (0.1, 0.25, 0.5, 0.75, 0.9)}
+    )
+    table = Table(title="learning rate at", title_justify="left")
+    table.add_column("step", justify="right")
+    for label, _ in curves:
+        table.add_column(label, justify="right")
+    for t in marks:
+        table.add_row(str(t), *(f"{rates[t]:.4g}" for _, rates in curves))
+    _console().print(table)
+    click.echo(f"plot: {path}")
+
+
+def schedule_rates(
+    text: str, steps: int, base_lr: float, *, cuts=(), factor: float = 0.5
+) -> list[float]:
+    """The rates a :class:`gradwise.schedules.Scheduler` sets at steps ``0 … steps`` for the
+    schedule ``text``, with a plateau cut (of ``factor``) forced at each step in ``cuts``: the
+    library's own objects, so the plot is what training will do."""
+    import torch
+
+    from gradwise.schedules import Plateau, Scheduler, parse
+
+    schedule = parse(text, total_steps=steps)
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=base_lr)
+    plateau = Plateau(factor=factor, patience=0, threshold=0.0) if cuts else None
+    scheduler = Scheduler(optimizer, schedule, plateau=plateau)
+    if plateau is not None:
+        scheduler.report(0.0)  # the best value: every later report is worse, so it cuts
+    rates = []
+    for t in range(steps + 1):
+        if t in cuts:
+            scheduler.report(math.inf)
+        rates.append(scheduler.lrs[0])
+        scheduler.step()
+    return rates
+
+
+COMMANDS: list = [lr_find_command, compare_command, schedule_command]

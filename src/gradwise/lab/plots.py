@@ -83,3 +83,218 @@ def plot_history(history: History, path: str | Path, title: str = "") -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------------------------ lab plots
+
+#: one colour per configuration (matplotlib's tab10, then tab20's light shades)
+COLORS = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
+
+
+def _lr_text(lr: float) -> str:
+    """A rate written short: ``1e-3``, ``3e-4``, ``0.05``, ``0.1``."""
+    if lr == 0:
+        return "0"
+    if lr < 0.01 or lr >= 100:
+        mantissa, exponent = f"{lr:.1e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{lr:.3g}"
+
+
+def plot_lr_find(result, path: str | Path, title: str = "") -> Path:
+    """The range test's loss (raw and smoothed) against the rate on a log axis, with the
+    suggested rate and the smoothed minimum marked and the suggestion rule written out."""
+    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
+    lrs, losses, smoothed = result.lrs, result.losses, result.smoothed
+    if lrs:
+        ax.plot(lrs, losses, color="tab:blue", alpha=0.3, lw=0.8, label="loss (per batch)")
+        ax.plot(lrs, smoothed, color="tab:blue", lw=2, label="smoothed loss")
+        ax.set_xscale("log")
+        # the diverging tail would squash the interesting part: cap the view above the start
+        top = max(smoothed[0], min(smoothed)) * 1.3
+        bottom = min(min(losses), min(smoothed))
+        ax.set_ylim(bottom - 0.05 * (top - bottom), top)
+    if result.min_loss_lr is not None:
+        i = lrs.index(result.min_loss_lr)
+        ax.plot(
+            [lrs[i]],
+            [smoothed[i]],
+            "s",
+            color="tab:gray",
+            ms=7,
+            label=f"minimum of smoothed loss: lr = {_lr_text(lrs[i])}",
+        )
+    if result.suggestion is not None:
+        i = lrs.index(result.suggestion)
+        ax.axvline(result.suggestion, color="tab:red", ls="--", lw=1)
+        ax.plot(
+            [lrs[i]],
+            [smoothed[i]],
+            "o",
+            color="tab:red",
+            ms=9,
+            label=f"suggestion: lr = {_lr_text(result.suggestion)}",
+        )
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss")
+    ax.set_title(
+        (title + "\n" if title else "") + f"Learning-rate range test · suggestion = {result.rule}",
+        fontsize=10,
+    )
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3, which="both")
+    ax.text(
+        0.99,
+        0.98,
+        f"{len(lrs)} steps; {result.stopped}",
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+        fontsize=8,
+        color="0.35",
+    )
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_schedule(
+    steps: list[int],
+    curves: list[tuple[str, list[float]]],
+    path: str | Path,
+    *,
+    title: str = "",
+    cuts: list[int] = (),
+    log: bool = False,
+    ylabel: str = "learning rate",
+) -> Path:
+    """Learning rate against step, one line per ``(label, values)``; plateau ``cuts`` marked."""
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    for (label, values), color, style in zip(curves, COLORS, ("-", "--", "-.", ":") * 8):
+        ax.plot(steps, values, style, color=color, lw=2, label=label)
+    for i, cut in enumerate(cuts):
+        ax.axvline(cut, color="0.5", ls=":", lw=1, label="plateau cut" if i == 0 else None)
+    if log:
+        ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel=ylabel + (" (log scale)" if log else ""), title=title)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1 or cuts:
+        ax.legend()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _mean_range_curves(histories: list[History], key: str):
+    """Epoch-aligned mean, min and max of ``key`` over runs (cut to the shortest run)."""
+    import numpy as np
+
+    n = min(len(h.epochs) for h in histories)
+    rows = [[h.epochs[j].get(key) for j in range(n)] for h in histories]
+    if n == 0 or any(v is None for row in rows for v in row):
+        return None
+    values = np.asarray(rows, dtype=float)
+    return values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+
+
+def plot_comparison(comparison, path: str | Path, title: str = "") -> Path:
+    """Training and validation loss and metric against step and against wall time, one colour
+    per configuration: the mean over seeds as a line, their spread (min to max) as a band.
+    Diverged runs are left out (drawn dotted, from their partial histories, only when every run
+    of a configuration diverged)."""
+    import numpy as np
+    from matplotlib.lines import Line2D
+
+    metric = comparison.metric
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5), layout="constrained")
+    handles = []
+    last_steps, last_times, loss_values = [], [], []
+    for i, label in enumerate(comparison.labels):
+        color = COLORS[i % len(COLORS)]
+        runs = comparison.runs_of(label)
+        ok = [r for r in runs if not r.diverged and r.history.epochs]
+        partial = not ok
+        use = ok or [r for r in runs if r.history.epochs]
+        n_div = sum(r.diverged for r in runs)
+        name = label + (f"  ({n_div}/{len(runs)} diverged)" if n_div else "")
+        handles.append(Line2D([], [], color=color, lw=2.5, ls=":" if partial else "-", label=name))
+        if not use:
+            continue
+        histories = [r.history for r in use]
+        n = min(len(h.epochs) for h in histories)
+        x_step = np.asarray([histories[0].epochs[j]["step"] for j in range(n)], dtype=float)
+        x_time = np.mean([[h.epochs[j]["elapsed"] for j in range(n)] for h in histories], axis=0)
+        last_steps.append(x_step[-1])
+        last_times.append(x_time[-1])
+        for col, stem in ((0, "loss"), (1, metric)):
+            for prefix, style in (("train_", "--"), ("val_", "-")):
+                curve = _mean_range_curves(histories, prefix + stem)
+                if curve is None:
+                    continue
+                mean, low, high = curve
+                if stem == "loss":
+                    loss_values.extend(v for v in mean if np.isfinite(v))
+                for row, x in ((0, x_step), (1, x_time)):
+                    ax = axes[row, col]
+                    ls = ":" if partial else style
+                    ax.plot(x, mean, ls, color=color, lw=1.8 if prefix == "val_" else 1.3,
+                            marker="o" if n <= 3 else None, ms=4)  # fmt: skip
+                    if len(histories) > 1:
+                        ax.fill_between(x, low, high, color=color, alpha=0.13, lw=0)
+    wide_steps = bool(last_steps) and max(last_steps) / max(min(last_steps), 1) > 30
+    wide_times = bool(last_times) and max(last_times) / max(min(last_times), 1e-9) > 30
+    log_loss = (
+        bool(loss_values) and min(loss_values) > 0 and max(loss_values) / min(loss_values) > 20
+    )
+    metric_name = "accuracy" if metric == "accuracy" else metric.upper()
+    for row, (xlabel, wide) in enumerate(
+        (("step (optimizer updates)", wide_steps), ("wall time (s, training loop)", wide_times))
+    ):
+        for col, (ylabel, what) in enumerate((("loss", "Loss"), (metric_name, metric_name))):
+            ax = axes[row, col]
+            against = "step" if row == 0 else "wall time"
+            ax.set_title(f"{what[0].upper() + what[1:]} against {against}")
+            ax.set_xlabel(xlabel + (" — log scale" if wide else ""))
+            ax.set_ylabel(ylabel + (" (log scale)" if col == 0 and log_loss else ""))
+            if wide:
+                ax.set_xscale("log")
+            if col == 0 and log_loss:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3, which="both" if wide else "major")
+            if col == 1 and comparison.target is not None and metric == "accuracy":
+                ax.axhline(comparison.target, color="0.4", ls=":", lw=1)
+    if metric == "accuracy":  # the low start of a slow configuration would hide the differences
+        tops = [line.get_ydata() for ax in axes[:, 1] for line in ax.get_lines()]
+        values = np.concatenate([np.asarray(t, dtype=float) for t in tops]) if tops else []
+        values = [v for v in values if np.isfinite(v)]
+        if values:
+            low = max(min(values), max(values) - 0.6)
+            for ax in axes[:, 1]:
+                ax.set_ylim(max(0.0, low - 0.02), min(1.005, max(values) + 0.02))
+    style = [
+        Line2D([], [], color="0.3", ls="-", lw=1.8, label="validation"),
+        Line2D([], [], color="0.3", ls="--", lw=1.3, label="train (epoch mean)"),
+    ]
+    if comparison.target is not None and metric == "accuracy":
+        target = f"target accuracy {comparison.target:.1%}".replace(".0%", "%")
+        style.append(Line2D([], [], color="0.4", ls=":", lw=1, label=target))
+    fig.legend(
+        handles=handles + style,
+        loc="outside lower center",
+        ncol=min(4, len(handles) + 2),
+        fontsize=9,
+        frameon=False,
+    )
+    seeds = sorted({r.seed for r in comparison.runs})
+    fig.suptitle(
+        (title + "\n" if title else "")
+        + f"lines: mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}, "
+        "bands: min to max over the seeds; one point per epoch",
+        fontsize=11,
+    )
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

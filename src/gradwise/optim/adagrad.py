@@ -64,6 +64,7 @@ class Adagrad(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         l1: float = 0.0,
+        state_dtype: torch.dtype | None = None,
         eps_inside_sqrt: bool = False,
     ) -> None:
         _checks.at_least("Adagrad", "lr_decay", lr_decay, 0.0)
@@ -81,6 +82,7 @@ class Adagrad(Optimizer):
             differentiable=differentiable,
             fused=fused,
             l1=l1,
+            state_dtype=state_dtype,
             eps_inside_sqrt=eps_inside_sqrt,
         )
         super().__init__(params, defaults)
@@ -90,7 +92,9 @@ class Adagrad(Optimizer):
 
     def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
         state = super().init_state(param, group)
-        state["sum"] = torch.full_like(param, group["initial_accumulator_value"])
+        state["sum"] = torch.full_like(
+            param, group["initial_accumulator_value"], dtype=group.get("state_dtype") or param.dtype
+        )
         return state
 
     def state_names(self, group: dict) -> list[str]:

@@ -90,6 +90,7 @@ class Adam(Optimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         l1: float = 0.0,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         name = type(self).__name__
         if not isinstance(betas, tuple | list) or len(betas) != 2:
@@ -116,6 +117,7 @@ class Adam(Optimizer):
             fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
             l1=l1,
+            state_dtype=state_dtype,
         )
         super().__init__(params, defaults)
 
@@ -153,6 +155,7 @@ class AdamW(Adam):
         differentiable: bool = False,
         fused: bool | None = None,
         l1: float = 0.0,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -168,6 +171,7 @@ class AdamW(Adam):
             fused=fused,
             decoupled_weight_decay=True,
             l1=l1,
+            state_dtype=state_dtype,
         )
 
 

@@ -61,13 +61,26 @@ def update(
         grad = grad.add(param, alpha=weight_decay)
     if shrink is not None:
         param.mul_(shrink)
+    stored = state
+    if any(t.dtype != param.dtype for t in stored.values()):  # state_dtype: compute in θ's dtype
+        state = {name: t.to(param.dtype) for name, t in stored.items()}
     rule(param, grad, state, **hyperparameters, **coefficients)
+    for name, t in state.items():
+        if t is not stored[name]:
+            stored[name].copy_(t)
     if l1_threshold is not None:
         l1_proximal_(param, l1_threshold)
 
 
 class Optimizer(torch.optim.Optimizer):
-    """Base class of gradwise's optimizers (a ``torch.optim.Optimizer``)."""
+    """Base class of gradwise's optimizers (a ``torch.optim.Optimizer``).
+
+    Keyword arguments every gradwise optimizer adds to PyTorch's, with defaults that change
+    nothing: ``l1`` (proximal L1 strength), ``state_dtype`` (e.g. ``torch.bfloat16``: moment
+    buffers stored in that dtype, halving their memory; the update is computed in the
+    parameter's dtype), and ``fused`` (``None``: the engine compiles the update into one pass for
+    groups of at least ``engine.AUTO_COMPILE_NUMEL`` elements; ``True``/``False``: always/never).
+    """
 
     #: the rule: ``rule(param, grad, state, **hyperparameters, **coefficients)``, in place
     rule: ClassVar[engine.Rule]
@@ -81,6 +94,14 @@ class Optimizer(torch.optim.Optimizer):
         _checks.at_least(name, "weight_decay", defaults.get("weight_decay", 0.0), 0.0)
         _checks.at_least(name, "l1", defaults.get("l1", 0.0), 0.0)
         _checks.flag(name, "maximize", defaults.get("maximize", False))
+        state_dtype = defaults.get("state_dtype")
+        if state_dtype is not None and not (
+            isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point
+        ):
+            raise TypeError(
+                f"{name}: state_dtype must be None or a floating torch.dtype such as "
+                f"torch.bfloat16; received state_dtype={state_dtype!r}"
+            )
         for flag in ("capturable", "differentiable"):
             if defaults.get(flag, False):
                 raise NotImplementedError(
@@ -97,7 +118,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
         """A new parameter's state (zeros unless the algorithm says otherwise)."""
-        state = {name: torch.zeros_like(param) for name in self.state_names(group)}
+        dtype = group.get("state_dtype") or param.dtype
+        state = {name: torch.zeros_like(param, dtype=dtype) for name in self.state_names(group)}
         if self.has_step:
             state["step"] = torch.tensor(0.0, dtype=_step_dtype())
         return state
@@ -110,6 +132,17 @@ class Optimizer(torch.optim.Optimizer):
         """The rule's keyword arguments that change from step to step (rates, corrections)."""
         raise NotImplementedError
 
+    def state_bytes_per_param(self) -> float:
+        """Bytes of optimizer state (moment buffers and step counters) per parameter element."""
+        numel = sum(p.numel() for g in self.param_groups for p in g["params"])
+        total = sum(
+            t.numel() * t.element_size()
+            for st in self.state.values()
+            for t in st.values()
+            if isinstance(t, Tensor)
+        )
+        return total / max(numel, 1)
+
     # ----------------------------------------------------------------------------- torch API
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -119,7 +152,13 @@ class Optimizer(torch.optim.Optimizer):
         self._segments = {}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
+        super().load_state_dict(state_dict)  # casts state to each parameter's dtype
+        for group in self.param_groups:
+            if group.get("state_dtype") is not None:
+                for p in group["params"]:
+                    for key, value in self.state.get(p, {}).items():
+                        if key != "step":
+                            self.state[p][key] = value.to(group["state_dtype"])
         self._segments = {}  # the state tensors were replaced: lay them out flat again now
         for group in self.param_groups:
             names = self.state_names(group)

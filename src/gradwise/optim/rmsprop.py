@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from gradwise import _checks
@@ -81,6 +82,7 @@ class RMSprop(Optimizer):
         *,
         fused: bool | None = None,
         l1: float = 0.0,
+        state_dtype: torch.dtype | None = None,
         eps_inside_sqrt: bool = False,
     ) -> None:
         _checks.in_range("RMSprop", "alpha", alpha, 0.0, 1.0, closed_high=True)
@@ -101,6 +103,7 @@ class RMSprop(Optimizer):
             differentiable=differentiable,
             fused=fused,
             l1=l1,
+            state_dtype=state_dtype,
             eps_inside_sqrt=eps_inside_sqrt,
         )
         super().__init__(params, defaults)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from gradwise import _checks
@@ -82,6 +83,7 @@ class SGD(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         l1: float = 0.0,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         _checks.at_least("SGD", "momentum", momentum, 0.0)
         _checks.in_range("SGD", "dampening", dampening, 0.0, 1.0, closed_high=True)
@@ -102,6 +104,7 @@ class SGD(Optimizer):
             differentiable=differentiable,
             fused=fused,
             l1=l1,
+            state_dtype=state_dtype,
         )
         super().__init__(params, defaults)
 

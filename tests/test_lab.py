@@ -20,7 +20,7 @@ from gradwise import optim
 from gradwise.cli import main
 from gradwise.cli_lab import schedule_rates
 from gradwise.errors import ConfigError
-from gradwise.lab import compare, grid, lr_find
+from gradwise.lab import Comparison, compare, grid, lr_find
 from gradwise.lab.compare import mean_std, parse_regularizer, parse_schedule_choice, slug
 from gradwise.lab.lr_find import suggest, zero_lag_smooth
 from gradwise.train.history import History
@@ -134,17 +134,21 @@ def test_lr_find_suggests_a_sane_rate_on_a_toy_problem():
     x, y = _toy(1024)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 2))
-    result = lr_find(model, (x, y), optimizer=optim.SGD(model.parameters(), lr=0.1), end_lr=1e3)
-    assert result.suggestion is not None
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    result = lr_find(model, (x, y), optimizer=opt, end_lr=1e3)
+    assert result.rule == "minimum/10" and "minimum" in result.rule_text
     # plain SGD on a standardized logistic problem learns with rates of ~1e-2..1
     assert 1e-3 < result.suggestion < 3.0
-    assert result.suggestion < result.min_loss_lr
+    assert result.suggestion == pytest.approx(result.min_loss_lr / 10)
+    assert result.steepest_lr < result.min_loss_lr
     assert result.stopped.startswith("diverged") or "loss became" in result.stopped
     # rates grow exponentially from start_lr by the same factor each step
     ratios = np.diff(np.log(result.lrs))
     assert np.allclose(ratios, ratios[0]) and result.lrs[0] == pytest.approx(1e-7)
-    i = result.lrs.index(result.suggestion)
-    assert result.smoothed[i] < result.smoothed[0]
+    i = result.lrs.index(result.min_loss_lr)
+    assert result.smoothed[i] == min(result.smoothed) < result.smoothed[0]
+    steep = lr_find(model, (x, y), optimizer=opt, end_lr=1e3, rule="steepest")
+    assert steep.suggestion == steep.steepest_lr == result.steepest_lr
 
 
 def test_lr_find_accepts_datasets_loaders_and_factories(tmp_path):
@@ -173,6 +177,7 @@ def test_lr_find_accepts_datasets_loaders_and_factories(tmp_path):
         (dict(smoothing=1.0), r"smoothing must be in \[0, 1\)"),
         (dict(loss="hinge"), "loss"),
         (dict(diverge=0.5), "diverge must be > 1"),
+        (dict(rule="valley"), "rule must be one of"),
     ],
 )
 def test_lr_find_rejects_bad_arguments(kwargs, match):
@@ -181,7 +186,7 @@ def test_lr_find_rejects_bad_arguments(kwargs, match):
         lr_find(nn.Linear(6, 2), (x, y), **kwargs)
 
 
-def test_suggestion_rule_is_the_steepest_descent_before_the_minimum():
+def test_steepest_descent_is_looked_for_before_the_minimum():
     lrs = list(np.logspace(-6, 0, 61))
     logs = np.log10(lrs)
     curve = 2.0 - 1.5 / (1 + np.exp(-(logs + 3) * 3))  # falls fastest at lr = 1e-3
@@ -256,6 +261,12 @@ def test_compare_writes_the_report_and_its_numbers_match_the_histories(tmp_path)
     assert "| `sgd lr=0.1` |" in md and "| `adam lr=1e-3` |" in md
     assert f"{100 * result.summary()[0]['final_accuracy_mean']:.1f} ±" in md
     assert "steps to 50%" in md
+    loaded = Comparison.load(tmp_path)  # the report folder alone gives the same summary back
+    assert loaded.labels == result.labels and loaded.target == 0.5
+    for a, b in zip(loaded.summary(), result.summary()):
+        assert a["final_accuracy_mean"] == b["final_accuracy_mean"]
+        assert a["reached"] == b["reached"] and a["train_time_mean"] == b["train_time_mean"]
+    loaded.plot(tmp_path / "again.png")
 
 
 def test_compare_flags_diverged_runs_and_keeps_the_others(tmp_path):
@@ -311,7 +322,8 @@ def test_grid_labels_and_choices():
     configs = grid(TINY, schedules=["none", "step:10:0.5", "cosine+plateau", "plateau"])
     assert list(configs) == ["none", "step:10:0.5", "cosine+plateau", "plateau"]
     assert configs["cosine+plateau"].schedule == "cosine" and configs["cosine+plateau"].plateau
-    assert configs["plateau"].schedule is None and configs["plateau"].plateau
+    assert configs["plateau"].schedule == "constant" and configs["plateau"].plateau
+    assert configs["none"].schedule == "constant" and not configs["none"].plateau
     configs = grid(TINY, inits=["he", "xavier"], regularizers=["none", "l2=1e-3+dropout=0.2"])
     assert list(configs) == [
         "he init no reg.", "he init l2=1e-3+dropout=0.2", "xavier init no reg.",

@@ -95,19 +95,28 @@ def _run_folder(kind: str, config) -> Path:
     "--steps", type=int, default=100, show_default=True, help="Most steps (batches) to take."
 )
 @click.option(
+    "--rule",
+    type=click.Choice(["minimum/10", "steepest"]),
+    default="minimum/10",
+    show_default=True,
+    help="Suggest a tenth of the rate at the smoothed loss's minimum, or the rate of its "
+    "steepest descent.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False),
     help="Folder for lr_find.png and lr_find.csv.  [default: runs/lr-find-<dataset>-<time>]",
 )
 @_friendly
-def lr_find_command(start_lr, end_lr, steps, out, **options):
+def lr_find_command(start_lr, end_lr, steps, rule, out, **options):
     """Find a learning rate: the range test.
 
     Trains the configured model for a few batches while the rate grows exponentially from
-    --start-lr to --end-lr, stops when the loss diverges, and suggests the rate where the
-    smoothed loss falls fastest (its steepest descent against log(rate)). Draws lr_find.png
-    (loss against rate, log scale, suggestion marked). The model is not saved: the test only
-    measures. Takes every `gradwise train` option.
+    --start-lr to --end-lr, stops when the loss diverges, and suggests a rate: a tenth of the
+    rate at which the smoothed loss is lowest (--rule minimum/10), or the rate where it falls
+    fastest against log(rate) (--rule steepest). Draws lr_find.png (loss against rate, log
+    scale, suggestion marked) and writes lr_find.csv. Nothing is trained for keeps: the test
+    only measures. Takes every `gradwise train` option.
     """
     import torch
 
@@ -135,6 +144,7 @@ def lr_find_command(start_lr, end_lr, steps, out, **options):
             batch_size=parse_batch_size(config.batch_size),
             penalty=penalty,
             seed=config.seed,
+            rule=rule,
         )
     folder = Path(out) if out else _run_folder("lr-find", config)
     folder.mkdir(parents=True, exist_ok=True)
@@ -153,7 +163,7 @@ def lr_find_command(start_lr, end_lr, steps, out, **options):
     table.add_row("stopped", result.stopped)
     if result.suggestion is not None:
         table.add_row(
-            "suggested lr", f"[bold green]{_lr_text(result.suggestion)}[/]  ({result.rule})"
+            "suggested lr", f"[bold green]{_lr_text(result.suggestion)}[/]  ({result.rule_text})"
         )
     else:
         table.add_row("suggested lr", "none: the loss never fell; widen the range or add --steps")
@@ -161,11 +171,13 @@ def lr_find_command(start_lr, end_lr, steps, out, **options):
         table.add_row(
             "loss minimum at", f"{_lr_text(result.min_loss_lr)} (near the edge of stability)"
         )
+    if result.steepest_lr is not None:
+        table.add_row("steepest descent at", _lr_text(result.steepest_lr))
     table.add_row("plot", str(folder / "lr_find.png"))
     _console().print(table)
     if result.suggestion is not None:
         line = _command_line(ctx).replace(f"gradwise {ctx.info_name}", "gradwise train", 1)
-        for flag in ("--start-lr", "--end-lr", "--steps", "--out"):
+        for flag in ("--start-lr", "--end-lr", "--steps", "--rule", "--out"):
             line = _drop_option(line, flag)
         line = _drop_option(line, "--lr")
         click.echo(f"train with it:  {line} --lr {_lr_text(result.suggestion)}")

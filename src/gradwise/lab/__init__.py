@@ -1,16 +1,16 @@
 """Experiments: the learning-rate finder, the comparison bench, and their plots.
 
-* :func:`lr_find` — the learning-rate range test; suggests a rate (steepest descent of the
-  smoothed loss) and restores the model and optimizer afterwards.
+* :func:`lr_find` — the learning-rate range test; suggests a rate (a tenth of the rate at
+  the smoothed loss's minimum) and restores the model and optimizer afterwards.
 * :func:`compare` — trains configurations x seeds in parallel processes and summarizes them
   (``curves.png``, ``summary.md``, ``summary.csv``); :func:`grid` builds the configurations.
 """
 
 from gradwise.lab.compare import Comparison, RunRecord, compare, grid
-from gradwise.lab.lr_find import SUGGESTION_RULE, LRFindResult, lr_find
+from gradwise.lab.lr_find import RULES, LRFindResult, lr_find
 
 __all__ = [
-    "SUGGESTION_RULE",
+    "RULES",
     "Comparison",
     "LRFindResult",
     "RunRecord",

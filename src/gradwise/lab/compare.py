@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
+import json
 import math
 import multiprocessing
 import re
@@ -20,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,14 +308,68 @@ class Comparison:
         return plot_comparison(self, path, title=self.title if title is None else title)
 
     def write(self, out: str | Path) -> Path:
-        """Write ``curves.png``, ``summary.md``, ``summary.csv`` and ``runs.csv`` into ``out``."""
+        """Write ``curves.png``, ``summary.md``, ``summary.csv``, ``runs.csv`` and
+        ``comparison.json`` (what :meth:`load` needs besides the runs' folders) into ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.plot(out / "curves.png")
         (out / "summary.md").write_text(self.to_markdown())
         self.to_csv(out / "summary.csv")
         self.runs_to_csv(out / "runs.csv")
+        meta = {
+            "labels": self.labels,
+            "title": self.title,
+            "command": self.command,
+            "target": self.target,
+            "jobs": self.jobs,
+            "wall_time": self.wall_time,
+            "runs": [
+                {
+                    "label": r.label,
+                    "seed": r.seed,
+                    "diverged": r.diverged,
+                    "reason": r.reason,
+                    "folder": r.folder.name if r.folder is not None else None,
+                }
+                for r in self.runs
+            ],
+        }
+        (out / "comparison.json").write_text(json.dumps(meta, indent=1) + "\n")
         return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Comparison:
+        """A comparison read back from its report folder (to redraw or re-summarize it)."""
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "comparison.json").read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{folder} has no comparison.json (is it a compare report?)"
+            ) from None
+        runs, configs = [], {}
+        for entry in meta["runs"]:
+            run_dir = folder / "runs" / entry["folder"]
+            config = TrainConfig.from_toml(run_dir / "config.toml")
+            history_file = run_dir / "history.jsonl"
+            history = History.from_jsonl(history_file) if history_file.exists() else History()
+            runs.append(
+                RunRecord(
+                    entry["label"], entry["seed"], config, history, entry["diverged"],
+                    entry["reason"], run_dir,
+                )
+            )  # fmt: skip
+            configs.setdefault(entry["label"], config)
+        return cls(
+            configs={label: configs[label] for label in meta["labels"] if label in configs},
+            runs=runs,
+            target=meta.get("target"),
+            jobs=meta.get("jobs", 1),
+            wall_time=meta.get("wall_time", 0.0),
+            command=meta.get("command"),
+            out=folder,
+            title=meta.get("title", ""),
+        )
 
 
 # ------------------------------------------------------------------------------------ compare
@@ -353,7 +409,9 @@ def compare(
 
     A run that diverges (``Diverged`` with ``nan_policy="raise"``, or a non-finite final loss)
     is recorded as diverged, with its history up to its last finished epoch; any other error in
-    a run is raised here.
+    a run is raised here. Worker processes are *spawned* (torch and ``fork`` do not mix), so a
+    script that calls ``compare`` with ``jobs > 1`` must do so under
+    ``if __name__ == "__main__":``.
 
     Example::
 
@@ -447,6 +505,12 @@ def compare(
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
                         done(future.result())
+            except BrokenProcessPool as e:
+                raise RuntimeError(
+                    "compare: a worker process died before finishing its run. Called from a "
+                    "script? Put the call under `if __name__ == '__main__':` (worker processes "
+                    "are spawned and import the script again), or pass jobs=1."
+                ) from e
             except BaseException:
                 for future in pending:
                     future.cancel()
@@ -661,8 +725,8 @@ def label_configs(configs: list[TrainConfig]) -> dict[str, TrainConfig]:
 
 
 def parse_schedule_choice(text: str) -> tuple[str | None, bool]:
-    """``(schedule text or None, plateau)`` from a schedule choice: ``"none"`` / ``"constant"``
-    (no schedule), ``"plateau"`` (constant rate cut on plateaus), ``"cosine+plateau"``, or any
+    """``(schedule text, plateau)`` from a schedule choice: ``"none"`` / ``"constant"`` (a
+    constant rate), ``"plateau"`` (a constant rate cut on plateaus), ``"cosine+plateau"``, or any
     text of :func:`gradwise.schedules.parse` (checked here)."""
     from gradwise.schedules import parse
 
@@ -671,11 +735,11 @@ def parse_schedule_choice(text: str) -> tuple[str | None, bool]:
     if body.lower().endswith("+plateau"):
         body, plateau = body[: -len("+plateau")].strip(), True
     if body.lower() == "plateau":
-        return None, True
+        return "constant", True
     if body.lower() in ("none", "constant", ""):
         if not body and not plateau:
             raise ConfigError(f"schedules: empty schedule in {text!r}")
-        return None, plateau
+        return "constant", plateau  # not None: None means the dataset's default schedule
     parse(body, total_steps=1_000_000)  # ConfigError naming the bad segment
     return body, plateau
 

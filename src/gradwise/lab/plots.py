@@ -104,9 +104,15 @@ def _lr_text(lr: float) -> str:
 
 def plot_lr_find(result, path: str | Path, title: str = "") -> Path:
     """The range test's loss (raw and smoothed) against the rate on a log axis, with the
-    suggested rate and the smoothed minimum marked and the suggestion rule written out."""
+    suggestion, the smoothed minimum and the steepest descent marked and the rule written out."""
+    import numpy as np
+
     fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
     lrs, losses, smoothed = result.lrs, result.losses, result.smoothed
+
+    def on_curve(lr):
+        return float(np.interp(np.log(lr), np.log(lrs), smoothed))
+
     if lrs:
         ax.plot(lrs, losses, color="tab:blue", alpha=0.3, lw=0.8, label="loss (per batch)")
         ax.plot(lrs, smoothed, color="tab:blue", lw=2, label="smoothed loss")
@@ -116,43 +122,26 @@ def plot_lr_find(result, path: str | Path, title: str = "") -> Path:
         bottom = min(min(losses), min(smoothed))
         ax.set_ylim(bottom - 0.05 * (top - bottom), top)
     if result.min_loss_lr is not None:
-        i = lrs.index(result.min_loss_lr)
-        ax.plot(
-            [lrs[i]],
-            [smoothed[i]],
-            "s",
-            color="tab:gray",
-            ms=7,
-            label=f"minimum of smoothed loss: lr = {_lr_text(lrs[i])}",
-        )
+        label = f"minimum of smoothed loss: lr = {_lr_text(result.min_loss_lr)}"
+        ax.plot([result.min_loss_lr], [on_curve(result.min_loss_lr)], "s", color="tab:gray",
+                ms=7, label=label)  # fmt: skip
+    if result.steepest_lr is not None and result.rule != "steepest":
+        ax.plot([result.steepest_lr], [on_curve(result.steepest_lr)], "^", color="tab:purple",
+                ms=7, label=f"steepest descent: lr = {_lr_text(result.steepest_lr)}")  # fmt: skip
     if result.suggestion is not None:
-        i = lrs.index(result.suggestion)
         ax.axvline(result.suggestion, color="tab:red", ls="--", lw=1)
-        ax.plot(
-            [lrs[i]],
-            [smoothed[i]],
-            "o",
-            color="tab:red",
-            ms=9,
-            label=f"suggestion: lr = {_lr_text(result.suggestion)}",
-        )
+        ax.plot([result.suggestion], [on_curve(result.suggestion)], "o", color="tab:red", ms=9,
+                label=f"suggestion: lr = {_lr_text(result.suggestion)}")  # fmt: skip
     ax.set(xlabel="learning rate (log scale)", ylabel="training loss")
     ax.set_title(
-        (title + "\n" if title else "") + f"Learning-rate range test · suggestion = {result.rule}",
+        (title + "\n" if title else "")
+        + f"Learning-rate range test · suggestion = {result.rule_text}",
         fontsize=10,
     )
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3, which="both")
-    ax.text(
-        0.99,
-        0.98,
-        f"{len(lrs)} steps; {result.stopped}",
-        transform=ax.transAxes,
-        ha="right",
-        va="top",
-        fontsize=8,
-        color="0.35",
-    )
+    ax.text(0.99, 0.98, f"{len(lrs)} steps; {result.stopped}", transform=ax.transAxes,
+            ha="right", va="top", fontsize=8, color="0.35")  # fmt: skip
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -199,18 +188,58 @@ def _mean_range_curves(histories: list[History], key: str):
     return values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
+def _step_loss_curve(histories: list[History], log_x: bool, points: int = 600):
+    """Per-step training loss, smoothed by a bias-corrected moving average over about one epoch
+    (at most 100 steps), as ``(steps, seconds, mean, min, max)`` over runs, thinned to
+    ``points`` points (spaced evenly on a log axis when ``log_x``). Seconds are interpolated
+    between the epoch ends' wall-clock times."""
+    import numpy as np
+
+    n = min(len(h.steps) for h in histories)
+    if n == 0:
+        return None
+    per_epoch = max(1, round(n / max(1, min(len(h.epochs) for h in histories))))
+    window = min(max(per_epoch, 1), 100)
+    curves = np.asarray(
+        [smooth([r["loss"] for r in h.steps[:n]], 1 - 1 / window) for h in histories]
+    )
+    steps = np.asarray([r["step"] for r in histories[0].steps[:n]], dtype=float)
+    if n > points:
+        if log_x:
+            index = np.unique(np.geomspace(1, n, points).astype(int) - 1)
+        else:
+            index = np.unique(np.linspace(0, n - 1, points).astype(int))
+        curves, steps = curves[:, index], steps[index]
+    times = np.mean(
+        [
+            np.interp(
+                steps,
+                [0.0] + [e["step"] for e in h.epochs],
+                [0.0] + [e["elapsed"] for e in h.epochs],
+            )
+            for h in histories
+        ],
+        axis=0,
+    )
+    return steps, times, curves.mean(axis=0), curves.min(axis=0), curves.max(axis=0)
+
+
 def plot_comparison(comparison, path: str | Path, title: str = "") -> Path:
     """Training and validation loss and metric against step and against wall time, one colour
     per configuration: the mean over seeds as a line, their spread (min to max) as a band.
-    Diverged runs are left out (drawn dotted, from their partial histories, only when every run
-    of a configuration diverged)."""
+
+    Validation values and training accuracy are per epoch; the training loss is per step,
+    smoothed over about an epoch (so batch, stochastic and mini-batch descent can be compared
+    from their first step). Step and time axes go logarithmic when the runs' lengths differ by
+    more than 30x, the loss axis when the losses span more than 20x. Diverged runs are left out
+    (drawn dotted, from their partial histories, only when every run of a configuration
+    diverged)."""
     import numpy as np
     from matplotlib.lines import Line2D
 
     metric = comparison.metric
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5), layout="constrained")
-    handles = []
-    last_steps, last_times, loss_values = [], [], []
+    handles, groups = [], []
     for i, label in enumerate(comparison.labels):
         color = COLORS[i % len(COLORS)]
         runs = comparison.runs_of(label)
@@ -220,31 +249,40 @@ def plot_comparison(comparison, path: str | Path, title: str = "") -> Path:
         n_div = sum(r.diverged for r in runs)
         name = label + (f"  ({n_div}/{len(runs)} diverged)" if n_div else "")
         handles.append(Line2D([], [], color=color, lw=2.5, ls=":" if partial else "-", label=name))
-        if not use:
-            continue
-        histories = [r.history for r in use]
+        if use:
+            groups.append((color, partial, [r.history for r in use]))
+    ends = [
+        (min(h.epochs[-1]["step"] for h in hs), min(h.wall_time for h in hs)) for *_, hs in groups
+    ]
+    wide_steps = bool(ends) and max(e[0] for e in ends) / max(min(e[0] for e in ends), 1) > 30
+    wide_times = bool(ends) and max(e[1] for e in ends) / max(min(e[1] for e in ends), 1e-9) > 30
+    loss_values = []
+    for color, partial, histories in groups:
         n = min(len(h.epochs) for h in histories)
         x_step = np.asarray([histories[0].epochs[j]["step"] for j in range(n)], dtype=float)
         x_time = np.mean([[h.epochs[j]["elapsed"] for j in range(n)] for h in histories], axis=0)
-        last_steps.append(x_step[-1])
-        last_times.append(x_time[-1])
-        for col, stem in ((0, "loss"), (1, metric)):
-            for prefix, style in (("train_", "--"), ("val_", "-")):
-                curve = _mean_range_curves(histories, prefix + stem)
-                if curve is None:
-                    continue
-                mean, low, high = curve
-                if stem == "loss":
-                    loss_values.extend(v for v in mean if np.isfinite(v))
-                for row, x in ((0, x_step), (1, x_time)):
-                    ax = axes[row, col]
-                    ls = ":" if partial else style
-                    ax.plot(x, mean, ls, color=color, lw=1.8 if prefix == "val_" else 1.3,
-                            marker="o" if n <= 3 else None, ms=4)  # fmt: skip
-                    if len(histories) > 1:
-                        ax.fill_between(x, low, high, color=color, alpha=0.13, lw=0)
-    wide_steps = bool(last_steps) and max(last_steps) / max(min(last_steps), 1) > 30
-    wide_times = bool(last_times) and max(last_times) / max(min(last_times), 1e-9) > 30
+        lines = []
+        train_loss = _step_loss_curve(histories, wide_steps)
+        if train_loss is not None:
+            steps, times, mean, low, high = train_loss
+            lines.append((0, "--", 1.3, (steps, times), mean, low, high))
+        for col, key, style, width in (
+            (0, "val_loss", "-", 1.8),
+            (1, f"train_{metric}", "--", 1.3),
+            (1, f"val_{metric}", "-", 1.8),
+        ):
+            curve = _mean_range_curves(histories, key)
+            if curve is not None:
+                lines.append((col, style, width, (x_step, x_time), *curve))
+        for col, style, width, xs, mean, low, high in lines:
+            if col == 0:
+                loss_values.extend(v for v in mean if np.isfinite(v))
+            for row in (0, 1):
+                ax = axes[row, col]
+                ax.plot(xs[row], mean, ":" if partial else style, color=color, lw=width,
+                        marker="o" if len(mean) <= 3 else None, ms=4)  # fmt: skip
+                if len(histories) > 1:
+                    ax.fill_between(xs[row], low, high, color=color, alpha=0.13, lw=0)
     log_loss = (
         bool(loss_values) and min(loss_values) > 0 and max(loss_values) / min(loss_values) > 20
     )
@@ -265,17 +303,18 @@ def plot_comparison(comparison, path: str | Path, title: str = "") -> Path:
             ax.grid(alpha=0.3, which="both" if wide else "major")
             if col == 1 and comparison.target is not None and metric == "accuracy":
                 ax.axhline(comparison.target, color="0.4", ls=":", lw=1)
-    if metric == "accuracy":  # the low start of a slow configuration would hide the differences
-        tops = [line.get_ydata() for ax in axes[:, 1] for line in ax.get_lines()]
-        values = np.concatenate([np.asarray(t, dtype=float) for t in tops]) if tops else []
-        values = [v for v in values if np.isfinite(v)]
-        if values:
-            low = max(min(values), max(values) - 0.6)
+    if metric == "accuracy":  # zoom past the low start, keeping every curve's later part
+        later = []
+        for line in axes[0, 1].get_lines():
+            ys = np.asarray(line.get_ydata(), dtype=float)
+            later.extend(v for v in ys[len(ys) // 5 :] if np.isfinite(v))
+        if later:
+            low, high = min(later), max(later)
             for ax in axes[:, 1]:
-                ax.set_ylim(max(0.0, low - 0.02), min(1.005, max(values) + 0.02))
+                ax.set_ylim(max(0.0, low - 0.05 * max(high - low, 0.2)), min(1.005, high + 0.02))
     style = [
         Line2D([], [], color="0.3", ls="-", lw=1.8, label="validation"),
-        Line2D([], [], color="0.3", ls="--", lw=1.3, label="train (epoch mean)"),
+        Line2D([], [], color="0.3", ls="--", lw=1.3, label="train (loss: per step, smoothed)"),
     ]
     if comparison.target is not None and metric == "accuracy":
         target = f"target accuracy {comparison.target:.1%}".replace(".0%", "%")
@@ -291,7 +330,7 @@ def plot_comparison(comparison, path: str | Path, title: str = "") -> Path:
     fig.suptitle(
         (title + "\n" if title else "")
         + f"lines: mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}, "
-        "bands: min to max over the seeds; one point per epoch",
+        "bands: min to max over the seeds; training loss per step (smoothed), the rest per epoch",
         fontsize=11,
     )
     path = Path(path)

@@ -1,15 +1,18 @@
 """The ``gradwise`` command line: train, lr-find, compare, schedule, bench.
 
 Bad input ends with one line on stderr, ``gradwise: error: ...``, and exit code 2 (no traceback;
-set ``GRADWISE_DEBUG=1`` to see one).
+set ``GRADWISE_DEBUG=1`` to see one). A training run that diverges (NaN / inf) ends the same way;
+Ctrl-C ends ``gradwise train`` with exit code 130 after saying how to resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -18,6 +21,11 @@ from gradwise import __version__
 from gradwise.errors import GradwiseError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+def _error(message: str) -> None:
+    click.echo(f"gradwise: error: {' '.join(str(message).split())}", err=True)
 
 
 def _friendly(fn):
@@ -27,14 +35,34 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (GradwiseError, ValueError, TypeError) as e:
+        except (GradwiseError, ValueError, TypeError, OSError, MemoryError) as e:
             if os.environ.get("GRADWISE_DEBUG"):
                 raise
-            message = " ".join(str(e).split())
-            click.echo(f"gradwise: error: {message}", err=True)
+            if isinstance(e, MemoryError):
+                message = "out of memory; use a smaller model, batch size or data file"
+            elif isinstance(e, OSError) and e.strerror:
+                where = f": {e.filename}" if e.filename else ""
+                message = f"{e.strerror}{where}"
+            else:
+                message = str(e) or type(e).__name__
+            _error(message)
             sys.exit(EXIT_USAGE)
 
     return wrapper
+
+
+class OneLineErrors(click.Command):
+    """A command whose usage errors (bad option values, unknown options) are one line too:
+    ``gradwise: error: ...`` and exit code 2, instead of click's usage block."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if os.environ.get("GRADWISE_DEBUG"):
+                raise
+            _error(f"{e.format_message()} (see gradwise {self.name} --help)")
+            ctx.exit(EXIT_USAGE)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -207,7 +235,7 @@ def config_from_options(options: dict):
         values["batch_size"] = str(values["batch_size"])
     if "dataset" in values and "data" not in values:
         values["data"] = None
-    if "data" in values and not Path(values["data"]).exists():
+    if values.get("data") is not None and not Path(values["data"]).exists():
         from gradwise.errors import DataError
 
         raise DataError(f"--data: file {values['data']} does not exist")
@@ -221,7 +249,7 @@ def _run_name(config) -> str:
     return f"{data}-{config.optimizer}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-@main.command()
+@main.command(cls=OneLineErrors)
 @train_options
 @click.option(
     "--out",
@@ -241,7 +269,12 @@ def train(out, resume_dir, no_progress, **options):
     checkpoint.pt and curves.png.
 
     With no options: an MLP on the bundled digits set with Adam.
+
+    A run can be stopped at any moment (Ctrl-C, kill, power cut) and continued with
+    `gradwise train --resume DIR`, ending with the weights an uninterrupted run gets.
     """
+    from gradwise.train import checkpoint as ckpt
+    from gradwise.train.loop import Diverged
     from gradwise.train.run import load_run_config, run
 
     if resume_dir is not None:
@@ -254,19 +287,55 @@ def train(out, resume_dir, no_progress, **options):
             )
         config = load_run_config(resume_dir)
         out, resume = Path(resume_dir), True
+        if not ckpt.exists(out):
+            click.echo(f"gradwise: {out} has no checkpoint yet; starting the run over", err=True)
     else:
         config = config_from_options(options)
         out, resume = Path(out) if out else Path("runs") / _run_name(config), False
     try:
-        result = run(config, out, progress=not no_progress, resume=resume)
+        with _warnings_as_lines():
+            result = run(config, out, progress=not no_progress, resume=resume)
     except KeyboardInterrupt:
+        if ckpt.exists(out):
+            where = f"The last checkpoint (end of the last finished epoch) is in {out}"
+        else:
+            where = f"No epoch had finished, so there is no checkpoint in {out} yet"
         click.echo(
-            f"\ninterrupted. The last checkpoint (end of the last finished epoch) is in {out}; "
-            f"continue with: gradwise train --resume {out}",
-            err=True,
+            f"\ninterrupted. {where}; continue with: gradwise train --resume {out}", err=True
         )
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except Diverged as e:
+        raise Diverged(f"{e}. {_last_good(out)}", e.step, e.where) from None
     _print_summary(result)
+
+
+def _last_good(out: Path) -> str:
+    """Where the last good checkpoint of a run folder is (after a divergence)."""
+    from gradwise.train import checkpoint as ckpt
+
+    try:
+        payload, path, _ = ckpt.load_latest(out)
+    except GradwiseError:
+        return f"No checkpoint was written to {out} (it diverged in the first epoch)"
+    return f"The last good checkpoint (epoch {payload.get('epoch')}) is kept in {path}"
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Show the trainer's warnings (e.g. skipped NaN steps) as ``gradwise: warning: ...`` lines."""
+    from gradwise.train.loop import SkippedStepWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SkippedStepWarning):
+            click.echo(f"gradwise: warning: {message}", err=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SkippedStepWarning)
+        original = warnings.showwarning
+        warnings.showwarning = show
+        yield
 
 
 def _print_summary(result) -> None:

@@ -5,19 +5,35 @@ File layout: one header line, then the payload as written by ``torch.save``::
     GRADWISE-CHECKPOINT 1 sha256=<hex digest of the payload bytes>\\n
     <payload>
 
-Writing goes to a temporary file in the same folder, which is flushed and fsynced and then
-renamed over ``checkpoint.pt`` (the previous one is first kept as ``checkpoint.prev.pt``), so a
-complete checkpoint is on disk at every moment. Loading checks the header, the version and the
-checksum, then unpickles with ``torch.load(..., weights_only=True)``, which refuses any object
-that is not plain data (tensors, numbers, strings, lists, dicts): a planted pickle cannot run.
+Writing goes to a temporary file in the same folder, which is flushed and fsynced; the current
+``checkpoint.pt`` is then hard-linked to ``checkpoint.prev.pt`` and the temporary file renamed over
+``checkpoint.pt``. Each step is atomic, so whenever the process dies (SIGKILL, power cut) a
+complete checkpoint is on disk, and ``checkpoint.pt`` itself is never missing once written. A
+temporary file left by a killed write is never read, and the next save deletes it. SIGINT is held
+back while a checkpoint is written, so Ctrl-C lands before or after a write, not inside it.
+
+Loading checks the header, the version and the checksum, then unpickles with
+``torch.load(..., weights_only=True)``, which refuses any object that is not plain data (tensors,
+numbers, strings, lists, dicts): a planted pickle cannot run.
+
+Fault injection for the test suite (``tests/test_reliability.py``): with the environment variable
+``GRADWISE_TEST_CRASH_IN_CHECKPOINT=POINT:N`` the process kills itself with SIGKILL inside its
+``N``-th call of :func:`save` (default 1), at ``POINT``: ``mid_tmp_write`` (half the temporary file
+written), ``after_tmp_write`` (temporary file complete, nothing renamed) or ``after_prev_link``
+(``checkpoint.prev.pt`` updated, ``checkpoint.pt`` not yet replaced). Unset, it costs one
+dictionary lookup per save.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import pickle
+import signal
+import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,6 +41,7 @@ import torch
 from gradwise.errors import CheckpointError
 
 MAGIC = b"GRADWISE-CHECKPOINT"
+TMP_PREFIX = ".gradwise-tmp."  # temporary files: .gradwise-tmp.<pid>.<name>
 VERSION = 1
 CURRENT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -32,6 +49,8 @@ PREVIOUS = "checkpoint.prev.pt"
 
 def save(payload: dict, folder: str | Path) -> Path:
     """Atomically write ``payload`` as ``folder/checkpoint.pt``; returns its path."""
+    global _saves
+    _saves += 1
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -39,17 +58,40 @@ def save(payload: dict, folder: str | Path) -> Path:
     body = buffer.getvalue()
     header = b"%s %d sha256=%s\n" % (MAGIC, VERSION, hashlib.sha256(body).hexdigest().encode())
     target, previous = folder / CURRENT, folder / PREVIOUS
-    tmp = folder / f".{CURRENT}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(header)
-        f.write(body)
+    tmp = folder / f"{TMP_PREFIX}{os.getpid()}.{CURRENT}"
+    with _sigint_held():
+        remove_stale_tmp(folder, keep=tmp)
+        with open(tmp, "wb") as f:
+            f.write(header)
+            if _crash_point() == "mid_tmp_write":
+                f.write(body[: len(body) // 2])
+                _crash(f)
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        _crash_if("after_tmp_write")
+        if target.exists():
+            _keep_previous(target, previous, folder)
+        _crash_if("after_prev_link")
+        os.replace(tmp, target)
+        _fsync_dir(folder)
+    return target
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a small text file so that a crash leaves the old content or the new, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}.{path.name}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    if target.exists():
-        os.replace(target, previous)
-    os.replace(tmp, target)
-    _fsync_dir(folder)
-    return target
+    os.replace(tmp, path)
+
+
+def exists(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a checkpoint file (good or not)."""
+    return any((Path(folder) / name).exists() for name in (CURRENT, PREVIOUS))
 
 
 def load_file(path: str | Path) -> dict:
@@ -73,12 +115,21 @@ def load_file(path: str | Path) -> dict:
     if hashlib.sha256(body).hexdigest().encode() != parts[2][len(b"sha256=") :]:
         raise CheckpointError(f"{path} is corrupted or truncated (checksum mismatch)")
     try:
-        return torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": refused anyway
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
         raise CheckpointError(
-            f"{path} contains objects that are not plain data and was refused ({first})"
+            f"{path} contains objects that are not plain data and was refused ({_reason(e)})"
         ) from None
+    except Exception as e:  # a well-formed header over a body torch cannot read
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} has a payload torch cannot read ({first})") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(
+            f"{path} holds a {type(payload).__name__}, not a gradwise checkpoint's dict"
+        )
+    return payload
 
 
 def load_latest(folder: str | Path) -> tuple[dict, Path, list[str]]:
@@ -111,3 +162,99 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _reason(e: Exception) -> str:
+    """The informative line of torch's weights-only refusal (not its generic preamble)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    useful = [
+        line
+        for line in lines[1:]
+        if not line.startswith(("Please file an issue", "Check the documentation"))
+    ]
+    return (useful or lines or ["unsafe content"])[0]
+
+
+def _keep_previous(target: Path, previous: Path, folder: Path) -> None:
+    """Make ``previous`` a copy of ``target`` while ``target`` stays in place (a hard link)."""
+    link = folder / f"{TMP_PREFIX}{os.getpid()}.{PREVIOUS}"
+    with contextlib.suppress(FileNotFoundError):
+        link.unlink()
+    try:
+        os.link(target, link)
+    except OSError:  # no hard links here: move it; load_latest falls back to it meanwhile
+        os.replace(target, previous)
+        return
+    os.replace(link, previous)
+
+
+def remove_stale_tmp(folder: Path, keep: Path | None = None) -> None:
+    """Delete temporary files of writes that died (their process is gone)."""
+    for path in folder.glob(f"{TMP_PREFIX}*"):
+        pid = path.name[len(TMP_PREFIX) :].split(".")[0]
+        if path != keep and not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold SIGINT (Ctrl-C) back for the duration and deliver it afterwards.
+
+    A Python-level handler records it (Python runs handlers in the main thread only, whichever
+    thread the OS hands the signal to, e.g. the progress bar's); elsewhere nothing is held.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    except (ValueError, OSError):  # no signals here (e.g. an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if received:
+            if callable(old):
+                old(signal.SIGINT, received[0])  # default: raises KeyboardInterrupt
+            elif old == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+# ------------------------------------------------------------------ fault injection (tests only)
+
+_CRASH_ENV = "GRADWISE_TEST_CRASH_IN_CHECKPOINT"
+_saves = 0  # calls of save() in this process
+
+
+def _crash_point() -> str | None:
+    spec = os.environ.get(_CRASH_ENV)
+    if not spec:
+        return None
+    point, _, nth = spec.partition(":")
+    return point if _saves == int(nth or 1) else None
+
+
+def _crash_if(point: str) -> None:
+    if _crash_point() == point:
+        _crash()
+
+
+def _crash(f=None) -> None:
+    if f is not None:
+        f.flush()
+        os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)

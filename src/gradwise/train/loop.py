@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,26 @@ NAN_POLICIES = ("raise", "skip")
 
 
 class Diverged(GradwiseError, FloatingPointError):
-    """The loss or a gradient became NaN or infinite (``nan_policy="raise"``)."""
+    """The loss, a gradient or a parameter became NaN or infinite.
+
+    ``step`` is the optimizer step at fault (1-based), ``where`` what held the value (``"the
+    loss"``, ``"the gradient of <name>"`` or ``"parameter <name>"``).
+    """
+
+    def __init__(self, message: str, step: int | None = None, where: str | None = None) -> None:
+        super().__init__(message)
+        self.step, self.where = step, where
+
+
+class SkippedStepWarning(RuntimeWarning):
+    """A step was dropped because its loss or a gradient was NaN or infinite (``"skip"``)."""
+
+
+#: ``nan_policy="skip"`` warns for this many skipped steps per ``fit()``, then only counts them
+SKIP_WARNINGS = 5
+#: ``nan_policy="skip"`` raises :class:`Diverged` after an epoch's worth of steps in a row were
+#: skipped, and at least this many: the run cannot recover
+MIN_SKIPS_IN_A_ROW = 10
 
 
 @dataclass
@@ -87,8 +108,15 @@ def fit(
     With ``checkpoint_dir`` a checkpoint (model, optimizer, scheduler, random states, history,
     callbacks) is written atomically every ``checkpoint_every`` epochs and at the end;
     ``resume=True`` continues from it, ending with exactly the weights an uninterrupted run gets.
+    On ``KeyboardInterrupt`` the last finished epoch is checkpointed if it was not yet (with
+    ``checkpoint_every > 1``) before the interrupt propagates.
+
     A NaN or infinite loss or gradient stops the run naming the step and the parameter
-    (``nan_policy="raise"``) or drops that step (``"skip"``) without touching optimizer state.
+    (``nan_policy="raise"``, :class:`Diverged`) or drops that step (``"skip"``: counted in
+    ``history.skipped_steps``, warned with :class:`SkippedStepWarning`) without touching optimizer
+    or scheduler state. Parameters that became NaN or infinite (an overflowing learning rate), or
+    an epoch's worth of skipped steps in a row, are :class:`Diverged` under either policy; NaN or
+    infinite weights are never written to a checkpoint.
     ``penalty()`` (e.g. an L1/L2 term from :mod:`gradwise.regularization`) is added to the
     training loss of every step; ``extra_state`` is stored in each checkpoint.
     """
@@ -127,86 +155,94 @@ def fit(
     for cb in callbacks:
         cb.on_fit_start(state)
 
-    def save_checkpoint(next_epoch: int) -> None:
-        ckpt.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "epoch": next_epoch,
-                "step": state.step,
-                "history": history.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
-                "callbacks": [cb.state_dict() for cb in callbacks],
-                "extra": extra_state or {},
-            },
-            checkpoint_dir,
-        )
+    def payload(next_epoch: int) -> dict:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "epoch": next_epoch,
+            "step": state.step,
+            "history": history.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
+            "callbacks": [cb.state_dict() for cb in callbacks],
+            "extra": extra_state or {},
+        }
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     names = {id(p): n for n, p in model.named_parameters()}
+    faults = _Faults(nan_policy, history, params, names, data.steps_per_epoch)
+    unsaved = None  # a copy of the last finished epoch's checkpoint while it is not on disk
     track_accuracy = "accuracy" in metrics
     clock_base = history.wall_time
     started = time.perf_counter()
     bar = Progress(enabled=progress, epochs=epochs, steps_per_epoch=data.steps_per_epoch)
-    with bar:
-        for epoch in range(start_epoch, epochs):
-            state.epoch = epoch
-            model.train()
-            loss_sum = torch.zeros((), device=dev)
-            correct = torch.zeros((), dtype=torch.long, device=dev)
-            seen = 0
-            losses: list[Tensor] = []
-            lrs: list[float] = []
-            bar.start_epoch(epoch)
-            for xb, yb in data.epoch(shuffle):
-                optimizer.zero_grad(set_to_none=False)
-                out = model(xb)
-                batch_loss = loss_fn(out, yb)
-                if penalty is not None:
-                    batch_loss = batch_loss + penalty()
-                if not torch.isfinite(batch_loss):
-                    _fault(nan_policy, history, state.step + 1, "the loss", batch_loss)
-                    continue
-                batch_loss.backward()
-                bad = _nonfinite_grad(params)
-                if bad is not None:
-                    where = f"the gradient of {names.get(id(params[bad]), f'parameter {bad}')}"
-                    _fault(nan_policy, history, state.step + 1, where, batch_loss)
-                    continue
-                optimizer.step()
-                state.step += 1
-                lr = optimizer.param_groups[0]["lr"]
-                if scheduler is not None and scheduler_interval == "step":
-                    _scheduler_step(scheduler)
-                detached = batch_loss.detach()
-                losses.append(detached)
-                lrs.append(lr)
-                n = len(yb)
-                loss_sum += detached * n
-                seen += n
-                if track_accuracy:
-                    correct += (out.argmax(1) == yb).sum()
-                bar.advance(detached, lr)
-            row = _epoch_row(
-                history, epoch, state.step, losses, lrs, loss_sum, correct, seen, track_accuracy
-            )
-            if val_data is not None:
-                row.update(evaluate(model, val_data, loss_fn, metrics, prefix="val_"))
-            row["lr"] = optimizer.param_groups[0]["lr"]
-            row["elapsed"] = clock_base + time.perf_counter() - started
-            history.epochs.append(row)
-            if scheduler is not None:
-                _scheduler_epoch_end(scheduler, row, monitor, scheduler_interval)
-            for cb in callbacks:
-                cb.on_epoch_end(state)
-            bar.end_epoch(row)
-            last = epoch + 1 == epochs or state.stop is not None
-            if checkpoint_dir is not None and ((epoch + 1) % checkpoint_every == 0 or last):
-                save_checkpoint(epoch + 1)
-            if state.stop is not None:
-                history.stopped = state.stop
-                break
+    try:
+        with bar:
+            for epoch in range(start_epoch, epochs):
+                state.epoch = epoch
+                model.train()
+                loss_sum = torch.zeros((), device=dev)
+                correct = torch.zeros((), dtype=torch.long, device=dev)
+                seen = 0
+                losses: list[Tensor] = []
+                lrs: list[float] = []
+                bar.start_epoch(epoch)
+                for batch, (xb, yb) in enumerate(data.epoch(shuffle), 1):
+                    faults.at(state.step + 1, epoch + 1, batch)
+                    optimizer.zero_grad(set_to_none=False)
+                    out = model(xb)
+                    batch_loss = loss_fn(out, yb)
+                    if penalty is not None:
+                        batch_loss = batch_loss + penalty()
+                    if not torch.isfinite(batch_loss):
+                        faults.loss(batch_loss)
+                        continue
+                    batch_loss.backward()
+                    if faults.gradients(batch_loss):
+                        continue
+                    optimizer.step()
+                    state.step += 1
+                    faults.consecutive = 0
+                    lr = optimizer.param_groups[0]["lr"]
+                    if scheduler is not None and scheduler_interval == "step":
+                        _scheduler_step(scheduler)
+                    detached = batch_loss.detach()
+                    losses.append(detached)
+                    lrs.append(lr)
+                    n = len(yb)
+                    loss_sum += detached * n
+                    seen += n
+                    if track_accuracy:
+                        correct += (out.argmax(1) == yb).sum()
+                    bar.advance(detached, lr)
+                row = _epoch_row(
+                    history, epoch, state.step, losses, lrs, loss_sum, correct, seen, track_accuracy
+                )
+                if val_data is not None:
+                    row.update(evaluate(model, val_data, loss_fn, metrics, prefix="val_"))
+                row["lr"] = optimizer.param_groups[0]["lr"]
+                row["elapsed"] = clock_base + time.perf_counter() - started
+                history.epochs.append(row)
+                if scheduler is not None:
+                    _scheduler_epoch_end(scheduler, row, monitor, scheduler_interval)
+                for cb in callbacks:
+                    cb.on_epoch_end(state)
+                bar.end_epoch(row)
+                faults.parameters(state.step)  # never checkpoint NaN/inf weights
+                last = epoch + 1 == epochs or state.stop is not None
+                if checkpoint_dir is not None:
+                    if (epoch + 1) % checkpoint_every == 0 or last:
+                        ckpt.save(payload(epoch + 1), checkpoint_dir)
+                        unsaved = None
+                    else:
+                        unsaved = copy.deepcopy(payload(epoch + 1))
+                if state.stop is not None:
+                    history.stopped = state.stop
+                    break
+    except KeyboardInterrupt:
+        if unsaved is not None:
+            ckpt.save(unsaved, checkpoint_dir)
+        raise
     return history
 
 
@@ -330,34 +366,93 @@ def _device(device) -> torch.device:
     return dev
 
 
-def _nonfinite_grad(params: list[Tensor]) -> int | None:
-    """Index of the first parameter whose gradient holds a NaN or an infinity, else None."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+def _first_nonfinite(tensors: list[Tensor | None]) -> int | None:
+    """Index of the first tensor holding a NaN or an infinity (``None`` entries skipped)."""
+    present = [t for t in tensors if t is not None]
+    if not present:
         return None
-    norms = torch._foreach_norm(grads, math.inf)
+    norms = torch._foreach_norm(present, math.inf)
     if bool(torch.isfinite(torch.stack(norms)).all()):
         return None
-    for i, p in enumerate(params):
-        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+    for i, t in enumerate(tensors):
+        if t is not None and not bool(torch.isfinite(t).all()):
             return i
     return None
 
 
-def _fault(policy: str, history: History, step: int, where: str, loss: Tensor) -> None:
-    """Handle a non-finite value: raise, or count the step as skipped."""
-    value = float(loss.detach())
-    message = (
-        f"the loss is {value} at step {step}"
-        if where == "the loss"
-        else f"{where} holds NaN or inf at step {step} (loss {value:.4g})"
-    )
-    if policy == "raise":
+def _nonfinite_grad(params: list[Tensor]) -> int | None:
+    """Index of the first parameter whose gradient holds a NaN or an infinity, else None."""
+    return _first_nonfinite([p.grad for p in params])
+
+
+class _Faults:
+    """Checks for NaN / inf in the loss, the gradients and the parameters, and the policy."""
+
+    def __init__(self, policy, history: History, params: list[Tensor], names: dict, per_epoch):
+        self.policy, self.history, self.params, self.names = policy, history, params, names
+        #: ``"skip"`` gives up after this many skipped steps in a row: the run has diverged
+        self.limit = max(MIN_SKIPS_IN_A_ROW, per_epoch or 0)
+        self.warned = self.consecutive = 0
+        self.step, self.place = 0, ""
+
+    def at(self, step: int, epoch: int, batch: int) -> None:
+        """The step about to be taken (1-based) and where it is: epoch and batch, 1-based."""
+        self.step, self.place = step, f"step {step} (epoch {epoch}, batch {batch})"
+
+    def _name(self, i: int) -> str:
+        return self.names.get(id(self.params[i]), f"parameter {i}")
+
+    def loss(self, loss: Tensor) -> None:
+        """A non-finite loss: overflowed parameters, or raise / skip per policy."""
+        self.parameters(self.step - 1)
+        self._handle("the loss", f"the loss is {float(loss.detach())} at {self.place}")
+
+    def gradients(self, loss: Tensor) -> bool:
+        """Whether a gradient is non-finite (then raise, or count the step as skipped)."""
+        bad = _nonfinite_grad(self.params)
+        if bad is None:
+            return False
+        where = f"the gradient of {self._name(bad)}"
+        value = float(loss.detach())
+        self._handle(where, f"{where} holds NaN or inf at {self.place} (loss {value:.4g})")
+        return True
+
+    def parameters(self, step: int) -> None:
+        """Raise :class:`Diverged` (whatever the policy) if a parameter is NaN or infinite."""
+        bad = _first_nonfinite(self.params)
+        if bad is None:
+            return
+        name = self._name(bad)
         raise Diverged(
-            f"training diverged: {message}; lower the learning rate, or pass "
-            f"nan_policy='skip' to drop such steps"
+            f"training diverged: parameter {name} holds NaN or inf after step {step} (the update "
+            "overflowed); lower the learning rate",
+            step,
+            f"parameter {name}",
         )
-    history.skipped_steps += 1
+
+    def _handle(self, where: str, message: str) -> None:
+        if self.policy == "raise":
+            raise Diverged(
+                f"training diverged: {message}; lower the learning rate, or set nan_policy to "
+                "'skip' to drop such steps",
+                self.step,
+                where,
+            )
+        self.history.skipped_steps += 1
+        self.consecutive += 1
+        if self.consecutive >= self.limit:
+            raise Diverged(
+                f"training diverged: {self.consecutive} steps in a row had a NaN or inf loss or "
+                f"gradient (nan_policy='skip'), the last: {message}; lower the learning rate",
+                self.step,
+                where,
+            )
+        if self.warned < SKIP_WARNINGS:
+            self.warned += 1
+            more = (
+                "; further skipped steps are only counted" if self.warned == SKIP_WARNINGS else ""
+            )
+            warnings.warn(f"step skipped: {message}{more}", SkippedStepWarning, stacklevel=4)
 
 
 def _scheduler_step(scheduler) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,14 +22,14 @@ import tomli_w
 import torch
 
 from gradwise import _checks, optim
-from gradwise.errors import ConfigError
+from gradwise.errors import ConfigError, DataError
 from gradwise.regularization import l2_penalty, param_groups
 from gradwise.train import checkpoint as ckpt
 from gradwise.train.callbacks import EarlyStopping
 from gradwise.train.data import DATASETS, Dataset, load_dataset, load_file
 from gradwise.train.history import History
-from gradwise.train.loop import evaluate, fit
-from gradwise.train.models import cnn1d, mlp
+from gradwise.train.loop import _device, evaluate, fit
+from gradwise.train.models import ACTIVATIONS, cnn1d, conv_lengths, mlp
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 MODELS = ("mlp", "cnn1d")
@@ -62,7 +64,11 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 #: what a setting left as None becomes when neither the dataset nor the model says otherwise
 FALLBACKS: dict[str, Any] = dict(
-    model="mlp", hidden=(128, 128), channels=(32, 32, 32), dropout=0.0, epochs=20,
+    model="mlp",
+    hidden=(128, 128),
+    channels=(32, 32, 32),
+    dropout=0.0,
+    epochs=20,
     batch_size="32",
 )
 
@@ -147,9 +153,16 @@ class TrainConfig:
         _checks.integer(owner, "early_stop", self.early_stop, low=0)
         _checks.integer(owner, "plateau_patience", self.plateau_patience, low=0)
         _checks.in_range(owner, "plateau_factor", self.plateau_factor, 0.0, 1.0)
-        _checks.integer(owner, "seed", self.seed, low=0)
+        if _checks.integer(owner, "seed", self.seed, low=0) >= 2**64:
+            _checks._fail(owner, "seed", "an integer in [0, 2**64)", self.seed)
+        _checks.choice(owner, "activation", self.activation, tuple(ACTIVATIONS))
         _checks.integer(owner, "checkpoint_every", self.checkpoint_every, low=1)
         parse_batch_size(self.batch_size)
+        if self.target is not None and self.data is None:
+            raise ConfigError(
+                f"train: target names a column of a --data CSV file; the bundled dataset "
+                f"{self.dataset!r} has its own target; received target={self.target!r}"
+            )
         for name in ("hidden", "channels"):
             for width in getattr(self, name):
                 _checks.integer(owner, name, width, low=1)
@@ -243,6 +256,7 @@ def parse_batch_size(text: str) -> int | str:
 
 def build_data(config: TrainConfig) -> Dataset:
     if config.data is not None:
+        check_fits_in_memory(config.data)
         return load_file(
             config.data, target=config.target, seed=config.seed, val_fraction=config.val_fraction
         )
@@ -334,12 +348,19 @@ def run(
     """Train per ``config``; with ``out``, write config, metrics, history, checkpoint and plots."""
     config = config.resolved()
     started = time.perf_counter()
+    _device(config.device)  # refuse a bad device before anything is loaded or written
     data = build_data(config)
-    model = build_model(config, data)
-    optimizer = build_optimizer(config, model)
     batch_size = parse_batch_size(config.batch_size)
     n_train = len(data.x_train)
-    steps = 1 if batch_size == "full" else math.ceil(n_train / min(batch_size, n_train))
+    if batch_size != "full" and batch_size > n_train:
+        raise ConfigError(
+            f"train: batch_size must be at most the training set's size ({n_train} rows) or "
+            f"'full'; received batch_size={batch_size}"
+        )
+    check_model_fits_in_memory(config, data, n_train if batch_size == "full" else batch_size)
+    model = build_model(config, data)
+    optimizer = build_optimizer(config, model)
+    steps = 1 if batch_size == "full" else math.ceil(n_train / batch_size)
     scheduler = build_scheduler(config, optimizer, steps)
     classification = data.task == "classification"
     callbacks = [EarlyStopping(patience=config.early_stop)] if config.early_stop else []
@@ -348,6 +369,8 @@ def run(
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         _prepare_out(out_path, config, resume)
+        if resume and not ckpt.exists(out_path):
+            resume = False  # stopped before its first checkpoint: nothing to lose, start over
     history = fit(
         model,
         (data.x_train, data.y_train),
@@ -397,27 +420,154 @@ def _title(config: TrainConfig) -> str:
     )
 
 
+#: what a run writes into its folder (a fresh run refuses a folder that holds any of them)
+RUN_FILES = (ckpt.CURRENT, ckpt.PREVIOUS, "metrics.csv", "history.jsonl", "curves.png")
+
+
 def _prepare_out(out: Path, config: TrainConfig, resume: bool) -> None:
+    """Check the run folder can be written, and never overwrite another run's files."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output folder {out} is a file, not a folder; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".gradwise-write-test"
+        probe = out / f"{ckpt.TMP_PREFIX}{os.getpid()}.write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(f"output folder {out} is not writable ({e.strerror})") from None
-    if not resume:
-        if (out / ckpt.CURRENT).exists():
-            raise ConfigError(
-                f"output folder {out} already holds a run; continue it with --resume {out} "
-                f"or choose another --out"
-            )
-        (out / "config.toml").write_text(config.to_toml())
+        raise ConfigError(
+            f"output folder {out} is not writable ({e.strerror or e}); choose another --out"
+        ) from None
+    ckpt.remove_stale_tmp(out)
+    if resume:
+        return
+    text = config.to_toml()
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    saved = out / "config.toml"
+    if held or (saved.exists() and saved.read_bytes() != text.encode()):
+        what = ", ".join(held) if held else "the config.toml of another run"
+        raise ConfigError(
+            f"output folder {out} already holds a run ({what}); continue it with --resume {out} "
+            "or choose another --out"
+        )
+    ckpt.atomic_write_text(saved, text)
 
 
 def load_run_config(folder: str | Path) -> TrainConfig:
     """The configuration saved in a run folder (for ``--resume``)."""
     folder = Path(folder)
     path = folder / "config.toml"
+    if not folder.is_dir():
+        raise ConfigError(f"cannot resume: {folder} is not a folder (no such run)")
     if not path.exists():
         raise ConfigError(f"cannot resume: {folder} has no config.toml (is it a gradwise run?)")
     return TrainConfig.from_toml(path)
+
+
+# ------------------------------------------------------------------------------ memory bounds
+
+#: peak memory of loading a file, as a multiple of its size (CSV: text, cells, float64 arrays,
+#: tensors) or of its arrays' size as float64 (NPZ), measured with gradwise's loaders
+_CSV_FACTOR, _ARRAY_FACTOR, _PT_FACTOR = 24, 5, 5
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the machine's available memory, capped by a cgroup
+    (container) limit; ``None`` where it cannot be told."""
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if free is None:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    for limit, used in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            cap = int(Path(limit).read_text().split()[0]) - int(Path(used).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        free = min(free, max(cap, 0))
+    return free
+
+
+def estimate_load_bytes(path: str | Path) -> int:
+    """About how much memory loading the data file ``path`` takes (from its size or headers)."""
+    import numpy as np
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 0
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        total = 0
+        try:
+            with zipfile.ZipFile(path) as z:
+                for info in z.infolist():
+                    if not info.filename.endswith(".npy"):
+                        continue
+                    with z.open(info) as f:
+                        version = np.lib.format.read_magic(f)
+                        read = (
+                            np.lib.format.read_array_header_1_0
+                            if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0
+                        )
+                        shape, _, _ = read(f, max_header_size=1 << 20)
+                    total += math.prod(shape) * 8
+        except Exception:  # not a valid npz: the loader reports it
+            return size * _ARRAY_FACTOR
+        return max(total, size) * _ARRAY_FACTOR
+    if suffix in (".pt", ".pth"):
+        return size * _PT_FACTOR
+    return size * _CSV_FACTOR
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.0f} MiB"
+
+
+def check_fits_in_memory(path: str | Path) -> None:
+    """Refuse, before reading it, a data file that would not fit in the memory available."""
+    need, free = estimate_load_bytes(path), available_memory()
+    if free is not None and need > free:
+        raise DataError(
+            f"{path}: too large to load: it needs about {_gib(need)} of memory and "
+            f"{_gib(free)} is available; use a smaller file or a machine with more memory"
+        )
+
+
+def check_model_fits_in_memory(config: TrainConfig, data: Dataset, rows_per_step: int) -> None:
+    """Refuse a model (weights, gradients, optimizer state, activations) that cannot fit."""
+    out = data.n_classes if data.task == "classification" else data.y_train.shape[-1]
+    if config.model == "cnn1d":
+        lengths = conv_lengths(data.n_features, len(config.channels), 5, 2, 2)
+        chans = [1, *config.channels]
+        params = sum(a * b * 5 + b for a, b in zip(chans, chans[1:]))
+        params += chans[-1] * lengths[-1] * out + out
+        widths = [c * n for c, n in zip(config.channels, lengths[1:])]
+    else:
+        sizes = [data.n_features, *config.hidden, out]
+        params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+        widths = list(config.hidden)
+    # weights, gradients, two optimizer buffers, one spare; activations kept for backward (x3)
+    need = 4 * (5 * params + 3 * rows_per_step * (sum(widths) + out))
+    free = available_memory()
+    if free is not None and need > free:
+        raise ConfigError(
+            f"train: the model is too large for this machine: {params:,} parameters and their "
+            f"activations need about {_gib(need)} of memory and {_gib(free)} is available; use "
+            "smaller --hidden / --channels or --batch-size"
+        )

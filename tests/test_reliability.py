@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -900,7 +900,9 @@ def test_property_any_option_value_is_accepted_or_refused_in_one_line(option, va
     with mock.patch.object(run_module, "run", fake_run):
         result = invoke([f"{option}={value}", "--out", str(tmp_path / "out")])
     if isinstance(result.exception, Reached):
+        event("accepted")
         return
+    event("refused")
     assert result.exit_code == 2, (option, value, result.exception)
     line = assert_one_line_error(result.stderr)
     name = option[2:]
@@ -1151,6 +1153,18 @@ def test_cli_ctrl_c_before_any_checkpoint_says_how_to_resume(sandbox):
     assert result.exit_code == 0, (result.stderr, result.exception)
     assert "has no checkpoint yet; starting the run over" in result.stderr
     assert ckpt.load_file(sandbox / "fresh" / ckpt.CURRENT)["epoch"] == 1
+
+
+def test_cli_ctrl_c_before_the_run_started_says_nothing_was_written(sandbox):
+    def interrupted(config, out, **kwargs):
+        raise KeyboardInterrupt
+
+    before = tree(sandbox)
+    with mock.patch.object(run_module, "run", interrupted):
+        result = invoke([*SMALL, "--out", "fresh"])
+    assert result.exit_code == 130
+    assert "interrupted before the run started; nothing was written" in result.stderr
+    assert tree(sandbox) == before
 
 
 # =============================================================================================

@@ -298,8 +298,11 @@ def train(out, resume_dir, no_progress, **options):
     except KeyboardInterrupt:
         if ckpt.exists(out):
             where = f"The last checkpoint (end of the last finished epoch) is in {out}"
-        else:
+        elif (out / "config.toml").exists():
             where = f"No epoch had finished, so there is no checkpoint in {out} yet"
+        else:
+            click.echo("\ninterrupted before the run started; nothing was written", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         click.echo(
             f"\ninterrupted. {where}; continue with: gradwise train --resume {out}", err=True
         )

@@ -393,11 +393,15 @@ class _Faults:
         #: ``"skip"`` gives up after this many skipped steps in a row: the run has diverged
         self.limit = max(MIN_SKIPS_IN_A_ROW, per_epoch or 0)
         self.warned = self.consecutive = 0
-        self.step, self.place = 0, ""
+        self.step = self.epoch = self.batch = 0
 
     def at(self, step: int, epoch: int, batch: int) -> None:
         """The step about to be taken (1-based) and where it is: epoch and batch, 1-based."""
-        self.step, self.place = step, f"step {step} (epoch {epoch}, batch {batch})"
+        self.step, self.epoch, self.batch = step, epoch, batch
+
+    @property
+    def place(self) -> str:
+        return f"step {self.step} (epoch {self.epoch}, batch {self.batch})"
 
     def _name(self, i: int) -> str:
         return self.names.get(id(self.params[i]), f"parameter {i}")

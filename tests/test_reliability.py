@@ -833,6 +833,7 @@ def test_bad_input_gets_one_line_and_exit_code_2_and_damages_nothing(case: CliCa
     assert not (sandbox / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process_prints_no_traceback(tmp_path):
     """The same one-line errors from a real `gradwise train` process (not CliRunner)."""
     (tmp_path / "data.csv").write_text("a,b,label\n1,nan,0\n3,4,1\n")
@@ -1101,6 +1102,20 @@ def test_stray_temporary_files_are_never_read_and_are_cleaned(tmp_path):
     assert ckpt.load_latest(tmp_path)[0]["n"] == 1
     ckpt.save({"n": 2}, tmp_path)
     assert not dead.exists() and ckpt.load_latest(tmp_path)[0]["n"] == 2
+
+
+def test_a_failed_write_leaves_the_checkpoints_as_they_were(tmp_path, monkeypatch):
+    ckpt.save({"n": 1}, tmp_path)
+    ckpt.save({"n": 2}, tmp_path)
+    before = tree(tmp_path)
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save({"n": 3}, tmp_path)
+    assert tree(tmp_path) == before
 
 
 def test_checkpoint_pt_is_never_missing_during_a_save(tmp_path, monkeypatch):
@@ -1537,6 +1552,7 @@ def counts_table() -> str:
         f"| SIGKILL inside a checkpoint write ({', '.join(points)}) | {len(points)} |",
         "| SIGINT (Ctrl-C) with the progress bar on | 1 |",
         "| SIGINT inside a checkpoint write (in-process) | 1 |",
+        "| checkpoint write failing with a full disk (in-process) | 1 |",
         "| KeyboardInterrupt mid-epoch with an unsaved finished epoch (in-process) | 1 |",
         f"| checkpoint corruptions (damaged bytes) | {len(CORRUPTIONS)} |",
         f"| planted checkpoint payloads (valid checksum) | {len(PLANTED)} |",

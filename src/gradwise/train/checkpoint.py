@@ -61,14 +61,19 @@ def save(payload: dict, folder: str | Path) -> Path:
     tmp = folder / f"{TMP_PREFIX}{os.getpid()}.{CURRENT}"
     with _sigint_held():
         remove_stale_tmp(folder, keep=tmp)
-        with open(tmp, "wb") as f:
-            f.write(header)
-            if _crash_point() == "mid_tmp_write":
-                f.write(body[: len(body) // 2])
-                _crash(f)
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(header)
+                if _crash_point() == "mid_tmp_write":
+                    f.write(body[: len(body) // 2])
+                    _crash(f)
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:  # e.g. a full disk: the old checkpoints stay as they were
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         _crash_if("after_tmp_write")
         if target.exists():
             _keep_previous(target, previous, folder)

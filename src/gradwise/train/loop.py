@@ -181,9 +181,8 @@ def fit(
             for epoch in range(start_epoch, epochs):
                 state.epoch = epoch
                 model.train()
-                loss_sum = torch.zeros((), device=dev)
                 correct = torch.zeros((), dtype=torch.long, device=dev)
-                seen = 0
+                sizes: list[int] = []
                 losses: list[Tensor] = []
                 lrs: list[float] = []
                 bar.start_epoch(epoch)
@@ -209,14 +208,12 @@ def fit(
                     detached = batch_loss.detach()
                     losses.append(detached)
                     lrs.append(lr)
-                    n = len(yb)
-                    loss_sum += detached * n
-                    seen += n
+                    sizes.append(len(yb))
                     if track_accuracy:
                         correct += (out.argmax(1) == yb).sum()
                     bar.advance(detached, lr)
                 row = _epoch_row(
-                    history, epoch, state.step, losses, lrs, loss_sum, correct, seen, track_accuracy
+                    history, epoch, state.step, losses, lrs, sizes, correct, track_accuracy
                 )
                 if val_data is not None:
                     row.update(evaluate(model, val_data, loss_fn, metrics, prefix="val_"))
@@ -367,12 +364,13 @@ def _device(device) -> torch.device:
 
 
 def _first_nonfinite(tensors: list[Tensor | None]) -> int | None:
-    """Index of the first tensor holding a NaN or an infinity (``None`` entries skipped)."""
-    present = [t for t in tensors if t is not None]
-    if not present:
-        return None
-    norms = torch._foreach_norm(present, math.inf)
-    if bool(torch.isfinite(torch.stack(norms)).all()):
+    """Index of the first tensor holding a NaN or an infinity (``None`` entries skipped).
+
+    Screened with one multi-tensor kernel (the one ``GradScaler`` uses, scaling by exactly 1);
+    only when it finds something are the tensors looked at one by one.
+    """
+    present = [t.detach() for t in tensors if t is not None]
+    if not present or _all_finite(present):
         return None
     for i, t in enumerate(tensors):
         if t is not None and not bool(torch.isfinite(t).all()):
@@ -383,6 +381,15 @@ def _first_nonfinite(tensors: list[Tensor | None]) -> int | None:
 def _nonfinite_grad(params: list[Tensor]) -> int | None:
     """Index of the first parameter whose gradient holds a NaN or an infinity, else None."""
     return _first_nonfinite([p.grad for p in params])
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    device = tensors[0].device
+    if any(t.device != device or not t.is_floating_point() for t in tensors):
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
+    found = torch.zeros(1, device=device)
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones(1, device=device))
+    return not bool(found)
 
 
 class _Faults:
@@ -475,12 +482,15 @@ def _scheduler_epoch_end(scheduler, row: dict, monitor: str, interval: str) -> N
         scheduler.report(value)
 
 
-def _epoch_row(history, epoch, step, losses, lrs, loss_sum, correct, seen, track_accuracy):
-    first_step = step - len(losses) + 1
-    for i, (value, lr) in enumerate(zip(torch.stack(losses).tolist() if losses else [], lrs)):
+def _epoch_row(history, epoch, step, losses, lrs, sizes, correct, track_accuracy):
+    """Append the epoch's steps to the history; its row: mean train loss (and accuracy)."""
+    values = torch.stack(losses).tolist() if losses else []
+    first_step = step - len(values) + 1
+    for i, (value, lr) in enumerate(zip(values, lrs)):
         history.steps.append({"step": first_step + i, "epoch": epoch + 1, "loss": value, "lr": lr})
+    seen = sum(sizes)
     row = {"epoch": epoch + 1, "step": step}
-    row["train_loss"] = float(loss_sum) / seen if seen else math.nan
+    row["train_loss"] = sum(v * n for v, n in zip(values, sizes)) / seen if seen else math.nan
     if track_accuracy:
         row["train_accuracy"] = float(correct) / seen if seen else math.nan
     return row

@@ -181,40 +181,41 @@ def fit(
             for epoch in range(start_epoch, epochs):
                 state.epoch = epoch
                 model.train()
-                correct = torch.zeros((), dtype=torch.long, device=dev)
+                predicted: list[Tensor] = []
+                labels: list[Tensor] = []
                 sizes: list[int] = []
                 losses: list[Tensor] = []
                 lrs: list[float] = []
                 bar.start_epoch(epoch)
                 for batch, (xb, yb) in enumerate(data.epoch(shuffle), 1):
-                    faults.at(state.step + 1, epoch + 1, batch)
                     optimizer.zero_grad(set_to_none=False)
                     out = model(xb)
                     batch_loss = loss_fn(out, yb)
                     if penalty is not None:
                         batch_loss = batch_loss + penalty()
-                    if not torch.isfinite(batch_loss):
-                        faults.loss(batch_loss)
-                        continue
                     batch_loss.backward()
-                    if faults.gradients(batch_loss):
-                        continue
+                    detached = batch_loss.detach()
+                    if not faults.all_finite(detached):  # one kernel: loss and gradients
+                        faults.at(state.step + 1, epoch + 1, batch)
+                        if faults.loss(batch_loss) or faults.gradients(batch_loss):
+                            continue
                     optimizer.step()
                     state.step += 1
                     faults.consecutive = 0
                     lr = optimizer.param_groups[0]["lr"]
                     if scheduler is not None and scheduler_interval == "step":
                         _scheduler_step(scheduler)
-                    detached = batch_loss.detach()
                     losses.append(detached)
                     lrs.append(lr)
                     sizes.append(len(yb))
                     if track_accuracy:
-                        correct += (out.argmax(1) == yb).sum()
+                        predicted.append(out.argmax(1))
+                        labels.append(yb)
                     bar.advance(detached, lr)
-                row = _epoch_row(
-                    history, epoch, state.step, losses, lrs, sizes, correct, track_accuracy
-                )
+                row = _epoch_row(history, epoch, state.step, losses, lrs, sizes)
+                if track_accuracy and predicted:
+                    correct = (torch.cat(predicted) == torch.cat(labels)).sum()
+                    row["train_accuracy"] = float(correct) / sum(sizes)
                 if val_data is not None:
                     row.update(evaluate(model, val_data, loss_fn, metrics, prefix="val_"))
                 row["lr"] = optimizer.param_groups[0]["lr"]
@@ -400,6 +401,8 @@ class _Faults:
         #: ``"skip"`` gives up after this many skipped steps in a row: the run has diverged
         self.limit = max(MIN_SKIPS_IN_A_ROW, per_epoch or 0)
         self.warned = self.consecutive = 0
+        device = params[0].device if params else torch.device("cpu")
+        self.found, self.one = torch.zeros(1, device=device), torch.ones(1, device=device)
         self.step = self.epoch = self.batch = 0
 
     def at(self, step: int, epoch: int, batch: int) -> None:
@@ -413,10 +416,24 @@ class _Faults:
     def _name(self, i: int) -> str:
         return self.names.get(id(self.params[i]), f"parameter {i}")
 
-    def loss(self, loss: Tensor) -> None:
-        """A non-finite loss: overflowed parameters, or raise / skip per policy."""
+    def all_finite(self, loss: Tensor) -> bool:
+        """Whether the loss and every gradient are finite: one multi-tensor kernel, one sync."""
+        tensors = [loss, *(p.grad for p in self.params if p.grad is not None)]
+        if any(t.device != self.found.device for t in tensors):
+            return _first_nonfinite(tensors) is None
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, self.found, self.one)
+        if not bool(self.found):
+            return True
+        self.found.zero_()  # stays zero while everything is finite
+        return False
+
+    def loss(self, loss: Tensor) -> bool:
+        """A non-finite loss: overflowed parameters, or raise / skip per policy (True)."""
+        if bool(torch.isfinite(loss.detach())):
+            return False
         self.parameters(self.step - 1)
         self._handle("the loss", f"the loss is {float(loss.detach())} at {self.place}")
+        return True
 
     def gradients(self, loss: Tensor) -> bool:
         """Whether a gradient is non-finite (then raise, or count the step as skipped)."""
@@ -482,8 +499,8 @@ def _scheduler_epoch_end(scheduler, row: dict, monitor: str, interval: str) -> N
         scheduler.report(value)
 
 
-def _epoch_row(history, epoch, step, losses, lrs, sizes, correct, track_accuracy):
-    """Append the epoch's steps to the history; its row: mean train loss (and accuracy)."""
+def _epoch_row(history, epoch, step, losses, lrs, sizes):
+    """Append the epoch's steps to the history; its row: the mean train loss."""
     values = torch.stack(losses).tolist() if losses else []
     first_step = step - len(values) + 1
     for i, (value, lr) in enumerate(zip(values, lrs)):
@@ -491,8 +508,6 @@ def _epoch_row(history, epoch, step, losses, lrs, sizes, correct, track_accuracy
     seen = sum(sizes)
     row = {"epoch": epoch + 1, "step": step}
     row["train_loss"] = sum(v * n for v, n in zip(values, sizes)) / seen if seen else math.nan
-    if track_accuracy:
-        row["train_accuracy"] = float(correct) / seen if seen else math.nan
     return row
 
 

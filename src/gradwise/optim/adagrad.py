@@ -91,6 +91,13 @@ class Adagrad(Optimizer):
                 self.state[p] = self.init_state(p, group)
 
     def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
+        dtype = group.get("state_dtype") or param.dtype
+        value = group["initial_accumulator_value"]
+        if value > torch.finfo(dtype).max:
+            raise ValueError(
+                f"Adagrad: initial_accumulator_value must be at most {torch.finfo(dtype).max:g} "
+                f"(the largest {dtype}); received initial_accumulator_value={value!r}"
+            )
         state = super().init_state(param, group)
         state["sum"] = torch.full_like(
             param, group["initial_accumulator_value"], dtype=group.get("state_dtype") or param.dtype

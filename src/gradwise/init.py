@@ -269,6 +269,7 @@ def xavier_uniform_(
     """
     g = _checks.positive("xavier_uniform_", "gain", gain)
     _tensor("xavier_uniform_", tensor, min_dim=2)
+    _generator("xavier_uniform_", generator)
     return variance_scaling_(tensor, g * g, "fan_avg", "uniform", generator)
 
 
@@ -282,11 +283,13 @@ def xavier_normal_(
     """
     g = _checks.positive("xavier_normal_", "gain", gain)
     _tensor("xavier_normal_", tensor, min_dim=2)
+    _generator("xavier_normal_", generator)
     return variance_scaling_(tensor, g * g, "fan_avg", "normal", generator)
 
 
 def _he(owner, tensor, mode, nonlinearity, a, distribution, generator) -> Tensor:
     _tensor(owner, tensor, min_dim=2)
+    _generator(owner, generator)
     _checks.choice(owner, "mode", mode, ("fan_in", "fan_out"))
     _checks.choice(owner, "nonlinearity", nonlinearity, NONLINEARITIES)
     if a is not None:
@@ -334,6 +337,7 @@ def lecun_normal_(tensor: Tensor, generator: torch.Generator | None = None) -> T
     ``nonlinearity="linear"`` gives the same numbers).
     """
     _tensor("lecun_normal_", tensor, min_dim=2)
+    _generator("lecun_normal_", generator)
     return variance_scaling_(tensor, 1.0, "fan_in", "normal", generator)
 
 
@@ -343,6 +347,7 @@ def lecun_uniform_(tensor: Tensor, generator: torch.Generator | None = None) -> 
     Differences: Keras ``LecunUniform``; PyTorch has none.
     """
     _tensor("lecun_uniform_", tensor, min_dim=2)
+    _generator("lecun_uniform_", generator)
     return variance_scaling_(tensor, 1.0, "fan_in", "uniform", generator)
 
 

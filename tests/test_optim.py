@@ -481,12 +481,12 @@ def test_property_parity_with_torch(case, shapes, dtype, lr, seed):
 
 # ------------------------------------------------------------------ the compiled (fused) path
 
-COMPILED = [GRID[i] for i in (1, 3, 6, 12, 11, 15, 17)]
+COMPILED = [GRID[i] for i in (3, 6, 11, 15)]
 
 
 @pytest.mark.parametrize(("name", "cls", "tcls", "kw"), COMPILED, ids=[c[0] for c in COMPILED])
 def test_compiled_path_matches_torch(name, cls, tcls, kw):
-    """fused=True runs the same rule compiled into one pass; results equal PyTorch's."""
+    """fused=True runs the same rule as a fused kernel; results equal PyTorch's."""
     a, b = twins(make_params(torch.float32, shapes=[(64, 33), (17,), (5, 5)]))
     oa, ob = cls(a, fused=True, **kw), tcls(b, foreach=False, **kw)
     gen = torch.Generator().manual_seed(12)
@@ -496,8 +496,10 @@ def test_compiled_path_matches_torch(name, cls, tcls, kw):
             for group in oa.param_groups + ob.param_groups:
                 group["lr"] *= 0.3
     assert_same_state(oa, ob, a, b, torch.float32)
+    from gradwise.optim import kernels
+
     seg = next(iter(oa._segments.values()))[1][0]
-    assert seg.flat and oa._compiles(seg, oa.param_groups[0])
+    assert seg.flat and any(memo[0] is cls.rule for memo in kernels._loaded)
 
 
 def test_compiled_path_with_l1_and_decoupled_decay_matches_eager():
@@ -510,79 +512,19 @@ def test_compiled_path_with_l1_and_decoupled_decay_matches_eager():
     assert (a[0] == 0).sum() > 0  # L1 made exact zeros in the compiled path too
 
 
-def test_compile_failure_falls_back_to_eager(monkeypatch):
-    from gradwise.optim import engine
+def test_compile_failure_falls_back_to_eager(monkeypatch, tmp_path):
+    from gradwise.optim import kernels
 
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(engine, "_compiled", {})
-    monkeypatch.setattr(engine, "_compile_error", None)
-    monkeypatch.setattr(engine.torch, "compile", broken)
+    monkeypatch.setenv("GRADWISE_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setattr(kernels, "_error", None)
+    monkeypatch.setattr(kernels, "_build", broken)
     a, b = twins(make_params(torch.float64))
     oa, ob = go.Adam(a, lr=0.01, fused=True), torch.optim.Adam(b, lr=0.01, foreach=False)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         run_lockstep(oa, ob, a, b, 5, torch.Generator().manual_seed(14))
     assert_same_state(oa, ob, a, b, torch.float64)
-    assert not engine.compile_available()
-
-
-# ------------------------------------------------------------------------------- state_dtype
-
-
-@pytest.mark.parametrize(
-    ("cls", "kw", "full_bytes"),
-    [
-        (go.SGD, dict(lr=0.05, momentum=0.9), 4),
-        (go.RMSprop, dict(lr=1e-3), 4),
-        (go.Adagrad, dict(lr=0.05), 4),
-        (go.Adam, dict(lr=1e-3), 8),
-        (go.AdamW, dict(lr=1e-3), 8),
-    ],
-)
-def test_bfloat16_state_halves_memory_and_still_trains_digits(cls, kw, full_bytes):
-    """Moment buffers in bfloat16: half the bytes, and an MLP on digits still learns."""
-    from gradwise.train import fit, load_dataset, mlp
-    from gradwise.train.loop import evaluate
-
-    data = load_dataset("digits")
-    results = {}
-    for dtype in (None, torch.bfloat16):
-        model = mlp(
-            data.n_features,
-            data.n_classes,
-            hidden=(64,),
-            generator=torch.Generator().manual_seed(0),
-        )
-        opt = cls(model.parameters(), state_dtype=dtype, **kw)
-        fit(model, data.train, optimizer=opt, epochs=8, batch_size=32, progress=False)
-        n_tensors = sum(1 for _ in model.parameters())
-        numel = sum(p.numel() for p in model.parameters())
-        step_bytes = 4 * n_tensors / numel if opt.has_step else 0.0
-        results[dtype] = (
-            evaluate(model, data.test, "cross_entropy")["accuracy"],
-            opt.state_bytes_per_param() - step_bytes,
-        )
-    (acc32, bytes32), (acc16, bytes16) = results[None], results[torch.bfloat16]
-    assert bytes32 == pytest.approx(full_bytes) and bytes16 == pytest.approx(full_bytes / 2)
-    assert acc16 > 0.9 and acc16 > acc32 - 0.03
-
-
-def test_bfloat16_state_survives_state_dict_and_compiled_path():
-    a = [torch.nn.Parameter(torch.randn(300, 200)), torch.nn.Parameter(torch.randn(200))]
-    opt = go.Adam(a, lr=1e-3, state_dtype=torch.bfloat16, fused=True)
-    for _ in range(3):
-        for p in a:
-            p.grad = torch.randn_like(p)
-        opt.step()
-    assert opt.state[a[0]]["exp_avg"].dtype == torch.bfloat16
-    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
-    other = go.Adam(b, lr=1e-3, state_dtype=torch.bfloat16)
-    other.load_state_dict(opt.state_dict())
-    assert other.state[b[0]]["exp_avg_sq"].dtype == torch.bfloat16
-    torch.testing.assert_close(other.state[b[0]]["exp_avg"], opt.state[a[0]]["exp_avg"])
-
-
-def test_state_dtype_must_be_a_floating_dtype():
-    with pytest.raises(TypeError, match="state_dtype"):
-        go.Adam([torch.nn.Parameter(torch.zeros(1))], state_dtype=torch.int8)
+    assert not kernels.available()

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from gradwise import _checks
-from gradwise.optim import engine
+from gradwise.optim import engine, kernels
 
 #: Arguments PyTorch accepts for choosing its implementation; gradwise's engine chooses itself.
 IMPLEMENTATION_FLAGS = ("foreach", "fused")
@@ -233,30 +233,35 @@ class Optimizer(torch.optim.Optimizer):
                     seg.steps += 1
                 seg.step = step + 1
                 grad = engine.flat_grad(seg)
-                if self._compiles(seg, group):
-                    args = engine.as_tensors(self._update_args(group, seg.step), grad.device)
-                    try:
-                        # grad mode on: under no_grad, torch 2.13's compiled in-place updates can
-                        # read a stale value (seen with Nesterov's buffer); nothing here needs grad
-                        with torch.enable_grad():
-                            engine.compiled(update, type(self).rule)(
-                                type(self).rule, seg.param, grad, seg.state, **args
-                            )
-                        return
-                    except Exception as e:  # no compiler, unsupported device, ...
-                        engine.disable_compile(e)
+                if self._fused(seg, grad, group):
+                    return
                 for sl in engine.chunks(seg.param.numel()):
                     state = {name: buf[sl] for name, buf in seg.state.items()}
                     self._update(seg.param[sl], grad[sl], state, seg.step, group)
                 return
         self._step_each(seg, group)
 
-    def _compiles(self, seg: engine.Segment, group: dict) -> bool:
-        """Whether the flat update runs as one compiled pass (``fused``: True, False, None=auto)."""
-        fused = group.get("fused")
-        if fused is False or not engine.compile_available():
+    def _fused(self, seg: engine.Segment, grad: Tensor, group: dict) -> bool:
+        """Run the flat update as one fused kernel (see :mod:`kernels`) if that is the choice:
+        ``fused=False`` never, ``True`` always (building the kernel if needed), ``None`` when a
+        kernel is on disk or the group is large enough to pay for building one."""
+        fused, numel = group.get("fused"), seg.param.numel()
+        if fused is False or numel < 2 or not kernels.available():
             return False
-        return bool(fused) or seg.param.numel() >= engine.AUTO_COMPILE_NUMEL
+        args = self._update_args(group, seg.step)
+        try:
+            build = fused is True or numel >= engine.AUTO_BUILD_NUMEL
+            found = kernels.get(
+                update, type(self).rule, seg.param, grad, seg.state, args, build=build
+            )
+            if found is None:
+                return False
+            kernel, values = found
+            kernel(seg.param, grad, seg.state, kernels.scalar_tensors(values, grad.device))
+        except Exception as e:  # no compiler, unsupported device or op, ...
+            kernels.disable(e)
+            return False
+        return True
 
     def _step_each(self, seg: engine.Segment, group: dict) -> None:
         """The per-tensor path: the same rule, one parameter at a time."""

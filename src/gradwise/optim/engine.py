@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import itertools
 import operator
-import types
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -150,60 +148,10 @@ def uniform_step(seg: Segment) -> int | None:
 
 Rule = Callable[..., None]
 
-#: ``fused=None`` compiles a segment's update when it has at least this many elements: there the
-#: one-pass kernel saves more over a typical run than its compilation (cached on disk) costs.
-AUTO_COMPILE_NUMEL = 1 << 20
-_compiled: dict[Callable, Callable] = {}
-_compile_error: str | None = None
-
-
-def compile_available() -> bool:
-    """False once compiling failed here (e.g. no C++ compiler): the eager path is used instead."""
-    return _compile_error is None
-
-
-def compiled(update: Callable, rule: Rule) -> Callable:
-    """``update`` specialised to ``rule`` and compiled by ``torch.compile`` into one pass.
-
-    Each rule gets its own copy of ``update``'s code object, so that its compiled variants are
-    cached apart from other rules' (Dynamo keeps a bounded cache per code object). Sizes are
-    dynamic and the step's scalars are passed as 0-d tensors, so neither a new model size nor a
-    new learning rate recompiles.
-    """
-    fn = _compiled.get(rule)
-    if fn is None:
-        code = update.__code__.replace(co_name=f"{update.__name__}_{rule.__name__}")
-        specialised = types.FunctionType(
-            code, update.__globals__, code.co_name, update.__defaults__, update.__closure__
-        )
-        specialised.__kwdefaults__ = update.__kwdefaults__
-        fn = _compiled[rule] = torch.compile(specialised, dynamic=True, fullgraph=True)
-    return fn
-
-
-def disable_compile(error: BaseException) -> None:
-    """Remember that compiling failed; later steps use the eager path."""
-    global _compile_error
-    _compile_error = f"{type(error).__name__}: {error}".splitlines()[0]
-    warnings.warn(
-        f"gradwise: compiling the optimizer step failed ({_compile_error}); "
-        "using the eager path (same results, slower)",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-def as_tensors(args: dict, device: torch.device) -> dict:
-    """The step's scalars (``coefficients``, ``shrink``, ``l1_threshold``) as 0-d tensors."""
-
-    def convert(v):
-        return torch.tensor(v, dtype=torch.float64, device=device) if type(v) is float else v
-
-    out = dict(args)
-    out["coefficients"] = {k: convert(v) for k, v in args["coefficients"].items()}
-    out["shrink"] = convert(args["shrink"])
-    out["l1_threshold"] = convert(args["l1_threshold"])
-    return out
+#: ``fused=None`` builds a fused kernel (once per machine, ~10-30 s) only for groups at least this
+#: large, where it pays for itself within a typical 1,000-step run; smaller groups use a kernel
+#: only if one is already on disk (``fused=True`` builds it).
+AUTO_BUILD_NUMEL = 1 << 25
 
 
 def sub_scaled_(param: Tensor, x: Tensor, scale: float | Tensor) -> None:

@@ -248,6 +248,8 @@ class Optimizer(torch.optim.Optimizer):
         fused, numel = group.get("fused"), seg.param.numel()
         if fused is False or numel < 2 or not kernels.available():
             return False
+        if fused is None and numel < engine.KERNEL_MIN_NUMEL:
+            return False
         args = self._update_args(group, seg.step)
         try:
             build = fused is True or numel >= engine.AUTO_BUILD_NUMEL

@@ -148,10 +148,12 @@ def uniform_step(seg: Segment) -> int | None:
 
 Rule = Callable[..., None]
 
-#: ``fused=None`` builds a fused kernel (once per machine, ~10-30 s) only for groups at least this
-#: large, where it pays for itself within a typical 1,000-step run; smaller groups use a kernel
-#: only if one is already on disk (``fused=True`` builds it).
-AUTO_BUILD_NUMEL = 1 << 25
+#: ``fused=None`` runs a group's update as a fused kernel (:mod:`kernels`) when the group has at
+#: least ``KERNEL_MIN_NUMEL`` elements (below that the eager path is as fast) and the kernel is
+#: already on disk; it builds one (~10-30 s, once per machine) only for groups of at least
+#: ``AUTO_BUILD_NUMEL`` elements, where that pays for itself within a typical 1,000-step run.
+KERNEL_MIN_NUMEL = 1 << 16
+AUTO_BUILD_NUMEL = 1 << 24
 
 
 def sub_scaled_(param: Tensor, x: Tensor, scale: float | Tensor) -> None:

@@ -226,13 +226,14 @@ class Optimizer(torch.optim.Optimizer):
     def _step_segment(self, seg: engine.Segment, group: dict) -> None:
         if seg.flat and not seg.still_flat():
             seg.flat = False  # a parameter was moved or replaced: flatten again once possible
-        if seg.flat and seg.all_have_grads():
+        views = seg.flat and seg.grads_are_views()  # the usual case after zero_grad(False)
+        if views or (seg.flat and seg.all_have_grads()):
             step = engine.uniform_step(seg)
             if step is not None:
                 if seg.steps is not None:
                     seg.steps += 1
                 seg.step = step + 1
-                grad = engine.flat_grad(seg)
+                grad = seg.grad if views else engine.gather_grad(seg)
                 if self._fused(seg, grad, group):
                     return
                 for sl in engine.chunks(seg.param.numel()):

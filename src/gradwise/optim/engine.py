@@ -128,10 +128,10 @@ def chunks(n: int, size: int = CHUNK) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
 
 
-def flat_grad(seg: Segment) -> Tensor:
-    """The segment's gradient as one flat tensor: free when the grads are the flat views."""
-    if not seg.grads_are_views():
-        torch._foreach_copy_(seg.grad_views, [p.grad for p in seg.params])
+def gather_grad(seg: Segment) -> Tensor:
+    """The segment's gradients copied into its flat gradient buffer (one multi-tensor copy), for
+    gradients that are not already its views."""
+    torch._foreach_copy_(seg.grad_views, [p.grad for p in seg.params])
     return seg.grad
 
 

@@ -347,7 +347,10 @@ def _run_group(
     runners: list[_Runner] = []
     skipped: list[dict] = []
     if gw is not None and any(i.startswith("gradwise") for i in impls):
-        _prebuild_kernel(spec, gw, params0, grads0)
+        from gradwise.optim import engine
+
+        if workload.numel >= engine.KERNEL_MIN_NUMEL:  # smaller groups stay eager by default
+            _prebuild_kernel(spec, gw, params0, grads0)
     for impl in impls:
         gather = None if impl in _TORCH_FLAGS else impl == "gradwise (gather)"
         try:

@@ -294,7 +294,8 @@ class Comparison:
                 lines.append(f"- `{r.label}` seed {r.seed}: {r.reason}")
         lines += [
             "",
-            "Files: `curves.png` (mean ± std curves), `summary.csv` (this table), `runs.csv` "
+            "Files: `curves.png` (mean curves, min-max bands), `summary.csv` (this table), "
+            "`runs.csv` "
             "(one row per run), `runs/<configuration>-seed<k>/` (each run's `history.jsonl`, "
             "`metrics.csv`, `config.toml`).",
             "",

@@ -91,6 +91,24 @@ def plot_history(history: History, path: str | Path, title: str = "") -> Path:
 COLORS = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
 
 
+def _save(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG with a 256-colour palette (a third of the size, same look)."""
+    import io
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    try:
+        from PIL import Image
+
+        image = Image.open(buffer).convert("RGB")
+        image.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+    except Exception:  # no Pillow (matplotlib needs it, but be safe): the plain PNG
+        path.write_bytes(buffer.getvalue())
+    return path
+
+
 def _lr_text(lr: float) -> str:
     """A rate written short: ``1e-3``, ``3e-4``, ``0.05``, ``0.1``."""
     if lr == 0:
@@ -142,10 +160,7 @@ def plot_lr_find(result, path: str | Path, title: str = "") -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.text(0.99, 0.98, f"{len(lrs)} steps; {result.stopped}", transform=ax.transAxes,
             ha="right", va="top", fontsize=8, color="0.35")  # fmt: skip
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_schedule(
@@ -170,10 +185,7 @@ def plot_schedule(
     ax.grid(alpha=0.3)
     if len(curves) > 1 or cuts:
         ax.legend()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _mean_range_curves(histories: list[History], key: str):
@@ -188,9 +200,10 @@ def _mean_range_curves(histories: list[History], key: str):
     return values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
-def _step_loss_curve(histories: list[History], log_x: bool, points: int = 600):
-    """Per-step training loss, smoothed by a bias-corrected moving average over about one epoch
-    (at most 100 steps), as ``(steps, seconds, mean, min, max)`` over runs, thinned to
+def _step_curve(histories: list[History], log_x: bool, key: str = "loss", points: int = 600):
+    """A per-step record (``"loss"``: smoothed by a bias-corrected moving average over about one
+    epoch, at most 100 steps; ``"lr"``: as is) as ``(steps, seconds, mean, min, max)`` over runs,
+    thinned to
     ``points`` points (spaced evenly on a log axis when ``log_x``). Seconds are interpolated
     between the epoch ends' wall-clock times."""
     import numpy as np
@@ -199,10 +212,8 @@ def _step_loss_curve(histories: list[History], log_x: bool, points: int = 600):
     if n == 0:
         return None
     per_epoch = max(1, round(n / max(1, min(len(h.epochs) for h in histories))))
-    window = min(max(per_epoch, 1), 100)
-    curves = np.asarray(
-        [smooth([r["loss"] for r in h.steps[:n]], 1 - 1 / window) for h in histories]
-    )
+    beta = 1 - 1 / min(max(per_epoch, 1), 100) if key == "loss" else 0.0
+    curves = np.asarray([smooth([r[key] for r in h.steps[:n]], beta) for h in histories])
     steps = np.asarray([r["step"] for r in histories[0].steps[:n]], dtype=float)
     if n > points:
         if log_x:
@@ -238,7 +249,12 @@ def plot_comparison(comparison, path: str | Path, title: str = "") -> Path:
     from matplotlib.lines import Line2D
 
     metric = comparison.metric
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5), layout="constrained")
+    # a learning-rate column when a schedule moves the rate and the configurations' rates differ
+    first_runs = [next(iter(comparison.runs_of(label)), None) for label in comparison.labels]
+    rate_curves = {tuple(s["lr"] for s in r.history.steps) for r in first_runs if r is not None}
+    show_lr = len(rate_curves) > 1 and any(len(set(curve)) > 1 for curve in rate_curves)
+    ncols = 3 if show_lr else 2
+    fig, axes = plt.subplots(2, ncols, figsize=(6.5 * ncols, 9.5), layout="constrained")
     handles, groups = [], []
     for i, label in enumerate(comparison.labels):
         color = COLORS[i % len(COLORS)]
@@ -256,16 +272,20 @@ def plot_comparison(comparison, path: str | Path, title: str = "") -> Path:
     ]
     wide_steps = bool(ends) and max(e[0] for e in ends) / max(min(e[0] for e in ends), 1) > 30
     wide_times = bool(ends) and max(e[1] for e in ends) / max(min(e[1] for e in ends), 1e-9) > 30
-    loss_values = []
+    loss_values, rate_values, first_rates = [], [], []
     for color, partial, histories in groups:
         n = min(len(h.epochs) for h in histories)
         x_step = np.asarray([histories[0].epochs[j]["step"] for j in range(n)], dtype=float)
         x_time = np.mean([[h.epochs[j]["elapsed"] for j in range(n)] for h in histories], axis=0)
         lines = []
-        train_loss = _step_loss_curve(histories, wide_steps)
+        train_loss = _step_curve(histories, wide_steps)
         if train_loss is not None:
             steps, times, mean, low, high = train_loss
             lines.append((0, "--", 1.3, (steps, times), mean, low, high))
+        rates = _step_curve(histories, wide_steps, key="lr") if show_lr else None
+        if rates is not None:
+            steps, times, mean, low, high = rates
+            lines.append((2, "-", 1.5, (steps, times), mean, low, high))
         for col, key, style, width in (
             (0, "val_loss", "-", 1.8),
             (1, f"train_{metric}", "--", 1.3),
@@ -277,6 +297,9 @@ def plot_comparison(comparison, path: str | Path, title: str = "") -> Path:
         for col, style, width, xs, mean, low, high in lines:
             if col == 0:
                 loss_values.extend(v for v in mean if np.isfinite(v))
+            if col == 2:
+                rate_values.extend(v for v in mean if np.isfinite(v) and v > 0)
+                first_rates.append(mean[0])
             for row in (0, 1):
                 ax = axes[row, col]
                 ax.plot(xs[row], mean, ":" if partial else style, color=color, lw=width,
@@ -286,11 +309,17 @@ def plot_comparison(comparison, path: str | Path, title: str = "") -> Path:
     log_loss = (
         bool(loss_values) and min(loss_values) > 0 and max(loss_values) / min(loss_values) > 20
     )
+    # rates that start a decade or more apart: a log axis, or the small ones vanish
+    positive = [r for r in first_rates if r > 0]
+    log_lr = bool(positive) and bool(rate_values) and max(positive) / min(positive) >= 10
     metric_name = "accuracy" if metric == "accuracy" else metric.upper()
     for row, (xlabel, wide) in enumerate(
         (("step (optimizer updates)", wide_steps), ("wall time (s, training loop)", wide_times))
     ):
-        for col, (ylabel, what) in enumerate((("loss", "Loss"), (metric_name, metric_name))):
+        panels = [("loss", "Loss"), (metric_name, metric_name)]
+        if show_lr:
+            panels.append(("learning rate", "Learning rate"))
+        for col, (ylabel, what) in enumerate(panels):
             ax = axes[row, col]
             against = "step" if row == 0 else "wall time"
             ax.set_title(f"{what[0].upper() + what[1:]} against {against}")
@@ -300,6 +329,10 @@ def plot_comparison(comparison, path: str | Path, title: str = "") -> Path:
                 ax.set_xscale("log")
             if col == 0 and log_loss:
                 ax.set_yscale("log")
+            if col == 2 and log_lr:
+                ax.set_yscale("log")
+                ax.set_ylim(bottom=max(min(rate_values), max(rate_values) * 1e-4) / 1.5)
+                ax.set_ylabel("learning rate (log scale)")
             ax.grid(alpha=0.3, which="both" if wide else "major")
             if col == 1 and comparison.target is not None and metric == "accuracy":
                 ax.axhline(comparison.target, color="0.4", ls=":", lw=1)
@@ -333,7 +366,4 @@ def plot_comparison(comparison, path: str | Path, title: str = "") -> Path:
         "bands: min to max over the seeds; training loss per step (smoothed), the rest per epoch",
         fontsize=11,
     )
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -450,6 +450,7 @@ def test_compare_command(tmp_path):
         (["--target-accuracy", "95"], "--target-accuracy must be in [0, 1]"),
         (["--inits", "he,magic"], "unknown init 'magic'"),
         (["--batch-sizes", "full,0"], "batch_size must be"),
+        (["--nan-policy", "skip"], "drop --nan-policy skip"),
     ],
 )
 def test_compare_command_bad_input(args, match, tmp_path):

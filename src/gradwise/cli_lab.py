@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -295,6 +296,11 @@ def compare_command(
             raise ConfigError(
                 f"give --{one.replace('_', '-')} or --{many.replace('_', '-')}, not both"
             )
+    if options.get("nan_policy") == "skip":
+        raise ConfigError(
+            "compare stops a run at its first NaN/inf to flag it as diverged; "
+            "drop --nan-policy skip"
+        )
     if regularizers is not None:
         given = [k for k in ("l1", "l2", "weight_decay", "dropout") if options.get(k) is not None]
         if given:
@@ -374,15 +380,22 @@ def compare_command(
                 last = f"{record.label} seed {record.seed}: {record.metric_key} {acc:.3f}"
             bar.update(task, completed=done, last=last)
 
-        result = compare(
-            configs,
-            seeds=range(first.seed, first.seed + seeds),
-            jobs=jobs,
-            out=folder,
-            target_accuracy=target_accuracy,
-            on_result=on_result,
-            command=_command_line(ctx),
-        )
+        try:
+            result = compare(
+                configs,
+                seeds=range(first.seed, first.seed + seeds),
+                jobs=jobs,
+                out=folder,
+                target_accuracy=target_accuracy,
+                on_result=on_result,
+                command=_command_line(ctx),
+            )
+        except KeyboardInterrupt:
+            click.echo(
+                f"\ninterrupted: no report written; finished runs are in {folder / 'runs'}",
+                err=True,
+            )
+            sys.exit(130)
     _print_comparison(result, folder)
 
 

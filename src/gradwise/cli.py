@@ -25,7 +25,20 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 def _error(message: str) -> None:
-    click.echo(f"gradwise: error: {' '.join(str(message).split())}", err=True)
+    text = " ".join(str(message).split())
+    rank = _rank_prefix()
+    if text.startswith(rank[1:-2] + " "):  # the message names its rank already
+        rank = ""
+    click.echo(f"gradwise: error: {rank}{text}", err=True)
+
+
+def _rank_prefix() -> str:
+    """``"[rank N] "`` in a process other than rank 0 of a distributed run, else ``""``."""
+    from gradwise.train import distributed
+
+    if distributed.env_world_size() > 1 and not distributed.is_main():
+        return f"[rank {distributed.env_rank()}] "
+    return ""
 
 
 def _friendly(fn):
@@ -221,6 +234,7 @@ CONFIG_OPTIONS = (
     "seed",
     "device",
     "nan_policy",
+    "zero",
 )
 
 
@@ -263,8 +277,27 @@ def _run_name(config) -> str:
     help="Continue the run in this folder from its last checkpoint, with its saved configuration.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    help="Train on N processes of this machine with DDP (through torch.distributed.run; "
+    "gloo on CPU, NCCL on GPUs); --batch-size stays the global batch.  "
+    "[default: 1, or the run's own with --resume / --config]",
+)
+@click.option(
+    "--zero/--no-zero",
+    default=None,
+    help="With several processes: shard the optimizer state across them "
+    "(torch's ZeroRedundancyOptimizer).",
+)
+@click.option(
+    "--dist-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a process waits for the others before giving up (a rank that died or hangs).  "
+    "[default: 300]",
+)
 @_friendly
-def train(out, resume_dir, no_progress, **options):
+def train(out, resume_dir, no_progress, nproc, dist_timeout, **options):
     """Train a model and write a run folder: config.toml, metrics.csv, history.jsonl,
     checkpoint.pt and curves.png.
 
@@ -272,11 +305,24 @@ def train(out, resume_dir, no_progress, **options):
 
     A run can be stopped at any moment (Ctrl-C, kill, power cut) and continued with
     `gradwise train --resume DIR`, ending with the weights an uninterrupted run gets.
+
+    `--nproc N` trains on N processes (see docs/scaling.md); so does
+    `torchrun --nproc-per-node N -m gradwise train ...`. The run folder remembers N.
     """
     from gradwise.train import checkpoint as ckpt
+    from gradwise.train import distributed
     from gradwise.train.loop import Diverged
     from gradwise.train.run import load_run_config, run
 
+    launched = distributed.env_world_size() > 1
+    if nproc is not None and launched:
+        raise GradwiseError(
+            "--nproc starts the processes itself; under torchrun (or another launcher) leave "
+            "it out: the launcher's --nproc-per-node decides"
+        )
+    if dist_timeout is not None:
+        os.environ[distributed.TIMEOUT_ENV] = str(dist_timeout)  # the launched processes too
+    main_rank = distributed.is_main()
     if resume_dir is not None:
         given = [k for k, v in options.items() if v is not None]
         if given or out:
@@ -287,29 +333,98 @@ def train(out, resume_dir, no_progress, **options):
             )
         config = load_run_config(resume_dir)
         out, resume = Path(resume_dir), True
-        if not ckpt.exists(out):
+        if not ckpt.exists(out) and main_rank and (launched or (nproc or config.nproc) == 1):
             click.echo(f"gradwise: {out} has no checkpoint yet; starting the run over", err=True)
     else:
         config = config_from_options(options)
         out, resume = Path(out) if out else Path("runs") / _run_name(config), False
+    processes = nproc or config.nproc
+    if processes > 1 and not launched:
+        _launch(config, out, resume, processes, no_progress)
+        return
+    if launched:
+        ctx = distributed.setup(config.device)
+        out = Path(distributed.broadcast_object(str(out)))  # rank 0's default name everywhere
+        if resume and main_rank and ctx.world_size != config.nproc:
+            _remember_nproc(out, config, ctx.world_size)
+    elif resume and nproc is not None and nproc != config.nproc:
+        _remember_nproc(out, config, nproc)
     try:
         with _warnings_as_lines():
             result = run(config, out, progress=not no_progress, resume=resume)
     except KeyboardInterrupt:
-        if ckpt.exists(out):
-            where = f"The last checkpoint (end of the last finished epoch) is in {out}"
-        elif (out / "config.toml").exists():
-            where = f"No epoch had finished, so there is no checkpoint in {out} yet"
-        else:
-            click.echo("\ninterrupted before the run started; nothing was written", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        click.echo(
-            f"\ninterrupted. {where}; continue with: gradwise train --resume {out}", err=True
-        )
+        if main_rank:
+            _interrupted(out)
         sys.exit(EXIT_INTERRUPTED)
     except Diverged as e:
+        if not main_rank:  # every rank diverges at the same step: rank 0 says it
+            sys.exit(EXIT_USAGE)
         raise Diverged(f"{e}. {_last_good(out)}", e.step, e.where) from None
-    _print_summary(result)
+    except distributed.DistributedError as e:
+        raise distributed.DistributedError(
+            f"{e}; continue with: gradwise train --resume {out}"
+        ) from None
+    if main_rank:
+        _print_summary(result)
+
+
+def _interrupted(out: Path) -> None:
+    """What Ctrl-C leaves behind, and how to continue."""
+    from gradwise.train import checkpoint as ckpt
+
+    if ckpt.exists(out):
+        where = f"The last checkpoint (end of the last finished epoch) is in {out}"
+    elif (out / "config.toml").exists():
+        where = f"No epoch had finished, so there is no checkpoint in {out} yet"
+    else:
+        click.echo("\ninterrupted before the run started; nothing was written", err=True)
+        return
+    click.echo(f"\ninterrupted. {where}; continue with: gradwise train --resume {out}", err=True)
+
+
+def _launch(config, out: Path, resume: bool, nproc: int, no_progress: bool) -> None:
+    """``gradwise train`` on ``nproc`` processes: check the configuration and the run folder
+    here, then start ``python -m gradwise train`` on each through ``torch.distributed.run``."""
+    import dataclasses
+
+    from gradwise.train import distributed
+    from gradwise.train.run import _prepare_out
+
+    if resume:
+        if nproc != config.nproc:
+            _remember_nproc(out, config, nproc)
+        args = ["train", "--resume", str(out)]
+    else:
+        resolved = dataclasses.replace(config.resolved(), nproc=nproc)
+        _prepare_out(out, resolved, resume=False)  # refuses a folder that holds another run
+        args = ["train", "--config", str(out / "config.toml"), "--out", str(out)]
+    if no_progress:
+        args.append("--no-progress")
+    try:
+        distributed.launch(args, nproc)
+    except KeyboardInterrupt:  # rank 0 has said what was kept and how to continue
+        sys.exit(EXIT_INTERRUPTED)
+    except distributed.LaunchFailed as e:
+        causes = [f for f in e.failures if f[2] != "SIGTERM"] or e.failures
+        codes = {code for _, code, _ in causes}
+        if codes == {EXIT_INTERRUPTED}:
+            sys.exit(EXIT_INTERRUPTED)
+        if codes == {EXIT_USAGE}:
+            sys.exit(EXIT_USAGE)  # the processes said why, one line each
+        raise distributed.LaunchFailed(
+            f"{e}; {distributed.describe_checkpoint(out)}; continue with: "
+            f"gradwise train --resume {out}",
+            e.failures,
+        ) from None
+
+
+def _remember_nproc(out: Path, config, nproc: int) -> None:
+    """A resumed run continues on ``nproc`` processes: its config.toml says so from now on."""
+    import dataclasses
+
+    from gradwise.train import checkpoint as ckpt
+
+    ckpt.atomic_write_text(out / "config.toml", dataclasses.replace(config, nproc=nproc).to_toml())
 
 
 def _last_good(out: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from gradwise import _checks
 from gradwise.errors import CheckpointError, ConfigError, GradwiseError
 from gradwise.train import checkpoint as ckpt
+from gradwise.train import distributed
 from gradwise.train.callbacks import Callback
 from gradwise.train.history import History
 from gradwise.train.progress import Progress
@@ -119,6 +121,15 @@ def fit(
     infinite weights are never written to a checkpoint.
     ``penalty()`` (e.g. an L1/L2 term from :mod:`gradwise.regularization`) is added to the
     training loss of every step; ``extra_state`` is stored in each checkpoint.
+
+    Started by a launcher on several processes (``torchrun``, ``gradwise train --nproc N``:
+    ``WORLD_SIZE > 1`` in the environment), ``fit`` joins the process group and trains with
+    ``DistributedDataParallel`` (:mod:`gradwise.train.distributed`): ``batch_size`` is the global
+    batch, each rank trains on its part of every batch of the shared shuffled order, and the
+    result equals the single-process run's to float rounding (``loss`` must be a mean over the
+    batch). Only rank 0 shows progress and writes checkpoints. A user's loader is iterated as
+    it is on each rank: shard it yourself (``DistributedSampler``), with the same number of
+    batches on every rank.
     """
     _checks.integer("fit", "epochs", epochs, low=1)
     _checks.integer("fit", "checkpoint_every", checkpoint_every, low=1)
@@ -128,6 +139,9 @@ def fit(
     for name in metrics:
         _checks.choice("fit", "metrics", name, tuple(METRICS))
     dev = _device(device)
+    ctx = distributed.setup(device)  # None unless started on several processes
+    if ctx is not None:
+        dev = ctx.device
     model.to(dev)
     if optimizer is None:
         from gradwise.optim import Adam
@@ -138,6 +152,11 @@ def fit(
     callbacks = list(callbacks)
     data = _Batches(train, batch_size, dev, "train")
     val_data = _Batches(val, "full", dev, "val") if val is not None else None
+    if ctx is not None and data.loader is None and data.batch_size < ctx.world_size:
+        raise ConfigError(
+            f"fit: batch_size is the global batch and must be at least the number of processes "
+            f"({ctx.world_size}); received batch_size={batch_size}"
+        )
 
     history = History()
     shuffle = torch.Generator().manual_seed(seed)
@@ -149,11 +168,15 @@ def fit(
         start_epoch, step, history = _restore(
             payload, model, optimizer, scheduler, shuffle, callbacks
         )
+        if ctx is not None:
+            distributed.restore_rng(payload, ctx)
     else:
         torch.manual_seed(seed)
     state = TrainState(model, optimizer, scheduler, history, start_epoch, step)
     for cb in callbacks:
         cb.on_fit_start(state)
+
+    rank_rng: dict = {}  # distributed: every rank's random state, gathered at each checkpoint
 
     def payload(next_epoch: int) -> dict:
         return {
@@ -163,7 +186,7 @@ def fit(
             "epoch": next_epoch,
             "step": state.step,
             "history": history.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
+            "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), **rank_rng},
             "callbacks": [cb.state_dict() for cb in callbacks],
             "extra": extra_state or {},
         }
@@ -175,11 +198,23 @@ def fit(
     track_accuracy = "accuracy" in metrics
     clock_base = history.wall_time
     started = time.perf_counter()
+    shard = forward = dropout = fault = None
+    if ctx is not None:
+        forward, shard = distributed.wrap(model, ctx), distributed.Shard(ctx)
+        dropout = (
+            distributed.GlobalDropout(shard)
+            if distributed.has_dropout(model)
+            else contextlib.nullcontext()
+        )
+        fault = distributed.fault_hook(ctx)
+        progress = progress and ctx.is_main
     bar = Progress(enabled=progress, epochs=epochs, steps_per_epoch=data.steps_per_epoch)
     try:
         with bar:
             for epoch in range(start_epoch, epochs):
                 state.epoch = epoch
+                if fault is not None:
+                    fault(epoch)
                 model.train()
                 predicted: list[Tensor] = []
                 labels: list[Tensor] = []
@@ -187,10 +222,15 @@ def fit(
                 losses: list[Tensor] = []
                 lrs: list[float] = []
                 bar.start_epoch(epoch)
-                for batch, (xb, yb) in enumerate(data.epoch(shuffle), 1):
+                for batch, (xb, yb) in enumerate(data.epoch(shuffle, shard), 1):
                     optimizer.zero_grad(set_to_none=False)
-                    out = model(xb)
-                    batch_loss = loss_fn(out, yb)
+                    if shard is None:
+                        out = model(xb)
+                        batch_loss = loss_fn(out, yb)
+                    else:  # DDP; the loss weighted so that its gradient average is the batch's
+                        with dropout:
+                            out = forward(xb)
+                        batch_loss = shard.loss(loss_fn, out, yb)
                     if penalty is not None:
                         batch_loss = batch_loss + penalty()
                     batch_loss.backward()
@@ -212,10 +252,23 @@ def fit(
                         predicted.append(out.argmax(1))
                         labels.append(yb)
                     bar.advance(detached, lr)
-                row = _epoch_row(history, epoch, state.step, losses, lrs, sizes)
-                if track_accuracy and predicted:
-                    correct = (torch.cat(predicted) == torch.cat(labels)).sum()
-                    row["train_accuracy"] = float(correct) / sum(sizes)
+                if ctx is None:
+                    row = _epoch_row(history, epoch, state.step, losses, lrs, sizes)
+                    if track_accuracy and predicted:
+                        correct = (torch.cat(predicted) == torch.cat(labels)).sum()
+                        row["train_accuracy"] = float(correct) / sum(sizes)
+                else:  # summed over the ranks: the same row on every rank
+                    correct = None
+                    if track_accuracy:
+                        correct = (
+                            (torch.cat(predicted) == torch.cat(labels)).sum()
+                            if predicted
+                            else torch.zeros((), device=dev)
+                        )
+                    losses, sizes, correct = distributed.reduce_epoch(losses, sizes, correct, dev)
+                    row = _epoch_row(history, epoch, state.step, losses, lrs, sizes)
+                    if correct is not None and sum(sizes):
+                        row["train_accuracy"] = correct / sum(sizes)
                 if val_data is not None:
                     row.update(evaluate(model, val_data, loss_fn, metrics, prefix="val_"))
                 row["lr"] = optimizer.param_groups[0]["lr"]
@@ -228,7 +281,9 @@ def fit(
                 bar.end_epoch(row)
                 faults.parameters(state.step)  # never checkpoint NaN/inf weights
                 last = epoch + 1 == epochs or state.stop is not None
-                if checkpoint_dir is not None:
+                if checkpoint_dir is not None and ctx is not None:
+                    rank_rng = distributed.prepare_checkpoint(optimizer)  # on every rank
+                if checkpoint_dir is not None and (ctx is None or ctx.is_main):
                     if (epoch + 1) % checkpoint_every == 0 or last:
                         ckpt.save(payload(epoch + 1), checkpoint_dir)
                         unsaved = None
@@ -240,6 +295,10 @@ def fit(
     except KeyboardInterrupt:
         if unsaved is not None:
             ckpt.save(unsaved, checkpoint_dir)
+        raise
+    except RuntimeError as e:
+        if ctx is not None and distributed.is_comm_failure(e):
+            raise distributed.lost_contact(ctx, e, checkpoint_dir) from None
         raise
     return history
 
@@ -321,10 +380,13 @@ class _Batches:
                 f"received {type(data).__name__}"
             )
 
-    def epoch(self, generator: torch.Generator):
+    def epoch(self, generator: torch.Generator, shard: distributed.Shard | None = None):
         if self.loader is not None:
             for xb, yb in self.loader:
                 yield xb.to(self.device), yb.to(self.device)
+            return
+        if shard is not None:
+            yield from self._shards(generator, shard)
             return
         n, bs = len(self.x), self.batch_size
         if bs >= n:
@@ -334,6 +396,20 @@ class _Batches:
         xs, ys = self.x[order], self.y[order]
         for i in range(0, n, bs):
             yield xs[i : i + bs], ys[i : i + bs]
+
+    def _shards(self, generator: torch.Generator, shard: distributed.Shard):
+        """This rank's rows of each global batch: the same permutation as :meth:`epoch`."""
+        n, bs = len(self.x), self.batch_size
+        if bs >= n:
+            start, stop = shard.split(n)
+            yield self.x[start:stop], self.y[start:stop]
+            return
+        order = torch.randperm(n, generator=generator).to(self.x.device)
+        for i in range(0, n, bs):
+            batch = order[i : i + bs]
+            start, stop = shard.split(len(batch))
+            mine = batch[start:stop]
+            yield self.x[mine], self.y[mine]
 
     def chunks(self, size: int):
         if self.loader is not None:

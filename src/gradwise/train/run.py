@@ -25,6 +25,7 @@ from gradwise import _checks, optim
 from gradwise.errors import ConfigError, DataError
 from gradwise.regularization import l2_penalty, param_groups
 from gradwise.train import checkpoint as ckpt
+from gradwise.train import distributed
 from gradwise.train.callbacks import EarlyStopping
 from gradwise.train.data import DATASETS, Dataset, load_dataset, load_file
 from gradwise.train.history import History
@@ -106,6 +107,11 @@ class TrainConfig:
     device: str = "auto"
     nan_policy: str = "raise"
     checkpoint_every: int = 1
+    #: shard the optimizer state across the processes (``ZeroRedundancyOptimizer``)
+    zero: bool = False
+    #: the number of processes the run trains on: recorded by :func:`run` from the launcher's
+    #: environment; ``gradwise train`` starts that many (``--resume``, ``--config``)
+    nproc: int = 1
     extra: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------------------- resolution
@@ -157,6 +163,8 @@ class TrainConfig:
             _checks._fail(owner, "seed", "an integer in [0, 2**64)", self.seed)
         _checks.choice(owner, "activation", self.activation, tuple(ACTIVATIONS))
         _checks.integer(owner, "checkpoint_every", self.checkpoint_every, low=1)
+        _checks.flag(owner, "zero", self.zero)
+        _checks.integer(owner, "nproc", self.nproc, low=1)
         parse_batch_size(self.batch_size)
         if self.target is not None and self.data is None:
             raise ConfigError(
@@ -173,6 +181,9 @@ class TrainConfig:
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
         if not values.get("extra"):
             values.pop("extra", None)
+        for key, default in (("zero", False), ("nproc", 1)):  # a one-process run's file as before
+            if values.get(key) == default:
+                values.pop(key)
         return tomli_w.dumps(values)
 
     @classmethod
@@ -295,18 +306,22 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.
     name, lr = config.optimizer, config.lr
     eps = {} if config.eps is None else {"eps": config.eps}
     if name in ("sgd", "momentum", "nesterov"):
-        return optim.SGD(
-            groups,
-            lr=lr,
-            momentum=config.momentum if name != "sgd" else 0.0,
-            nesterov=name == "nesterov",
+        cls, kwargs = (
+            optim.SGD,
+            dict(momentum=config.momentum if name != "sgd" else 0.0, nesterov=name == "nesterov"),
         )
-    if name == "adagrad":
-        return optim.Adagrad(groups, lr=lr, **eps)
-    if name == "rmsprop":
-        return optim.RMSprop(groups, lr=lr, momentum=config.momentum, **eps)
-    cls = optim.AdamW if name == "adamw" else optim.Adam
-    return cls(groups, lr=lr, betas=config.betas, **eps)
+    elif name == "adagrad":
+        cls, kwargs = optim.Adagrad, eps
+    elif name == "rmsprop":
+        cls, kwargs = optim.RMSprop, dict(momentum=config.momentum, **eps)
+    else:
+        cls = optim.AdamW if name == "adamw" else optim.Adam
+        kwargs = dict(betas=config.betas, **eps)
+    if config.zero and distributed.launched():  # one process has nothing to shard
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(groups, optimizer_class=cls, lr=lr, **kwargs)
+    return cls(groups, lr=lr, **kwargs)
 
 
 def build_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
@@ -345,10 +360,18 @@ def run(
     resume: bool = False,
     plots: bool = True,
 ) -> RunResult:
-    """Train per ``config``; with ``out``, write config, metrics, history, checkpoint and plots."""
+    """Train per ``config``; with ``out``, write config, metrics, history, checkpoint and plots.
+
+    Started by a launcher on several processes (``torchrun``, ``gradwise train --nproc N``),
+    every process calls it: they train together (:func:`fit` with DDP, ``batch_size`` the global
+    batch, ``config.zero`` shards the optimizer state) and only rank 0 writes the run folder.
+    """
     config = config.resolved()
     started = time.perf_counter()
     _device(config.device)  # refuse a bad device before anything is loaded or written
+    ctx = distributed.setup(config.device)
+    config = dataclasses.replace(config, nproc=ctx.world_size if ctx is not None else 1)
+    main = ctx is None or ctx.is_main
     data = build_data(config)
     batch_size = parse_batch_size(config.batch_size)
     n_train = len(data.x_train)
@@ -356,6 +379,11 @@ def run(
         raise ConfigError(
             f"train: batch_size must be at most the training set's size ({n_train} rows) or "
             f"'full'; received batch_size={batch_size}"
+        )
+    if batch_size != "full" and batch_size < config.nproc:
+        raise ConfigError(
+            f"train: batch_size is the global batch and must be at least the number of processes "
+            f"({config.nproc}); received batch_size={batch_size}"
         )
     check_model_fits_in_memory(config, data, n_train if batch_size == "full" else batch_size)
     model = build_model(config, data)
@@ -368,7 +396,7 @@ def run(
     penalty = (lambda: l2_penalty(weights, config.l2)) if config.l2 else None
     out_path = Path(out) if out is not None else None
     if out_path is not None:
-        _prepare_out(out_path, config, resume)
+        _prepare_out(out_path, config, resume, write=main)
         if resume and not ckpt.exists(out_path):
             resume = False  # stopped before its first checkpoint: nothing to lose, start over
     history = fit(
@@ -403,7 +431,7 @@ def run(
     history.summary["steps"] = history.epochs[-1]["step"] if history.epochs else 0
     history.summary["train_time"] = history.wall_time
     history.summary["total_time"] = time.perf_counter() - started
-    if out_path is not None:
+    if out_path is not None and main:
         history.to_csv(out_path / "metrics.csv")
         history.to_jsonl(out_path / "history.jsonl")
         if plots:
@@ -424,8 +452,9 @@ def _title(config: TrainConfig) -> str:
 RUN_FILES = (ckpt.CURRENT, ckpt.PREVIOUS, "metrics.csv", "history.jsonl", "curves.png")
 
 
-def _prepare_out(out: Path, config: TrainConfig, resume: bool) -> None:
-    """Check the run folder can be written, and never overwrite another run's files."""
+def _prepare_out(out: Path, config: TrainConfig, resume: bool, write: bool = True) -> None:
+    """Check the run folder can be written, and never overwrite another run's files; write its
+    config.toml unless ``write`` is False (the other ranks of a distributed run only check)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {out} is a file, not a folder; choose another --out")
     try:
@@ -449,7 +478,8 @@ def _prepare_out(out: Path, config: TrainConfig, resume: bool) -> None:
             f"output folder {out} already holds a run ({what}); continue it with --resume {out} "
             "or choose another --out"
         )
-    ckpt.atomic_write_text(saved, text)
+    if write:
+        ckpt.atomic_write_text(saved, text)
 
 
 def load_run_config(folder: str | Path) -> TrainConfig:

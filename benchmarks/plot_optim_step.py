@@ -59,7 +59,7 @@ def main(src: str, out: str) -> None:
     machine = results.get("machine", {})
     fig.suptitle(
         f"Optimizer step: gradwise vs torch.optim — {machine.get('cpu_model', '')}, "
-        f"{machine.get('threads', '?')} threads, torch {machine.get('torch', '')}"
+        f"threads: {machine.get('threads', '?')}, torch {machine.get('torch', '')}"
     )
     fig.savefig(out, dpi=100)
 

@@ -105,6 +105,7 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     device: str = "auto"
+    threads: int | None = None
     nan_policy: str = "raise"
     checkpoint_every: int = 1
     #: shard the optimizer state across the processes (``ZeroRedundancyOptimizer``)
@@ -159,6 +160,8 @@ class TrainConfig:
         _checks.integer(owner, "early_stop", self.early_stop, low=0)
         _checks.integer(owner, "plateau_patience", self.plateau_patience, low=0)
         _checks.in_range(owner, "plateau_factor", self.plateau_factor, 0.0, 1.0)
+        if self.threads is not None:
+            _checks.integer(owner, "threads", self.threads, low=1)
         if _checks.integer(owner, "seed", self.seed, low=0) >= 2**64:
             _checks._fail(owner, "seed", "an integer in [0, 2**64)", self.seed)
         _checks.choice(owner, "activation", self.activation, tuple(ACTIVATIONS))
@@ -229,6 +232,7 @@ def _coerce(source: str, key: str, value, default):
         "target": str,
         "model": str,
         "schedule": str,
+        "threads": int,
         "extra": dict,
     }.get(key, type(default))
     if expected is tuple:
@@ -387,6 +391,7 @@ def run(
         )
     check_model_fits_in_memory(config, data, n_train if batch_size == "full" else batch_size)
     model = build_model(config, data)
+    _set_threads(config, model)
     optimizer = build_optimizer(config, model)
     steps = 1 if batch_size == "full" else math.ceil(n_train / batch_size)
     scheduler = build_scheduler(config, optimizer, steps)
@@ -439,6 +444,22 @@ def run(
 
             plot_history(history, out_path / "curves.png", title=_title(config))
     return RunResult(config, history, out_path, model, data)
+
+
+#: below this many parameters a model's operations are too small to gain from intra-op threads
+#: (and lose badly when another process is busy on a core): ``threads=None`` uses one
+SMALL_MODEL_PARAMS = 1_000_000
+
+
+def _set_threads(config: TrainConfig, model: torch.nn.Module) -> None:
+    """``config.threads`` torch threads; by default (None) one for small models, unless
+    ``OMP_NUM_THREADS`` says otherwise, and PyTorch's choice for large ones."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    elif "OMP_NUM_THREADS" not in os.environ and (
+        sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
+    ):
+        torch.set_num_threads(1)
 
 
 def _title(config: TrainConfig) -> str:

@@ -323,6 +323,8 @@ def train(out, resume_dir, no_progress, nproc, dist_timeout, **options):
     if dist_timeout is not None:
         os.environ[distributed.TIMEOUT_ENV] = str(dist_timeout)  # the launched processes too
     main_rank = distributed.is_main()
+    if launched:
+        distributed.setup()  # joins the others: rank 0 decides the run folder and reads it
     if resume_dir is not None:
         given = [k for k, v in options.items() if v is not None]
         if given or out:
@@ -331,7 +333,7 @@ def train(out, resume_dir, no_progress, nproc, dist_timeout, **options):
                 f"--resume takes the run's saved configuration; drop {names} "
                 f"(or start a new run with --config {Path(resume_dir) / 'config.toml'})"
             )
-        config = load_run_config(resume_dir)
+        config = distributed.from_main(load_run_config, resume_dir)
         out, resume = Path(resume_dir), True
         if not ckpt.exists(out) and main_rank and (launched or (nproc or config.nproc) == 1):
             click.echo(f"gradwise: {out} has no checkpoint yet; starting the run over", err=True)
@@ -343,10 +345,10 @@ def train(out, resume_dir, no_progress, nproc, dist_timeout, **options):
         _launch(config, out, resume, processes, no_progress)
         return
     if launched:
-        ctx = distributed.setup(config.device)
         out = Path(distributed.broadcast_object(str(out)))  # rank 0's default name everywhere
-        if resume and main_rank and ctx.world_size != config.nproc:
-            _remember_nproc(out, config, ctx.world_size)
+        world = distributed.env_world_size()
+        if resume and main_rank and world != config.nproc:
+            _remember_nproc(out, config, world)
     elif resume and nproc is not None and nproc != config.nproc:
         _remember_nproc(out, config, nproc)
     try:
@@ -388,7 +390,7 @@ def _launch(config, out: Path, resume: bool, nproc: int, no_progress: bool) -> N
     import dataclasses
 
     from gradwise.train import distributed
-    from gradwise.train.run import _prepare_out
+    from gradwise.train.run import _prepare_out, parse_batch_size
 
     if resume:
         if nproc != config.nproc:
@@ -396,6 +398,12 @@ def _launch(config, out: Path, resume: bool, nproc: int, no_progress: bool) -> N
         args = ["train", "--resume", str(out)]
     else:
         resolved = dataclasses.replace(config.resolved(), nproc=nproc)
+        batch_size = parse_batch_size(resolved.batch_size)
+        if batch_size != "full" and batch_size < nproc:
+            raise GradwiseError(
+                f"--batch-size is the global batch and must be at least --nproc ({nproc}); "
+                f"received --batch-size {batch_size}"
+            )
         _prepare_out(out, resolved, resume=False)  # refuses a folder that holds another run
         args = ["train", "--config", str(out / "config.toml"), "--out", str(out)]
     if no_progress:

@@ -17,8 +17,8 @@ How a distributed ``fit`` equals the single-process one (same seed, same global 
 * rank ``r``'s mean loss over its ``n_r`` rows is weighted by ``n_r · world / n`` before
   ``backward``, so that DDP's average of the ranks' gradients is the gradient of the mean loss
   over the whole batch of ``n`` rows, also for an uneven last batch;
-* dropout masks are drawn for the whole global batch on every rank, each keeping its rows
-  (:class:`GlobalDropout`), so they are the masks one process draws;
+* ``nn.Dropout`` masks are drawn for the whole global batch on every rank, each applying its
+  rows (:class:`GlobalDropout`), so they are the masks one process draws;
 * per-step losses, train accuracy and sample counts are summed over the ranks once per epoch;
   validation runs on every rank with the same weights, so plateau and early-stopping decisions
   agree everywhere.
@@ -53,7 +53,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from gradwise.errors import ConfigError, GradwiseError
 
@@ -164,25 +163,28 @@ def device_for(device: str | torch.device, local_rank: int) -> torch.device:
 
 
 def setup(device: str | torch.device = "auto") -> Context | None:
-    """Join the launcher's process group (gloo on CPU, NCCL on CUDA) and return this rank's
-    :class:`Context`; ``None`` when not launched on several processes. Idempotent: a group that
-    exists (made here or by the caller) is used as it is."""
+    """Join the launcher's process group and return this rank's :class:`Context` (its
+    ``device``: ``device`` as :func:`device_for` maps it); ``None`` when not launched on several
+    processes. The backend is gloo, and NCCL for CUDA tensors where CUDA is available
+    (``"cpu:gloo,cuda:nccl"``). Idempotent: a group that exists (made here or by the caller) is
+    used as it is."""
     if not launched():
         return None
     if not torch.distributed.is_available():
         raise ConfigError("this PyTorch build has no torch.distributed; train on one process")
     timeout = timeout_seconds()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = device_for(device, local_rank)
     if _initialized():
         backend = str(torch.distributed.get_backend())
-        dev = device_for(device, local_rank)
-        if "nccl" not in backend and dev.type == "cuda" and str(device) == "auto":
-            dev = torch.device("cpu")
     else:
-        dev = device_for(device, local_rank)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+        backend = "gloo"
+        if torch.cuda.is_available():
+            backend = "cpu:gloo,cuda:nccl"
+            if dev.type == "cuda":
+                torch.cuda.set_device(dev)
+            elif local_rank < torch.cuda.device_count():
+                torch.cuda.set_device(local_rank)  # where NCCL's object collectives run
         try:
             torch.distributed.init_process_group(
                 backend, timeout=datetime.timedelta(seconds=timeout)
@@ -223,6 +225,24 @@ def broadcast_object(obj):
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def from_main(fn, *args):
+    """``fn(*args)`` computed on rank 0 only and shared with every rank, a
+    :class:`~gradwise.errors.GradwiseError` it raises too (so that every rank fails alike):
+    what only rank 0's machine has, such as the run folder. ``fn(*args)`` in a single process."""
+    if not _initialized():
+        return fn(*args)
+    result = error = None
+    if torch.distributed.get_rank() == 0:
+        try:
+            result = fn(*args)
+        except GradwiseError as e:
+            error = e
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise error
+    return result
 
 
 def gather_objects(obj) -> list:
@@ -310,40 +330,63 @@ class Shard:
         return loss * (d - d).add_(weight)  # weight, or NaN when the loss is not finite
 
 
-class GlobalDropout(TorchFunctionMode):
-    """``F.dropout`` during the training forward with the mask of the whole global batch.
+class GlobalDropout:
+    """While entered: the model's ``nn.Dropout`` layers use the mask of the whole global batch.
 
-    Every rank draws the mask for all ``n`` rows from the same random state (exactly as one
-    process does: ``bernoulli_(1 - p)`` on a tensor of the batch's shape, divided by ``1 - p``)
-    and keeps its own rows, so the masks are those of a single-process run and every rank's
-    random state stays the same. Inputs whose first dimension is not this rank's rows (and other
-    random layers) fall through to PyTorch unchanged.
+    Every rank draws the mask for all ``n`` rows of the batch from the same random state,
+    exactly as one process does (``bernoulli_(1 - p)`` on a tensor of the batch's shape, divided
+    by ``1 - p``), and applies its own rows of it; so the masks are those of a single-process run
+    and every rank's random state stays the same. A forward pre-hook on each ``nn.Dropout``
+    applies the mask and lets the layer pass the result through (the layer is in eval mode for
+    that one call). Each rank draws the whole batch's masks: that costs ``world`` times the
+    random numbers of its own rows. Other random layers (``AlphaDropout``, ``Dropout1d``, ...),
+    inputs whose first dimension is not the batch, and a user's loader (``rows`` unknown) are
+    left to PyTorch.
     """
 
-    def __init__(self, shard: Shard) -> None:
-        super().__init__()
+    def __init__(self, model: nn.Module, shard: Shard) -> None:
+        self.layers = [m for m in model.modules() if type(m) is nn.Dropout]
         self.shard = shard
+        self.handles: list = []
+        self.passing: set[nn.Module] = set()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is nn.functional.dropout and self.shard.rows is not None:
-            out = _global_dropout(self.shard.rows, *args, **kwargs)
-            if out is not None:
-                return out
-        return func(*args, **kwargs)
+    def __enter__(self) -> GlobalDropout:
+        for layer in self.layers:
+            self.handles.append(layer.register_forward_pre_hook(self._before))
+            self.handles.append(layer.register_forward_hook(self._after))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        for layer in self.passing:
+            layer.training = True
+        self.passing.clear()
+
+    def _before(self, layer: nn.Dropout, args):
+        if not layer.training or self.shard.rows is None or len(args) != 1:
+            return None
+        out = _global_dropout(self.shard.rows, args[0], layer.p, layer.inplace)
+        if out is None:
+            return None
+        layer.training = False  # this call only: the layer passes ``out`` through
+        self.passing.add(layer)
+        return (out,)
+
+    def _after(self, layer: nn.Dropout, args, output) -> None:
+        if layer in self.passing:
+            layer.training = True
+            self.passing.discard(layer)
 
 
-def _global_dropout(rows, input, p=0.5, training=True, inplace=False):
+def _global_dropout(rows, input: Tensor, p: float, inplace: bool) -> Tensor | None:
     start, stop, n = rows
-    if not training or not 0 < p < 1 or input.dim() == 0 or input.shape[0] != stop - start:
+    if not 0 < p < 1 or input.dim() == 0 or input.shape[0] != stop - start:
         return None
     mask = torch.empty((n, *input.shape[1:]), dtype=input.dtype, device=input.device)
     mask = mask.bernoulli_(1 - p)[start:stop].div_(1 - p)
     return input.mul_(mask) if inplace else input * mask
-
-
-def has_dropout(model: nn.Module) -> bool:
-    return any(type(m) is nn.Dropout for m in model.modules())
 
 
 def reduce_epoch(

@@ -164,7 +164,8 @@ def fit(
     if resume:
         if checkpoint_dir is None:
             raise ConfigError("fit: resume=True needs checkpoint_dir; received checkpoint_dir=None")
-        payload, _, _ = ckpt.load_latest(checkpoint_dir)
+        # distributed: rank 0 reads it and every rank gets its copy (no shared disk needed)
+        payload = distributed.from_main(_load_latest, checkpoint_dir)
         start_epoch, step, history = _restore(
             payload, model, optimizer, scheduler, shuffle, callbacks
         )
@@ -198,19 +199,16 @@ def fit(
     track_accuracy = "accuracy" in metrics
     clock_base = history.wall_time
     started = time.perf_counter()
-    shard = forward = dropout = fault = None
+    shard = forward = fault = None
+    dropout = contextlib.nullcontext()
     if ctx is not None:
         forward, shard = distributed.wrap(model, ctx), distributed.Shard(ctx)
-        dropout = (
-            distributed.GlobalDropout(shard)
-            if distributed.has_dropout(model)
-            else contextlib.nullcontext()
-        )
+        dropout = distributed.GlobalDropout(model, shard)  # the global batch's masks
         fault = distributed.fault_hook(ctx)
         progress = progress and ctx.is_main
     bar = Progress(enabled=progress, epochs=epochs, steps_per_epoch=data.steps_per_epoch)
     try:
-        with bar:
+        with bar, dropout:
             for epoch in range(start_epoch, epochs):
                 state.epoch = epoch
                 if fault is not None:
@@ -228,8 +226,7 @@ def fit(
                         out = model(xb)
                         batch_loss = loss_fn(out, yb)
                     else:  # DDP; the loss weighted so that its gradient average is the batch's
-                        with dropout:
-                            out = forward(xb)
+                        out = forward(xb)
                         batch_loss = shard.loss(loss_fn, out, yb)
                     if penalty is not None:
                         batch_loss = batch_loss + penalty()
@@ -464,8 +461,9 @@ def _all_finite(tensors: list[Tensor]) -> bool:
     device = tensors[0].device
     if any(t.device != device or not t.is_floating_point() for t in tensors):
         return all(bool(torch.isfinite(t).all()) for t in tensors)
-    found = torch.zeros(1, device=device)
-    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones(1, device=device))
+    found = torch.zeros(1, device=device, dtype=torch.float32)  # the kernel's dtype, whatever
+    one = torch.ones(1, device=device, dtype=torch.float32)  # torch's default dtype is
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
     return not bool(found)
 
 
@@ -478,7 +476,8 @@ class _Faults:
         self.limit = max(MIN_SKIPS_IN_A_ROW, per_epoch or 0)
         self.warned = self.consecutive = 0
         device = params[0].device if params else torch.device("cpu")
-        self.found, self.one = torch.zeros(1, device=device), torch.ones(1, device=device)
+        flag = dict(device=device, dtype=torch.float32)  # what the kernel takes, always
+        self.found, self.one = torch.zeros(1, **flag), torch.ones(1, **flag)
         self.step = self.epoch = self.batch = 0
 
     def at(self, step: int, epoch: int, batch: int) -> None:
@@ -585,6 +584,10 @@ def _epoch_row(history, epoch, step, losses, lrs, sizes):
     row = {"epoch": epoch + 1, "step": step}
     row["train_loss"] = sum(v * n for v, n in zip(values, sizes)) / seen if seen else math.nan
     return row
+
+
+def _load_latest(folder) -> dict:
+    return ckpt.load_latest(folder)[0]
 
 
 def _restore(payload, model, optimizer, scheduler, shuffle, callbacks):

@@ -400,10 +400,8 @@ def run(
     weights = [p for n, p in model.named_parameters() if p.dim() > 1]
     penalty = (lambda: l2_penalty(weights, config.l2)) if config.l2 else None
     out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        _prepare_out(out_path, config, resume, write=main)
-        if resume and not ckpt.exists(out_path):
-            resume = False  # stopped before its first checkpoint: nothing to lose, start over
+    if out_path is not None:  # rank 0's machine holds the run folder
+        resume = distributed.from_main(_prepare_run_folder, out_path, config, resume)
     history = fit(
         model,
         (data.x_train, data.y_train),
@@ -473,9 +471,15 @@ def _title(config: TrainConfig) -> str:
 RUN_FILES = (ckpt.CURRENT, ckpt.PREVIOUS, "metrics.csv", "history.jsonl", "curves.png")
 
 
-def _prepare_out(out: Path, config: TrainConfig, resume: bool, write: bool = True) -> None:
-    """Check the run folder can be written, and never overwrite another run's files; write its
-    config.toml unless ``write`` is False (the other ranks of a distributed run only check)."""
+def _prepare_run_folder(out: Path, config: TrainConfig, resume: bool) -> bool:
+    """:func:`_prepare_out`; whether there is a checkpoint to resume from (a run stopped before
+    its first checkpoint has nothing to lose: it starts over)."""
+    _prepare_out(out, config, resume)
+    return resume and ckpt.exists(out)
+
+
+def _prepare_out(out: Path, config: TrainConfig, resume: bool) -> None:
+    """Check the run folder can be written, and never overwrite another run's files."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {out} is a file, not a folder; choose another --out")
     try:
@@ -499,8 +503,7 @@ def _prepare_out(out: Path, config: TrainConfig, resume: bool, write: bool = Tru
             f"output folder {out} already holds a run ({what}); continue it with --resume {out} "
             "or choose another --out"
         )
-    if write:
-        ckpt.atomic_write_text(saved, text)
+    ckpt.atomic_write_text(saved, text)
 
 
 def load_run_config(folder: str | Path) -> TrainConfig:

@@ -1,4 +1,4 @@
-"""Exceptions that gradwise raises for bad input; the CLI turns them into one-line errors (exit 2)."""
+"""Exceptions gradwise raises for bad input; the CLI turns them into one-line errors (exit 2)."""
 
 
 class GradwiseError(Exception):

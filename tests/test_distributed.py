@@ -8,7 +8,9 @@ Every test starts real processes through PyTorch's launcher (``python -m torch.d
 * ``gradwise train --nproc 2`` with a rank killed mid-run: a clear error, the last checkpoint
   loads, and ``--resume`` ends bit-exactly where the uninterrupted 2-process run ends;
 * a rank that hangs: the other gives up after ``--dist-timeout`` with a clear error;
-* ``--zero`` (ZeroRedundancyOptimizer) matches unsharded training;
+* two launchers as two "machines" without a shared disk, with ``--zero``
+  (ZeroRedundancyOptimizer): only rank 0's machine gets the run folder, and the weights match
+  unsharded training;
 * from Python (this file run under the launcher, see ``_worker``): ``fit()`` reads the
   launcher's environment, and in float64 agrees with one process to 1e-12;
   ``ZeroRedundancyOptimizer(params, optimizer_class=gradwise.optim.Adam)`` matches unsharded
@@ -19,6 +21,7 @@ Every test starts real processes through PyTorch's launcher (``python -m torch.d
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -185,10 +188,30 @@ def test_a_hanging_rank_is_given_up_after_the_timeout(tmp_path):
     assert state(out)["epoch"] == 1
 
 
-def test_zero_shards_the_optimizer_state_and_matches_unsharded(two_processes, tmp_path):
-    out = tmp_path / "run"
-    proc = gradwise_train(*ARGS, "--nproc", "2", "--zero", "--out", str(out), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_without_a_shared_disk_and_zero_match_unsharded(two_processes, tmp_path):
+    """Two launchers, one per "machine" (static rendezvous: node 0 holds rank 0), each in its
+    own folder; ``--zero`` shards the optimizer state. Only node 0 gets the run folder, and the
+    weights are those of unsharded training."""
+    port = str(_free_port())
+    procs = []
+    for node in (0, 1):
+        cwd = tmp_path / f"node{node}"
+        cwd.mkdir()
+        rendezvous = ["--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1"]
+        rendezvous += ["--master-addr", "localhost", "--master-port", port]
+        cmd = [*LAUNCH[:3], *rendezvous, "-m", "gradwise", "train", *ARGS, "--zero"]
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=_env(), stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=240)
+        assert proc.returncode == 0, stderr
+    assert not list((tmp_path / "node1").iterdir())
+    (out,) = (tmp_path / "node0" / "runs").iterdir()
     assert "zero = true" in (out / "config.toml").read_text()
     sharded, (reference, _, _) = state(out), two_processes
     for name, value in reference["model"].items():
@@ -285,6 +308,13 @@ def _worker(out: Path) -> None:
     zero = lambda p: ZeroRedundancyOptimizer(p, optimizer_class=go.Adam, lr=1e-2)  # noqa: E731
     _fit(model, train, val, zero, out / "zero")
     results["zero"] = {"model": model.state_dict()}
+    bucket_views = lambda p: ZeroRedundancyOptimizer(  # noqa: E731
+        p, optimizer_class=go.Adam, parameters_as_bucket_view=True
+    )
+    try:
+        _fit(_model(data), train, val, bucket_views)
+    except ValueError as e:
+        results["zero_bucket_views"] = str(e)
     try:
         from torch.distributed.fsdp import fully_shard
     except ImportError as e:
@@ -357,6 +387,13 @@ def test_zero_redundancy_optimizer_with_gradwise_adam_matches_unsharded(worker):
     for p, key in zip(model.parameters(), sorted(plain["state"])):
         for name in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(opt.state[p][name], plain["state"][key][name])
+
+
+def test_zero_with_parameters_as_bucket_views_is_refused(worker):
+    """Both ZeRO's bucket views and gradwise's flat buffers relocate the parameters: fit()
+    refuses the pair instead of training wrongly."""
+    results, _ = worker
+    assert "parameters_as_bucket_view=False" in results["zero_bucket_views"]
 
 
 def test_gradwise_optimizers_on_fsdp2_dtensor_parameters_match_unsharded(worker):

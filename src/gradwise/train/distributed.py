@@ -269,6 +269,28 @@ def wrap(model: nn.Module, ctx: Context) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Refuse the one combination known to train wrongly: ``ZeroRedundancyOptimizer(...,
+    parameters_as_bucket_view=True)`` around a gradwise optimizer. ZeRO then makes each
+    parameter a view of its bucket and broadcasts the buckets after each step, while gradwise's
+    engine moves the parameters into its own flat buffer at the first step: the owner would
+    broadcast stale buckets."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    from gradwise.optim.base import Optimizer
+
+    if (
+        isinstance(optimizer, ZeroRedundancyOptimizer)
+        and optimizer.parameters_as_bucket_view
+        and isinstance(optimizer.optim, Optimizer)
+    ):
+        raise ConfigError(
+            "fit: ZeroRedundancyOptimizer(parameters_as_bucket_view=True) cannot drive a "
+            f"gradwise optimizer ({type(optimizer.optim).__name__}): both relocate the "
+            "parameters; leave parameters_as_bucket_view=False (the default)"
+        )
+
+
 def consolidate(optimizer: torch.optim.Optimizer) -> None:
     """Before rank 0 calls ``state_dict()``: gather a ``ZeroRedundancyOptimizer``'s shards on
     rank 0 (a collective: every rank calls it). Nothing for other optimizers."""

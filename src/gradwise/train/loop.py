@@ -202,6 +202,7 @@ def fit(
     shard = forward = fault = None
     dropout = contextlib.nullcontext()
     if ctx is not None:
+        distributed.check_optimizer(optimizer)
         forward, shard = distributed.wrap(model, ctx), distributed.Shard(ctx)
         dropout = distributed.GlobalDropout(model, shard)  # the global batch's masks
         fault = distributed.fault_hook(ctx)

@@ -449,11 +449,15 @@ def _last_good(out: Path) -> str:
 @contextlib.contextmanager
 def _warnings_as_lines():
     """Show the trainer's warnings (e.g. skipped NaN steps) as ``gradwise: warning: ...`` lines."""
+    from gradwise.train import distributed
     from gradwise.train.loop import SkippedStepWarning
+
+    quiet = not distributed.is_main()  # every rank skips the same steps: rank 0 says it
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, SkippedStepWarning):
-            click.echo(f"gradwise: warning: {message}", err=True)
+            if not quiet:
+                click.echo(f"gradwise: warning: {message}", err=True)
         else:
             original(message, category, filename, lineno, file, line)
 

@@ -189,6 +189,16 @@ def train_options(fn):
         click.option("--seed", type=int, help="Seed for init, shuffling and dropout."),
         click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]"),
         click.option(
+            "--threads",
+            type=int,
+            help="torch threads.  [default: 1 for models under 1M parameters, else torch's]",
+        ),
+        click.option(
+            "--val-fraction",
+            type=float,
+            help="Share of the training rows held out for validation.  [default: 0.1]",
+        ),
+        click.option(
             "--nan-policy",
             type=click.Choice(["raise", "skip"]),
             help="On a NaN/inf loss or gradient: stop (raise) or drop the step (skip).",
@@ -233,6 +243,8 @@ CONFIG_OPTIONS = (
     "early_stop",
     "seed",
     "device",
+    "threads",
+    "val_fraction",
     "nan_policy",
     "zero",
 )

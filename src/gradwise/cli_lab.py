@@ -241,12 +241,6 @@ def _drop_option(line: str, flag: str) -> str:
     "[default: 95% of the best configuration's, rounded down]",
 )
 @click.option(
-    "--val-fraction",
-    type=float,
-    help="Share of the training rows held out for validation (0.9 leaves a small training "
-    "set).  [default: 0.1]",
-)
-@click.option(
     "--out",
     type=click.Path(file_okay=False),
     help="Report folder.  [default: runs/compare-<dataset>-<time>]",
@@ -263,7 +257,6 @@ def compare_command(
     seeds,
     jobs,
     target_accuracy,
-    val_fraction,
     out,
     no_progress,
     **options,
@@ -278,7 +271,6 @@ def compare_command(
 
     Example: gradwise compare --dataset digits --optimizers sgd,momentum,rmsprop,adam --epochs 10
     """
-    import dataclasses
 
     from gradwise.lab.compare import compare, default_jobs, grid
     from gradwise.train.run import INITS, OPTIMIZERS
@@ -325,8 +317,6 @@ def compare_command(
             f"--target-accuracy must be in [0, 1] (e.g. 0.95); received {target_accuracy:g}"
         )
     base = config_from_options(dict(options))
-    if val_fraction is not None:
-        base = dataclasses.replace(base, val_fraction=val_fraction)
     configs = grid(
         base,
         optimizers=optimizer_list,

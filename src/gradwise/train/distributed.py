@@ -68,8 +68,8 @@ class DistributedError(GradwiseError, RuntimeError):
 
 class LaunchFailed(GradwiseError, RuntimeError):
     """A process started by :func:`launch` failed; ``failures``: ``(rank, exit code, signal)``
-    for each, the cause first (``signal`` is a name such as ``"SIGKILL"`` or None; processes
-    the launcher stopped with SIGTERM come last)."""
+    for each, the likely cause first (``signal`` is a name such as ``"SIGKILL"`` or None; see
+    :func:`_blame`)."""
 
     def __init__(self, message: str, failures: list[tuple[int, int, str | None]]) -> None:
         super().__init__(message)
@@ -531,9 +531,8 @@ def launch(args: Sequence[str], nproc: int) -> None:
         torchrun.run(torchrun.parse_args(argv))
     except ChildFailedError as e:
         rows = [(rank, f.exitcode, _signal_name(f.exitcode)) for rank, f in e.failures.items()]
-        # first failure first; the launcher's SIGTERM to the survivors is never the cause
         order = {rank: f.timestamp for rank, f in e.failures.items()}
-        rows.sort(key=lambda row: (row[2] == "SIGTERM", order[row[0]]))
+        rows.sort(key=lambda row: (_blame(row), order[row[0]]))
         raise LaunchFailed(_describe(rows), rows) from None
     except SignalException as e:  # the launcher passed the signal on to the processes
         if e.sigval == signal.SIGINT:
@@ -542,6 +541,18 @@ def launch(args: Sequence[str], nproc: int) -> None:
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+def _blame(row: tuple[int, int, str | None]) -> int:
+    """How likely a failure is the cause (lower first): killed by a signal, then an unexpected
+    exit code, then a gradwise error (exit code 2: often a rank that lost contact with the
+    dead one), and last the launcher's own SIGTERM to the survivors."""
+    _, code, sig = row
+    if sig == "SIGTERM":
+        return 3
+    if sig is not None:
+        return 0
+    return 2 if code == 2 else 1
 
 
 def _signal_name(exitcode: int) -> str | None:

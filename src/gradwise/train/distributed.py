@@ -23,8 +23,9 @@ How a distributed ``fit`` equals the single-process one (same seed, same global 
   validation runs on every rank with the same weights, so plateau and early-stopping decisions
   agree everywhere.
 
-Only rank 0 shows progress and writes files; a checkpoint holds every rank's random state, and
-every rank resumes from the same checkpoint.
+Only rank 0 shows progress and writes files; the others wait at a barrier until each
+checkpoint is on disk, so a rank that fails later cannot take it down. A checkpoint holds every
+rank's random state, and every rank resumes from the same checkpoint.
 
 A rank that dies breaks the others' next collective: gloo reports the closed connection at once,
 and a rank that hangs is given up on after the timeout (:data:`DEFAULT_TIMEOUT` seconds, or
@@ -42,6 +43,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import gc
 import logging
 import os
 import re
@@ -212,10 +214,14 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Leave the process group if one is joined (safe to call twice)."""
+    """Leave the process group if one is joined (safe to call twice; :func:`setup` registers it
+    to run at exit). Unreachable DDP and ZeRO objects, which hold the group, are collected
+    first: a gloo group that outlives the interpreter's shutdown can abort the process."""
     if _initialized():
+        gc.collect()
         with contextlib.suppress(RuntimeError, ValueError):  # a group already torn down
             torch.distributed.destroy_process_group()
+        gc.collect()
 
 
 def broadcast_object(obj):

@@ -279,14 +279,17 @@ def fit(
                 bar.end_epoch(row)
                 faults.parameters(state.step)  # never checkpoint NaN/inf weights
                 last = epoch + 1 == epochs or state.stop is not None
+                due = (epoch + 1) % checkpoint_every == 0 or last
                 if checkpoint_dir is not None and ctx is not None:
                     rank_rng = distributed.prepare_checkpoint(optimizer)  # on every rank
                 if checkpoint_dir is not None and (ctx is None or ctx.is_main):
-                    if (epoch + 1) % checkpoint_every == 0 or last:
+                    if due:
                         ckpt.save(payload(epoch + 1), checkpoint_dir)
                         unsaved = None
                     else:
                         unsaved = copy.deepcopy(payload(epoch + 1))
+                if checkpoint_dir is not None and ctx is not None and due:
+                    distributed.barrier()  # on disk before any rank starts the next epoch
                 if state.stop is not None:
                     history.stopped = state.stop
                     break

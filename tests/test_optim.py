@@ -235,6 +235,81 @@ def test_params_moved_after_flattening_fall_back_and_reflatten():
     assert_same_state(oa, ob, a, b, torch.float64)
 
 
+def _many_param_net(seed=0):
+    """40 parameters: enough for the native layout check (native.MIN_PARAMS) to serve them."""
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(4, 4) for _ in range(20)]
+    return torch.nn.Sequential(*[m for layer in layers for m in (layer, torch.nn.Tanh())])
+
+
+def test_native_layout_check_is_built_where_a_compiler_is():
+    import shutil
+
+    from gradwise.optim import native
+
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler: the Python check serves (tested below)")
+    assert native.layout_check() is not None, native.error
+
+
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "python"])
+def test_layout_check_sees_every_way_out_of_the_flat_buffer(use_native, monkeypatch):
+    from gradwise.optim import engine, native
+
+    if not use_native:
+        monkeypatch.setattr(native, "MIN_PARAMS", 10**9)
+    net = _many_param_net()
+    opt = go.Adam(net.parameters(), lr=1e-3)
+    x = torch.randn(8, 4)
+    net(x).sum().backward()
+    opt.step()  # first step: per tensor, then flattened
+    opt.zero_grad(set_to_none=False)
+    seg = opt._group_segments(opt.param_groups[0])[0]
+    assert seg.flat and (seg.native_args is not None) == use_native
+    params = list(net.parameters())
+    assert seg.layout() == engine.Segment.VIEWS
+    net(x).sum().backward()
+    assert seg.layout() == engine.Segment.VIEWS  # backward accumulated into the views
+    kept = params[7].grad
+    params[7].grad = kept.clone()
+    assert seg.layout() == engine.Segment.FLAT
+    params[7].grad = None
+    assert seg.layout() == engine.Segment.FLAT
+    params[7].grad = kept
+    assert seg.layout() == engine.Segment.VIEWS
+    data = params[39].data
+    params[39].data = data.clone()
+    assert seg.layout() == engine.Segment.MOVED
+    params[39].data = data
+    assert seg.layout() == engine.Segment.VIEWS
+    net.to(torch.float64)
+    assert seg.layout() == engine.Segment.MOVED
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[::3], ids=IDS[::3])
+def test_many_params_stay_exact_through_layout_changes(name, cls, tcls, kw):
+    """With the native check serving: set_to_none zero_grad, replaced grads and a moved param
+    between steps, in lockstep with torch.optim."""
+    net_a, net_b = _many_param_net(1), _many_param_net(1)
+    oa, ob = cls(net_a.parameters(), **kw), tcls(net_b.parameters(), foreach=False, **kw)
+    gen = torch.Generator().manual_seed(2)
+    for i in range(12):
+        x = torch.randn(8, 4, generator=gen)
+        for net, opt in ((net_a, oa), (net_b, ob)):
+            opt.zero_grad(set_to_none=i % 4 == 1)
+            net(x).square().mean().backward()
+            p = list(net.parameters())
+            if i % 4 == 2:
+                p[5].grad = p[5].grad * 2  # a replaced gradient (e.g. a user's clipping)
+            if i == 6:
+                p[30].data = p[30].data.clone()  # a moved parameter
+            opt.step()
+    a, b = list(net_a.parameters()), list(net_b.parameters())
+    assert_same_state(oa, ob, a, b, torch.float32)
+    seg = oa._group_segments(oa.param_groups[0])[0]
+    assert seg.flat and seg.native_args is not None  # flat again, native check serving
+
+
 # ------------------------------------------------------------ the spec's equations, in float64
 
 

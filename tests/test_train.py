@@ -192,6 +192,31 @@ def test_nan_policy_skip_leaves_optimizer_state_clean():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_nan_guard_without_the_multi_tensor_kernel(monkeypatch):
+    """Where the one-kernel screen refuses its tensors (several devices), the per-tensor check
+    still finds the NaN and the step is skipped."""
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", refuse)
+    x, y = blobs()
+    x = x.clone()
+    x[5] = float("nan")
+    model = small_net()
+    h = fit(
+        model,
+        (x, y),
+        optimizer=go.Adam(model.parameters(), lr=0.01),
+        epochs=1,
+        batch_size=10,
+        progress=False,
+        nan_policy="skip",
+    )
+    assert h.skipped_steps == 1 and len(h.steps) == len(x) // 10 - 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_checkpoint_resume_is_bit_exact(tmp_path):
     """A run stopped after 3 epochs and resumed to 6 ends with the uninterrupted run's weights."""
     x, y = blobs()

@@ -13,9 +13,10 @@ How it measures (see ``BENCHMARKING.md``):
 * ``torch.set_num_threads`` is set explicitly, and the load average is recorded at the start and
   the end (with a warning when the machine was busy);
 * the machine's in-place memory bandwidth (``a += s*b`` on 256 MiB float32 arrays, 12 bytes per
-  element) is measured in the same run, and each step's achieved bandwidth is reported against it,
-  counting the bytes the update must move at least (e.g. Adam: read θ, g, m, v and write θ, m, v =
-  28 bytes per float32 parameter).
+  element) is measured at the start and the end, and once in every interleaved round of every row
+  group; each step's achieved bandwidth is reported against the median of its own group's probes
+  (the machine's bandwidth drifts), counting the bytes the update must move at least (e.g. Adam:
+  read θ, g, m, v and write θ, m, v = 28 bytes per float32 parameter).
 
 gradwise's optimizers are imported lazily: the harness runs against PyTorch alone when
 ``gradwise.optim`` is missing or broken, and says so in its notes.
@@ -247,6 +248,24 @@ def measure_bandwidth(mib: int = 256, reps: int = 10) -> dict[str, Any]:
     }
 
 
+class _BandwidthProbe:
+    """One timed ``a += s*b`` on two float32 arrays of ``mib`` MiB per call, in GB/s.
+
+    Taken once per interleaved round of every row group, so that each group's fraction of the
+    bandwidth compares against the bandwidth *while it ran*: on a shared machine it drifts
+    (measured here: 52 and 89 GB/s a minute apart, in the same process)."""
+
+    def __init__(self, mib: int) -> None:
+        self.n = mib * 2**20 // 4
+        self.a, self.b = torch.rand(self.n), torch.rand(self.n)
+        self.a.add_(self.b, alpha=1e-3)
+
+    def __call__(self) -> float:
+        t0 = time.perf_counter()
+        self.a.add_(self.b, alpha=1e-3)
+        return 12 * self.n / (time.perf_counter() - t0) / 1e9
+
+
 def _gradwise_optim():
     """``gradwise.optim`` or the reason it cannot be used (imported lazily, guarded)."""
     try:
@@ -339,8 +358,10 @@ def _run_group(
     gw,
     cfg: Config,
     log: Callable[[str], None],
+    probe: _BandwidthProbe | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Every implementation of one optimizer on one workload, in interleaved rounds."""
+    """Every implementation of one optimizer on one workload, in interleaved rounds (with one
+    bandwidth probe per round, if given)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     params0 = [torch.randn(s, generator=gen) for s in workload.shapes]
     grads0 = [torch.randn(s, generator=gen) for s in workload.shapes]
@@ -375,6 +396,7 @@ def _run_group(
         want = math.ceil(cfg.min_round_s / r.step_s) if r.step_s > 0 else 1
         steps[r.impl] = max(1, min(cfg.max_steps_per_round, want))
     samples: dict[str, list[float]] = {r.impl: [] for r in runners}
+    probed: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.collect(1)
     gc.disable()
@@ -382,6 +404,8 @@ def _run_group(
         for _ in range(cfg.rounds):
             for r in runners:
                 samples[r.impl].append(r.time_steps(steps[r.impl]))
+            if probe is not None:
+                probed.append(probe())
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -402,6 +426,7 @@ def _run_group(
             "bytes_per_param": spec.bytes_per_param,
             "params_finite": r.finite(),
             "minor_faults_per_step": r.faults / r.steps if resource else None,
+            "bandwidth_gbs": statistics.median(probed) if probed else None,
         }
         if r.gather is not None:
             row["grads_flat"] = r.flat_grads()
@@ -425,7 +450,8 @@ def _derive(rows: list[dict], bandwidth_gbs: float | None) -> None:
             r["speedup_vs_best_torch"] = best / r["ms_median"] if best else None
             gbs = r["bytes_per_param"] * r["numel"] / (r["ms_median"] / 1e3) / 1e9
             r["gbs"] = gbs
-            r["bandwidth_fraction"] = gbs / bandwidth_gbs if bandwidth_gbs else None
+            reference = r.get("bandwidth_gbs") or bandwidth_gbs  # the group's own probes
+            r["bandwidth_fraction"] = gbs / reference if reference else None
 
 
 def machine_info() -> dict[str, Any]:
@@ -506,6 +532,7 @@ def run(config: Config | None = None, log: Callable[[str], None] | None = None) 
         if cfg.bandwidth:
             bandwidth = {"start": measure_bandwidth(cfg.bandwidth_mib, cfg.bandwidth_reps)}
             log(f"memory bandwidth (a += s*b): {bandwidth['start']['gbs_median']:.1f} GB/s")
+        probe = _BandwidthProbe(cfg.bandwidth_mib) if cfg.bandwidth else None
         rows: list[dict] = []
         skipped: list[dict] = []
         for w in workloads:
@@ -528,11 +555,12 @@ def run(config: Config | None = None, log: Callable[[str], None] | None = None) 
                         for i in missing
                     ]
                 group_rows, group_skipped = _run_group(
-                    w, OPTIMIZERS[name], impls_here, gw, cfg, log
+                    w, OPTIMIZERS[name], impls_here, gw, cfg, log, probe
                 )
                 rows += group_rows
                 skipped += group_skipped
                 gc.collect(1)
+        del probe
         if cfg.bandwidth:
             bandwidth["end"] = measure_bandwidth(cfg.bandwidth_mib, cfg.bandwidth_reps)
             samples = bandwidth["start"]["samples_gbs"] + bandwidth["end"]["samples_gbs"]
@@ -620,7 +648,12 @@ def render(results: dict[str, Any]):
     caption = [
         f"{m['cpu_model']} · {m['threads']} thread(s) of {m['cores_available']} · torch "
         f"{m['torch']} · load {m['loadavg_start']} → {m['loadavg_end']}",
-        f"bandwidth a += s*b: {bw:.1f} GB/s" if bw else "bandwidth not measured",
+        (
+            f"bandwidth a += s*b: {bw:.1f} GB/s at the start and end; % bw is against the "
+            "probes taken in each row group's own rounds"
+            if bw
+            else "bandwidth not measured"
+        ),
         f"{results['config']['rounds']} interleaved rounds; spread = interquartile range; "
         "×faster = best torch ms / ms; faults/step = minor page faults (fresh memory)",
     ]

@@ -188,11 +188,13 @@ class Optimizer(torch.optim.Optimizer):
             return
         for group in self.param_groups:
             for seg in self._group_segments(group):
-                if seg.flat and seg.still_flat():
+                layout = seg.layout() if seg.flat else engine.Segment.MOVED
+                if layout != engine.Segment.MOVED:
                     seg.grad.zero_()
-                    for p, view in zip(seg.params, seg.grad_views):
-                        if p.grad is not None and p.grad is not view:
-                            p.grad = view
+                    if layout == engine.Segment.FLAT:
+                        for p, view in zip(seg.params, seg.grad_views):
+                            if p.grad is not None and p.grad is not view:
+                                p.grad = view
                     continue
                 for p in seg.params:
                     if p.grad is not None:
@@ -224,9 +226,10 @@ class Optimizer(torch.optim.Optimizer):
         return cached[1]
 
     def _step_segment(self, seg: engine.Segment, group: dict) -> None:
-        if seg.flat and not seg.still_flat():
+        layout = seg.layout() if seg.flat else engine.Segment.MOVED
+        if seg.flat and layout == engine.Segment.MOVED:
             seg.flat = False  # a parameter was moved or replaced: flatten again once possible
-        views = seg.flat and seg.grads_are_views()  # the usual case after zero_grad(False)
+        views = layout == engine.Segment.VIEWS  # the usual case after zero_grad(False)
         if views or (seg.flat and seg.all_have_grads()):
             step = engine.uniform_step(seg)
             if step is not None:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from gradwise.optim import native
+
 _GRAD = operator.attrgetter("grad")
 
 
@@ -56,6 +58,22 @@ class Segment:
     steps: Tensor | None = None
     step: int | None = None  # the common step count, None when unknown or not uniform
     ptrs: list[int] = field(default_factory=list)
+    # the native layout check's arguments (see :mod:`native`), when it serves this segment
+    native_args: tuple | None = None
+    native_arrays: tuple[Tensor, ...] = ()
+
+    #: what :meth:`layout` returns
+    MOVED, FLAT, VIEWS = 0, 1, 2
+
+    def layout(self) -> int:
+        """``MOVED`` when a parameter no longer lives in the flat buffer (``model.to(...)``,
+        ``p.data = ...``); else ``VIEWS`` when every ``p.grad`` is its view into the flat
+        gradient buffer (the usual case after ``zero_grad(set_to_none=False)``), else ``FLAT``."""
+        if self.native_args is not None:
+            return native.layout_check()(*self.native_args)
+        if not self.still_flat():
+            return Segment.MOVED
+        return Segment.VIEWS if self.grads_are_views() else Segment.FLAT
 
     def still_flat(self) -> bool:
         """False when a parameter no longer lives in the flat buffer (``model.to(...)``, ...)."""
@@ -111,6 +129,16 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
     else:
         seg.steps, seg.step = None, 1  # every parameter has had its first update
     seg.ptrs = [p.data_ptr() for p in params]
+    seg.native_args, seg.native_arrays = None, ()
+    check = native.layout_check() if len(params) >= native.MIN_PARAMS else None
+    if check is not None:
+        # TensorImpl addresses: the optimizer holds the params and the views, so they stay valid
+        arrays = tuple(
+            torch.tensor(values, dtype=torch.int64)
+            for values in ([p._cdata for p in params], seg.ptrs, [v._cdata for v in views])
+        )
+        seg.native_arrays = arrays
+        seg.native_args = (len(params), *(a.data_ptr() for a in arrays))
     seg.flat = True
 
 

@@ -12,6 +12,12 @@ is baked in and is part of the cache key, together with the torch version and th
 ``update`` and the rule. Building a kernel takes ~10-30 s once per machine; loading a cached one
 takes milliseconds. The cache lives in ``$GRADWISE_KERNEL_CACHE`` (default
 ``~/.cache/gradwise/kernels``) and is written atomically (temporary file + rename).
+
+A kernel is always built as an OpenMP-parallel loop whose thread count is read when it runs
+(``torch.set_num_threads`` decides, as for PyTorch's own kernels). Inductor's default would bake
+in the thread count of the building process: a kernel first built under one thread would then
+stay serial in every later process (measured: SGD on 16M parameters 6.6 ms against 5.7 ms for
+PyTorch's fused kernel with 2 threads, instead of the bandwidth-bound ~6 ms).
 """
 
 from __future__ import annotations
@@ -106,8 +112,13 @@ def _source(fn) -> str:
     return inspect.getsource(fn)
 
 
+#: changes whenever the way kernels are built changes, so that older cached kernels are not used
+KERNEL_FORMAT = "2: omp parallel, dynamic threads"
+
+
 def _key(update, rule, names, static, slots, param, grad, state) -> str:
     parts = [
+        KERNEL_FORMAT,
         torch.__version__,
         __version__,
         _source(update),
@@ -161,8 +172,16 @@ def get(
             _build(path, module, param, grad, state, names, values)
         loaded = torch._inductor.aoti_load_package(str(path))
 
-        def kernel(p, g, st, scalars, _loaded=loaded, _names=names):
-            _loaded(p, g, *(st[n] for n in _names), *scalars)
+        run = getattr(getattr(loaded, "loader", None), "boxed_run", None)
+        if run is None:  # another torch version's wrapper: its own call (pytree, slower)
+
+            def kernel(p, g, st, scalars, _loaded=loaded, _names=names):
+                _loaded(p, g, *(st[n] for n in _names), *scalars)
+
+        else:  # the runner itself: no pytree (de)serialization of the call spec on every step
+
+            def kernel(p, g, st, scalars, _run=run, _names=names):
+                _run([p, g, *(st[n] for n in _names), *scalars])
 
         _loaded[memo] = kernel
     return kernel, values
@@ -178,7 +197,12 @@ def _build(path: Path, module, param, grad, state, names, values) -> None:
     exported = export(module, inputs, dynamic_shapes=shapes)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")
-    torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
+    # parallel code whatever this process's thread count; the count is read at run time
+    parallel = {"cpp.threads": max(2, os.cpu_count() or 2), "cpp.dynamic_threads": True}
+    with torch._inductor.config.patch(parallel), warnings.catch_warnings():
+        # torch 2.13 deep-copies its own tree spec here and warns about itself: not the user's
+        warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
     os.replace(tmp, path)
 
 

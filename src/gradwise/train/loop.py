@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import operator
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +23,8 @@ from gradwise.train import distributed
 from gradwise.train.callbacks import Callback
 from gradwise.train.history import History
 from gradwise.train.progress import Progress
+
+_GRAD = operator.attrgetter("grad")
 
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cross_entropy": nn.functional.cross_entropy,
@@ -463,12 +466,15 @@ def _nonfinite_grad(params: list[Tensor]) -> int | None:
 
 def _all_finite(tensors: list[Tensor]) -> bool:
     device = tensors[0].device
-    if any(t.device != device or not t.is_floating_point() for t in tensors):
-        return all(bool(torch.isfinite(t).all()) for t in tensors)
     found = torch.zeros(1, device=device, dtype=torch.float32)  # the kernel's dtype, whatever
     one = torch.ones(1, device=device, dtype=torch.float32)  # torch's default dtype is
-    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
-    return not bool(found)
+    if all(t.is_floating_point() for t in tensors):
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
+            return not bool(found)
+        except RuntimeError:  # several devices: one tensor at a time
+            pass
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 class _Faults:
@@ -497,10 +503,13 @@ class _Faults:
 
     def all_finite(self, loss: Tensor) -> bool:
         """Whether the loss and every gradient are finite: one multi-tensor kernel, one sync."""
-        tensors = [loss, *(p.grad for p in self.params if p.grad is not None)]
-        if any(t.device != self.found.device for t in tensors):
+        tensors = [loss]
+        tensors += [g for g in map(_GRAD, self.params) if g is not None]
+        try:  # (a per-step device comparison of every tensor would cost more than the kernel)
+            torch._amp_foreach_non_finite_check_and_unscale_(tensors, self.found, self.one)
+        except RuntimeError:  # tensors on several devices (or of a dtype the kernel refuses)
+            self.found.zero_()
             return _first_nonfinite(tensors) is None
-        torch._amp_foreach_non_finite_check_and_unscale_(tensors, self.found, self.one)
         if not bool(self.found):
             return True
         self.found.zero_()  # stays zero while everything is finite

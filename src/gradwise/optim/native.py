@@ -1,0 +1,101 @@
+"""A native helper for the engine's per-step layout check, compiled once per machine.
+
+Every step, the flat path must know that each parameter still lives in its segment's flat buffer
+(``model.to(...)`` or ``p.data = ...`` move it) and whether each ``p.grad`` is still its view into
+the flat gradient buffer (``zero_grad(set_to_none=True)`` or ``p.grad = ...`` replace it). In
+Python that is a ``data_ptr()`` call and a ``.grad`` lookup per parameter, ~150 ns each: 0.3 ms a
+step for 2000 tensors, more than the fused update of their million elements. ``layout.cpp`` does
+the same comparisons in one C++ loop (~10 µs for 2000 tensors), called through ``ctypes``.
+
+It is compiled with the C++ compiler (``$CXX``, else ``c++``) against this torch's headers in
+about a second, cached beside the fused kernels, and used only for segments of at least
+``MIN_PARAMS`` tensors. Where it cannot be built, the Python check runs instead: same answers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from gradwise.optim import kernels
+
+#: below this many tensors the Python check costs about as much as the call into C++
+MIN_PARAMS = 32
+
+_SOURCE = Path(__file__).with_name("layout.cpp")
+_function: Callable | None = None
+_failed = False
+error: str | None = None  # why the native check could not be built here, if it could not
+
+
+def _library_path(source: bytes) -> Path:
+    abi = getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True)
+    key = hashlib.sha256(
+        b"\x00".join([source, torch.__version__.encode(), str(abi).encode()])
+    ).hexdigest()[:32]
+    return kernels.cache_dir() / f"layout-{key}.so"
+
+
+def _build(path: Path, source: bytes) -> None:
+    from torch.utils import cpp_extension
+
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set $CXX)")
+    torch_lib = Path(torch.__file__).parent / "lib"
+    abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.so")
+    command = [
+        compiler,
+        "-O2",
+        "-std=c++20",
+        "-shared",
+        "-fPIC",
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        *(f"-I{p}" for p in cpp_extension.include_paths()),
+        "-x",
+        "c++",
+        "-",
+        "-o",
+        str(tmp),
+        f"-L{torch_lib}",
+        "-lc10",
+        f"-Wl,-rpath,{torch_lib}",
+    ]
+    done = subprocess.run(command, input=source, capture_output=True, timeout=120)
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        error = done.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"{Path(compiler).name} failed: {error[-1] if error else '?'}")
+    os.replace(tmp, path)
+
+
+def layout_check() -> Callable | None:
+    """``check(n, params, ptrs, grads) -> 0/1/2`` (see ``layout.cpp``), or None where it cannot
+    be built here (no compiler, not Linux/macOS, ...); built at most once per process."""
+    global _function, _failed, error
+    if _function is not None or _failed:
+        return _function
+    try:
+        if not sys.platform.startswith(("linux", "darwin")):
+            raise RuntimeError(f"not built on {sys.platform}")
+        source = _SOURCE.read_bytes()
+        path = _library_path(source)
+        if not path.exists():
+            _build(path, source)
+        function = ctypes.CDLL(str(path)).gradwise_layout
+        function.restype = ctypes.c_int64
+        function.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        _function = function
+    except Exception as e:  # any failure: the Python check does the same job
+        _failed, error = True, f"{type(e).__name__}: {e}"
+    return _function

@@ -603,3 +603,59 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, tmp_path):
         run_lockstep(oa, ob, a, b, 5, torch.Generator().manual_seed(14))
     assert_same_state(oa, ob, a, b, torch.float64)
     assert not kernels.available()
+
+
+# ------------------------------------------------------------------- torch.optim's step wrapper
+
+
+def test_step_hooks_run_as_in_torch():
+    """Global and per-optimizer pre/post hooks, in torch's order; a pre-hook may replace the
+    arguments (here: the closure)."""
+    from torch.optim.optimizer import (
+        register_optimizer_step_post_hook,
+        register_optimizer_step_pre_hook,
+    )
+
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = go.SGD([w], lr=0.1)
+    calls = []
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        return loss
+
+    handles = [
+        register_optimizer_step_pre_hook(lambda o, a, k: calls.append("global pre")),
+        opt.register_step_pre_hook(lambda o, a, k: ((closure,), k)),  # supplies the closure
+        opt.register_step_post_hook(lambda o, a, k: calls.append(("post", a[0] is closure))),
+        register_optimizer_step_post_hook(lambda o, a, k: calls.append("global post")),
+    ]
+    try:
+        loss = opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+    assert loss.item() == pytest.approx(5.0)  # the closure the pre-hook supplied ran
+    assert calls == ["global pre", ("post", True), "global post"]
+    assert torch.equal(w.detach(), torch.tensor([0.8, -1.6]))
+    opt.register_step_pre_hook(lambda o, a, k: "not a tuple")
+    with pytest.raises(RuntimeError, match="must return None or a tuple"):
+        opt.step()
+
+
+def test_step_is_named_in_the_profiler_and_torch_schedulers_see_it():
+    import warnings
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = go.Adam([w], lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    w.grad = torch.ones(3)
+    with torch.profiler.profile() as prof:
+        opt.step()
+    assert "Optimizer.step#Adam.step" in {e.name for e in prof.events()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()" would
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)

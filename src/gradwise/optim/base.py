@@ -16,10 +16,12 @@ group at once.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from torch.optim import optimizer as torch_optimizer
 
 from gradwise import _checks
 from gradwise.optim import engine, kernels
@@ -70,6 +72,43 @@ def update(
             stored[name].copy_(t)
     if l1_threshold is not None:
         l1_proximal_(param, l1_threshold)
+
+
+def _with_hooks(step):
+    """``step`` wrapped as ``torch.optim`` wraps it — step pre-hooks (global, then the
+    optimizer's; either may replace the arguments), the step, ``_optimizer_step_code()``, post
+    hooks (the optimizer's, then global) — but with its ``record_function`` range opened only
+    while a profiler is running. PyTorch opens the range on every step, profiler or not, which
+    costs ~20 µs a step (Adam on a 17K-parameter MLP: 87 µs a step wrapped, 65 µs without)."""
+
+    @functools.wraps(step)
+    def wrapper(self, *args, **kwargs):
+        if torch._C._autograd._profiler_enabled():
+            name = f"Optimizer.step#{type(self).__name__}.step"
+            with torch.autograd.profiler.record_function(name):
+                return _run_with_hooks(step, self, args, kwargs)
+        return _run_with_hooks(step, self, args, kwargs)
+
+    return wrapper
+
+
+def _run_with_hooks(step, self, args: tuple, kwargs: dict):
+    global_pre = torch_optimizer._global_optimizer_pre_hooks
+    for hook in (*global_pre.values(), *self._optimizer_step_pre_hooks.values()):
+        result = hook(self, args, kwargs)
+        if result is not None:
+            if not (isinstance(result, tuple) and len(result) == 2):
+                raise RuntimeError(
+                    f"{step} must return None or a tuple of (new_args, new_kwargs), "
+                    f"but got {result}."
+                )
+            args, kwargs = result
+    out = step(self, *args, **kwargs)
+    self._optimizer_step_code()
+    global_post = torch_optimizer._global_optimizer_post_hooks
+    for hook in (*self._optimizer_step_post_hooks.values(), *global_post.values()):
+        hook(self, args, kwargs)
+    return out
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -144,6 +183,14 @@ class Optimizer(torch.optim.Optimizer):
         return total / max(numel, 1)
 
     # ----------------------------------------------------------------------------- torch API
+    def _patch_step_function(self) -> None:
+        """As ``torch.optim.Optimizer``'s, with the lighter wrapper of :func:`_with_hooks`."""
+        self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
+        cls = type(self)
+        if not getattr(cls.step, "hooked", False):
+            cls.step = _with_hooks(cls.step)
+            cls.step.hooked = True
+
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         for group in self.param_groups:

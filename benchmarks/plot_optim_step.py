@@ -31,7 +31,7 @@ def main(src: str, out: str) -> None:
     optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
     impls = [i for i in COLORS if any(r["implementation"] == i for r in rows)]
     fig, axes = plt.subplots(
-        1, len(workloads), figsize=(5.2 * len(workloads), 4.6), constrained_layout=True
+        1, len(workloads), figsize=(5.2 * len(workloads), 5.0), constrained_layout=True
     )
     axes = axes if len(workloads) > 1 else [axes]
     width = 0.8 / len(impls)
@@ -55,7 +55,8 @@ def main(src: str, out: str) -> None:
         ax.set_ylabel("ms per optimizer.step() (log scale, lower is better)")
         ax.set_title(wl)
         ax.grid(axis="y", alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(impls), fontsize=9)
     machine = results.get("machine", {})
     fig.suptitle(
         f"Optimizer step: gradwise vs torch.optim — {machine.get('cpu_model', '')}, "

@@ -1512,6 +1512,36 @@ def test_sigint_with_the_progress_bar_stops_cleanly_and_resume_is_bit_exact(
     assert_same_state(reference_run, final_state(out))
 
 
+@pytest.mark.slow
+def test_sigterm_keeps_the_last_epoch_and_resume_is_bit_exact(tmp_path, reference_run):
+    """kill / timeout / a job scheduler: SIGTERM stops the run as Ctrl-C does, exit 143."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradwise", "train", *RUN_ARGS, "--out", str(out), "--no-progress"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / ckpt.CURRENT).exists():
+        assert proc.poll() is None, proc.stderr.read().decode(errors="replace")
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    time.sleep(random.Random(KILL_SEED + 1).uniform(0.05, 0.3))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    text = err.decode(errors="replace")
+    assert proc.returncode == 143, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    assert "terminated (SIGTERM). The last checkpoint (end of the last finished epoch)" in text
+    assert f"continue with: gradwise train --resume {out}" in text
+    assert 1 <= ckpt.load_file(out / ckpt.CURRENT)["epoch"] < EPOCHS
+    assert not list(out.glob(ckpt.TMP_PREFIX + "*"))
+    done = gradwise_train(["--resume", str(out), "--no-progress"])
+    assert done.returncode == 0, done.stderr
+    assert_same_state(reference_run, final_state(out))
+
+
 # =============================================================================================
 # the numbers in docs/reliability.md
 # =============================================================================================
@@ -1540,6 +1570,7 @@ def counts_table() -> str:
         f"| SIGKILL at a random moment of training | {kills['training']} |",
         f"| SIGKILL inside a checkpoint write ({', '.join(points)}) | {len(points)} |",
         "| SIGINT (Ctrl-C) with the progress bar on | 1 |",
+        "| SIGTERM during training (kill, timeout, a job scheduler) | 1 |",
         "| SIGINT inside a checkpoint write (in-process) | 1 |",
         "| checkpoint write failing with a full disk (in-process) | 1 |",
         "| KeyboardInterrupt mid-epoch with an unsaved finished epoch (in-process) | 1 |",

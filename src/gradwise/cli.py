@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +24,7 @@ from gradwise.errors import GradwiseError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM (kill, timeout, a job scheduler)
 
 
 def _error(message: str) -> None:
@@ -363,13 +366,14 @@ def train(out, resume_dir, no_progress, nproc, dist_timeout, **options):
             _remember_nproc(out, config, world)
     elif resume and nproc is not None and nproc != config.nproc:
         _remember_nproc(out, config, nproc)
+    terminated: list[bool] = []
     try:
-        with _warnings_as_lines():
+        with _warnings_as_lines(), _sigterm_as_interrupt(terminated, enabled=not launched):
             result = run(config, out, progress=not no_progress, resume=resume)
     except KeyboardInterrupt:
         if main_rank:
-            _interrupted(out)
-        sys.exit(EXIT_INTERRUPTED)
+            _interrupted(out, "terminated (SIGTERM)" if terminated else "interrupted")
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     except Diverged as e:
         if not main_rank:  # every rank diverges at the same step: rank 0 says it
             sys.exit(EXIT_USAGE)
@@ -382,8 +386,35 @@ def train(out, resume_dir, no_progress, nproc, dist_timeout, **options):
         _print_summary(result)
 
 
-def _interrupted(out: Path) -> None:
-    """What Ctrl-C leaves behind, and how to continue."""
+@contextlib.contextmanager
+def _sigterm_as_interrupt(terminated: list[bool], enabled: bool = True):
+    """SIGTERM handled as Ctrl-C: the last finished epoch is kept and the resume command shown
+    (a checkpoint being written is finished first, as for Ctrl-C). ``terminated`` records it."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        terminated.append(True)
+        on_interrupt = signal.getsignal(signal.SIGINT)
+        if callable(on_interrupt):  # Python's default raises KeyboardInterrupt; a checkpoint
+            on_interrupt(signal.SIGINT, frame)  # write in progress holds it until it is done
+        else:  # SIGINT ignored (started in the background): stop all the same
+            raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # no signals here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _interrupted(out: Path, what: str = "interrupted") -> None:
+    """What Ctrl-C (or SIGTERM) leaves behind, and how to continue."""
     from gradwise.train import checkpoint as ckpt
 
     if ckpt.exists(out):
@@ -391,9 +422,9 @@ def _interrupted(out: Path) -> None:
     elif (out / "config.toml").exists():
         where = f"No epoch had finished, so there is no checkpoint in {out} yet"
     else:
-        click.echo("\ninterrupted before the run started; nothing was written", err=True)
+        click.echo(f"\n{what} before the run started; nothing was written", err=True)
         return
-    click.echo(f"\ninterrupted. {where}; continue with: gradwise train --resume {out}", err=True)
+    click.echo(f"\n{what}. {where}; continue with: gradwise train --resume {out}", err=True)
 
 
 def _launch(config, out: Path, resume: bool, nproc: int, no_progress: bool) -> None:

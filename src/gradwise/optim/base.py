@@ -117,8 +117,10 @@ class Optimizer(torch.optim.Optimizer):
     Keyword arguments every gradwise optimizer adds to PyTorch's, with defaults that change
     nothing: ``l1`` (proximal L1 strength), ``state_dtype`` (e.g. ``torch.bfloat16``: moment
     buffers stored in that dtype, halving their memory; the update is computed in the
-    parameter's dtype), and ``fused`` (``None``: the engine compiles the update into one pass for
-    groups of at least ``engine.AUTO_COMPILE_NUMEL`` elements; ``True``/``False``: always/never).
+    parameter's dtype), and ``fused`` (``None``: the update runs as one compiled pass for groups of
+    at least ``engine.KERNEL_MIN_NUMEL`` elements when that kernel is cached on disk, and is
+    compiled for groups of at least ``engine.AUTO_BUILD_NUMEL`` elements; ``True``/``False``:
+    always/never).
     """
 
     #: the rule: ``rule(param, grad, state, **hyperparameters, **coefficients)``, in place

@@ -618,6 +618,31 @@ def test_a_cached_kernel_loads_in_milliseconds_without_inductor():
     assert float(took) < 0.5  # 3 steps, the load included; importing Inductor alone takes 1-2 s
 
 
+def test_fused_on_a_device_without_kernels_warns_once_and_runs_eager(monkeypatch):
+    """Kernels are CPU-only (a CUDA package crashed torch's loader): fused=True elsewhere gives
+    the eager path's results and one warning. Simulated here by taking the CPU off the list."""
+    from gradwise.optim import kernels
+
+    monkeypatch.setattr(kernels, "DEVICES", ())
+    monkeypatch.setattr(kernels, "_warned_devices", set())
+    a, b = twins(make_params(torch.float32))
+    oa, ob = go.Adam(a, lr=0.01, fused=True), torch.optim.Adam(b, lr=0.01, foreach=False)
+    with pytest.warns(RuntimeWarning, match="fused=True on cpu runs the eager path") as said:
+        run_lockstep(oa, ob, a, b, 6, torch.Generator().manual_seed(16))
+    assert len([w for w in said if "fused kernels are built" in str(w.message)]) == 1
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)  # bit for bit: the eager path
+
+
+def test_eager_chunks_only_on_the_cpu():
+    from gradwise.optim import engine
+
+    assert len(engine.chunks(3 * engine.CHUNK + 1, torch.device("cpu"))) == 4
+    assert engine.chunks(3 * engine.CHUNK + 1, torch.device("meta")) == [
+        slice(0, 3 * engine.CHUNK + 1)
+    ]
+
+
 def test_compile_failure_falls_back_to_eager(monkeypatch, tmp_path):
     from gradwise.optim import kernels
 

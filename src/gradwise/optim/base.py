@@ -288,7 +288,7 @@ class Optimizer(torch.optim.Optimizer):
                 grad = seg.grad if views else engine.gather_grad(seg)
                 if self._fused(seg, grad, group):
                     return
-                for sl in engine.chunks(seg.param.numel()):
+                for sl in engine.chunks(seg.param.numel(), seg.param.device):
                     state = {name: buf[sl] for name, buf in seg.state.items()}
                     self._update(seg.param[sl], grad[sl], state, seg.step, group)
                 return
@@ -300,6 +300,10 @@ class Optimizer(torch.optim.Optimizer):
         kernel is on disk or the group is large enough to pay for building one."""
         fused, numel = group.get("fused"), seg.param.numel()
         if fused is False or numel < 2 or not kernels.available():
+            return False
+        if not kernels.supports(seg.param.device):
+            if fused is True:
+                kernels.unsupported(seg.param.device)
             return False
         if fused is None and numel < engine.KERNEL_MIN_NUMEL:
             return False

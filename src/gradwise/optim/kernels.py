@@ -51,6 +51,29 @@ def available() -> bool:
     return _error is None
 
 
+#: devices whose kernels gradwise builds and runs. Not CUDA: with torch 2.11 on an H200, loading
+#: an AOTInductor CUDA package crashed the process (a segmentation fault inside torch's loader,
+#: through ``aoti_load_package`` as well as the loader itself), which no fallback can catch.
+DEVICES = ("cpu",)
+_warned_devices: set[str] = set()
+
+
+def supports(device: torch.device) -> bool:
+    return device.type in DEVICES
+
+
+def unsupported(device: torch.device) -> None:
+    """Warn once per device type that ``fused=True`` runs the eager path there."""
+    if device.type not in _warned_devices:
+        _warned_devices.add(device.type)
+        warnings.warn(
+            f"gradwise: fused kernels are built for {', '.join(DEVICES)} only; fused=True on "
+            f"{device.type} runs the eager path (same results)",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+
+
 def disable(error: BaseException) -> None:
     global _error
     _error = f"{type(error).__name__}: {error}".splitlines()[0]

@@ -389,3 +389,19 @@ def test_regression_with_mse():
     assert "train_accuracy" not in h.epochs[-1]
     state = copy.deepcopy(model.state_dict())
     assert state["weight"].flatten().tolist() == pytest.approx([1.0, -2.0, 0.5], abs=0.02)
+
+
+@pytest.mark.parametrize("fold", [1, 7, 1 << 20])
+def test_train_accuracy_count_is_the_same_however_it_is_folded(fold, monkeypatch):
+    from gradwise.train import loop
+
+    monkeypatch.setattr(loop._Correct, "FOLD", fold)
+    gen = torch.Generator().manual_seed(0)
+    outs = [torch.randn(n, 4, generator=gen) for n in (3, 5, 2, 6)]
+    labels = [torch.randint(0, 4, (len(o),), generator=gen) for o in outs]
+    correct = loop._Correct(torch.device("cpu"))
+    assert int(correct.total()) == 0
+    for o, y in zip(outs, labels):
+        correct.add(o, y)
+    expected = sum(int((o.argmax(1) == y).sum()) for o, y in zip(outs, labels))
+    assert int(correct.total()) == expected

@@ -218,8 +218,7 @@ def fit(
                 if fault is not None:
                     fault(epoch)
                 model.train()
-                predicted: list[Tensor] = []
-                labels: list[Tensor] = []
+                correct = _Correct(dev)
                 sizes: list[int] = []
                 losses: list[Tensor] = []
                 lrs: list[float] = []
@@ -250,26 +249,18 @@ def fit(
                     lrs.append(lr)
                     sizes.append(len(yb))
                     if track_accuracy:
-                        predicted.append(out.argmax(1))
-                        labels.append(yb)
+                        correct.add(out, yb)
                     bar.advance(detached, lr)
                 if ctx is None:
                     row = _epoch_row(history, epoch, state.step, losses, lrs, sizes)
-                    if track_accuracy and predicted:
-                        correct = (torch.cat(predicted) == torch.cat(labels)).sum()
-                        row["train_accuracy"] = float(correct) / sum(sizes)
+                    if track_accuracy and sizes:
+                        row["train_accuracy"] = float(correct.total()) / sum(sizes)
                 else:  # summed over the ranks: the same row on every rank
-                    correct = None
-                    if track_accuracy:
-                        correct = (
-                            (torch.cat(predicted) == torch.cat(labels)).sum()
-                            if predicted
-                            else torch.zeros((), device=dev)
-                        )
-                    losses, sizes, correct = distributed.reduce_epoch(losses, sizes, correct, dev)
+                    right = correct.total() if track_accuracy else None
+                    losses, sizes, right = distributed.reduce_epoch(losses, sizes, right, dev)
                     row = _epoch_row(history, epoch, state.step, losses, lrs, sizes)
-                    if correct is not None and sum(sizes):
-                        row["train_accuracy"] = correct / sum(sizes)
+                    if right is not None and sum(sizes):
+                        row["train_accuracy"] = right / sum(sizes)
                 if val_data is not None:
                     row.update(evaluate(model, val_data, loss_fn, metrics, prefix="val_"))
                 row["lr"] = optimizer.param_groups[0]["lr"]
@@ -475,6 +466,40 @@ def _all_finite(tensors: list[Tensor]) -> bool:
         except RuntimeError:  # several devices: one tensor at a time
             pass
     return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+class _Correct:
+    """An epoch's count of correct training predictions, reduced in batches of batches.
+
+    Each step's outputs are kept (detached) and their argmax taken once per ``FOLD`` elements,
+    not once per step: on a small model the per-step argmax cost ~6 µs of a 0.4 ms step."""
+
+    FOLD = 1 << 20  # elements of kept outputs (4 MiB in float32) before they are reduced
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.outputs: list[Tensor] = []
+        self.labels: list[Tensor] = []
+        self.kept = 0
+        self.count: Tensor | None = None
+
+    def add(self, out: Tensor, labels: Tensor) -> None:
+        self.outputs.append(out.detach())
+        self.labels.append(labels)
+        self.kept += out.numel()
+        if self.kept >= self.FOLD:
+            self._fold()
+
+    def _fold(self) -> None:
+        if self.outputs:
+            right = (torch.cat(self.outputs).argmax(1) == torch.cat(self.labels)).sum()
+            self.count = right if self.count is None else self.count + right
+            self.outputs, self.labels, self.kept = [], [], 0
+
+    def total(self) -> Tensor:
+        """The count so far, a 0-d tensor on the outputs' device (zero when nothing was seen)."""
+        self._fold()
+        return self.count if self.count is not None else torch.zeros((), device=self.device)
 
 
 class _Faults:

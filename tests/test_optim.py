@@ -715,3 +715,36 @@ def test_step_is_named_in_the_profiler_and_torch_schedulers_see_it():
         warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()" would
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_native_finite_check_finds_every_nan_and_inf(dtype):
+    """The fit() guard's native check: every position, NaN and both infinities, every float
+    dtype; None gradients skipped; what it cannot read (non-contiguous) is left to the caller."""
+    from gradwise.optim import native
+
+    check = native.finite_check()
+    if check is None:
+        pytest.skip(f"native helpers not built here: {native.error}")
+    params = [torch.nn.Parameter(torch.zeros(n, dtype=dtype)) for n in (1, 33, 70)]
+    params.append(torch.nn.Parameter(torch.zeros(4, dtype=dtype)))  # its grad stays None
+    impls = torch.tensor([p._cdata for p in params], dtype=torch.int64)
+    for p in params[:3]:
+        p.grad = torch.randn(p.shape).to(dtype)
+    loss = torch.tensor(0.5, dtype=dtype)
+
+    def run(loss=loss):
+        return check(len(params), impls.data_ptr(), loss._cdata)
+
+    assert run() == 1
+    for p in params[:3]:
+        for i in range(p.numel()):
+            for bad in (float("nan"), float("inf"), float("-inf")):
+                keep = p.grad[i].item()
+                p.grad[i] = bad
+                assert run() == 0, (p.numel(), i, bad)
+                p.grad[i] = keep
+    assert run() == 1
+    assert run(torch.tensor(float("nan"), dtype=dtype)) == 0
+    params[1].grad = torch.randn(33, 2).to(dtype)[:, 0]  # a strided view: not read natively
+    assert run() == -1

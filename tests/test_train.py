@@ -164,6 +164,35 @@ def test_early_stopping_stops_and_restores_best():
     assert best == pytest.approx(stopper.best, rel=1e-5)
 
 
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "multi-tensor kernel"])
+def test_nan_in_one_gradient_only_is_caught(use_native, monkeypatch):
+    """A finite loss whose gradient is NaN in one parameter: the step is skipped either way."""
+    from gradwise.optim import native
+
+    if not use_native:
+        monkeypatch.setattr(native, "finite_check", lambda: None)
+    x, y = blobs()
+    model = small_net()
+    poisoned = []
+
+    def poison(grad):  # the 3rd backward of the run: NaN in one gradient, loss untouched
+        poisoned.append(1)
+        return torch.full_like(grad, float("nan")) if len(poisoned) == 3 else grad
+
+    list(model.parameters())[-1].register_hook(poison)
+    h = fit(
+        model,
+        (x, y),
+        optimizer=go.Adam(model.parameters(), lr=0.01),
+        epochs=1,
+        batch_size=10,
+        progress=False,
+        nan_policy="skip",
+    )
+    assert h.skipped_steps == 1 and len(h.steps) == len(x) // 10 - 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_nan_policy_raise_names_the_step():
     x, y = blobs()
     model = small_net()
@@ -199,6 +228,9 @@ def test_nan_guard_without_the_multi_tensor_kernel(monkeypatch):
     def refuse(*args, **kwargs):
         raise RuntimeError("Expected all tensors to be on the same device")
 
+    from gradwise.optim import native
+
+    monkeypatch.setattr(native, "finite_check", lambda: None)  # the non-native path
     monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", refuse)
     x, y = blobs()
     x = x.clone()

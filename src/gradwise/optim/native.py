@@ -1,15 +1,20 @@
-"""A native helper for the engine's per-step layout check, compiled once per machine.
+"""Native helpers for per-step checks over many tensors, compiled once per machine.
 
-Every step, the flat path must know that each parameter still lives in its segment's flat buffer
-(``model.to(...)`` or ``p.data = ...`` move it) and whether each ``p.grad`` is still its view into
-the flat gradient buffer (``zero_grad(set_to_none=True)`` or ``p.grad = ...`` replace it). In
-Python that is a ``data_ptr()`` call and a ``.grad`` lookup per parameter, ~150 ns each: 0.3 ms a
-step for 2000 tensors, more than the fused update of their million elements. ``layout.cpp`` does
-the same comparisons in one C++ loop (~10 µs for 2000 tensors), called through ``ctypes``.
+* **The layout check.** Every step, the flat path must know that each parameter still lives in
+  its segment's flat buffer (``model.to(...)`` or ``p.data = ...`` move it) and whether each
+  ``p.grad`` is still its view into the flat gradient buffer (``zero_grad(set_to_none=True)`` or
+  ``p.grad = ...`` replace it). In Python that is a ``data_ptr()`` call and a ``.grad`` lookup
+  per parameter, ~150 ns each: 0.3 ms a step for 2000 tensors, more than the fused update of
+  their million elements. ``gradwise_layout`` does the same comparisons in one C++ loop (~10 µs
+  for 2000 tensors).
+* **The NaN/inf guard** of :func:`gradwise.train.fit`: whether the loss and every gradient are
+  finite. PyTorch's multi-tensor check plus building its list and reading its flag took ~13 µs a
+  step on a 6-tensor MLP whose whole step takes 0.4 ms; ``gradwise_all_finite`` reads the
+  gradients through the parameters' TensorImpls in one call.
 
-It is compiled with the C++ compiler (``$CXX``, else ``c++``) against this torch's headers in
-about a second, cached beside the fused kernels, and used only for segments of at least
-``MIN_PARAMS`` tensors. Where it cannot be built, the Python check runs instead: same answers.
+``native.cpp`` is compiled with the C++ compiler (``$CXX``, else ``c++``) against this torch's
+headers in about a second, cached beside the fused kernels, and called through ``ctypes``.
+Where it cannot be built, the Python versions run instead: same answers.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from gradwise.optim import kernels
 #: below this many tensors the Python check costs about as much as the call into C++
 MIN_PARAMS = 32
 
-_SOURCE = Path(__file__).with_name("layout.cpp")
-_function: Callable | None = None
+_SOURCE = Path(__file__).with_name("native.cpp")
+_library: ctypes.CDLL | None = None
 _failed = False
 error: str | None = None  # why the native check could not be built here, if it could not
 
@@ -41,7 +46,7 @@ def _library_path(source: bytes) -> Path:
     key = hashlib.sha256(
         b"\x00".join([source, torch.__version__.encode(), str(abi).encode()])
     ).hexdigest()[:32]
-    return kernels.cache_dir() / f"layout-{key}.so"
+    return kernels.cache_dir() / f"native-{key}.so"
 
 
 def _build(path: Path, source: bytes) -> None:
@@ -56,7 +61,7 @@ def _build(path: Path, source: bytes) -> None:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.so")
     command = [
         compiler,
-        "-O2",
+        "-O3",
         "-std=c++20",
         "-shared",
         "-fPIC",
@@ -74,17 +79,17 @@ def _build(path: Path, source: bytes) -> None:
     done = subprocess.run(command, input=source, capture_output=True, timeout=120)
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
-        error = done.stderr.decode(errors="replace").strip().splitlines()
-        raise RuntimeError(f"{Path(compiler).name} failed: {error[-1] if error else '?'}")
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        errors = [line for line in lines if "error" in line] or lines or ["?"]
+        raise RuntimeError(f"{Path(compiler).name} failed: {errors[0]}")
     os.replace(tmp, path)
 
 
-def layout_check() -> Callable | None:
-    """``check(n, params, ptrs, grads) -> 0/1/2`` (see ``layout.cpp``), or None where it cannot
-    be built here (no compiler, not Linux/macOS, ...); built at most once per process."""
-    global _function, _failed, error
-    if _function is not None or _failed:
-        return _function
+def _load() -> ctypes.CDLL | None:
+    """The compiled library, built at most once per process (None where it cannot be)."""
+    global _library, _failed, error
+    if _library is not None or _failed:
+        return _library
     try:
         if not sys.platform.startswith(("linux", "darwin")):
             raise RuntimeError(f"not built on {sys.platform}")
@@ -92,10 +97,25 @@ def layout_check() -> Callable | None:
         path = _library_path(source)
         if not path.exists():
             _build(path, source)
-        function = ctypes.CDLL(str(path)).gradwise_layout
-        function.restype = ctypes.c_int64
-        function.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        _function = function
-    except Exception as e:  # any failure: the Python check does the same job
+        library = ctypes.CDLL(str(path))
+        library.gradwise_layout.restype = ctypes.c_int64
+        library.gradwise_layout.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 3
+        library.gradwise_all_finite.restype = ctypes.c_int64
+        library.gradwise_all_finite.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+        _library = library
+    except Exception as e:  # any failure: the Python checks do the same job
         _failed, error = True, f"{type(e).__name__}: {e}"
-    return _function
+    return _library
+
+
+def layout_check() -> Callable | None:
+    """``check(n, params, ptrs, grads) -> 0/1/2`` (see ``native.cpp``), or None."""
+    library = _load()
+    return library.gradwise_layout if library is not None else None
+
+
+def finite_check() -> Callable | None:
+    """``check(n, params, loss) -> 1/0/-1``: the loss and the params' gradients all finite /
+    not / cannot tell (see ``native.cpp``), or None."""
+    library = _load()
+    return library.gradwise_all_finite if library is not None else None

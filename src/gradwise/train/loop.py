@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from gradwise import _checks
 from gradwise.errors import CheckpointError, ConfigError, GradwiseError
+from gradwise.optim import native
 from gradwise.train import checkpoint as ckpt
 from gradwise.train import distributed
 from gradwise.train.callbacks import Callback
@@ -514,6 +515,12 @@ class _Faults:
         flag = dict(device=device, dtype=torch.float32)  # what the kernel takes, always
         self.found, self.one = torch.zeros(1, **flag), torch.ones(1, **flag)
         self.step = self.epoch = self.batch = 0
+        # the native check, where it serves (CPU parameters): reads each .grad through the
+        # parameter's TensorImpl, which the list ``params`` keeps alive
+        self.native = native.finite_check() if device.type == "cpu" and params else None
+        if self.native is not None:
+            self.impls = torch.tensor([p._cdata for p in params], dtype=torch.int64)
+            self.native_args = (len(params), self.impls.data_ptr())
 
     def at(self, step: int, epoch: int, batch: int) -> None:
         """The step about to be taken (1-based) and where it is: epoch and batch, 1-based."""
@@ -527,7 +534,12 @@ class _Faults:
         return self.names.get(id(self.params[i]), f"parameter {i}")
 
     def all_finite(self, loss: Tensor) -> bool:
-        """Whether the loss and every gradient are finite: one multi-tensor kernel, one sync."""
+        """Whether the loss and every gradient are finite: one native call (CPU), else one
+        multi-tensor kernel and one sync."""
+        if self.native is not None:
+            answer = self.native(*self.native_args, loss._cdata)
+            if answer >= 0:
+                return answer == 1
         tensors = [loss]
         tensors += [g for g in map(_GRAD, self.params) if g is not None]
         try:  # (a per-step device comparison of every tensor would cost more than the kernel)

@@ -164,6 +164,22 @@ def test_early_stopping_stops_and_restores_best():
     assert best == pytest.approx(stopper.best, rel=1e-5)
 
 
+def _one_step_skipped(model, x, y):
+    """One epoch in batches of 10 with nan_policy='skip': exactly one step skipped, the
+    weights finite."""
+    h = fit(
+        model,
+        (x, y),
+        optimizer=go.Adam(model.parameters(), lr=0.01),
+        epochs=1,
+        batch_size=10,
+        progress=False,
+        nan_policy="skip",
+    )
+    assert h.skipped_steps == 1 and len(h.steps) == len(x) // 10 - 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 @pytest.mark.parametrize("use_native", [True, False], ids=["native", "multi-tensor kernel"])
 def test_nan_in_one_gradient_only_is_caught(use_native, monkeypatch):
     """A finite loss whose gradient is NaN in one parameter: the step is skipped either way."""
@@ -180,17 +196,7 @@ def test_nan_in_one_gradient_only_is_caught(use_native, monkeypatch):
         return torch.full_like(grad, float("nan")) if len(poisoned) == 3 else grad
 
     list(model.parameters())[-1].register_hook(poison)
-    h = fit(
-        model,
-        (x, y),
-        optimizer=go.Adam(model.parameters(), lr=0.01),
-        epochs=1,
-        batch_size=10,
-        progress=False,
-        nan_policy="skip",
-    )
-    assert h.skipped_steps == 1 and len(h.steps) == len(x) // 10 - 1
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    _one_step_skipped(model, x, y)
 
 
 def test_nan_policy_raise_names_the_step():
@@ -236,17 +242,7 @@ def test_nan_guard_without_the_multi_tensor_kernel(monkeypatch):
     x = x.clone()
     x[5] = float("nan")
     model = small_net()
-    h = fit(
-        model,
-        (x, y),
-        optimizer=go.Adam(model.parameters(), lr=0.01),
-        epochs=1,
-        batch_size=10,
-        progress=False,
-        nan_policy="skip",
-    )
-    assert h.skipped_steps == 1 and len(h.steps) == len(x) // 10 - 1
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    _one_step_skipped(model, x, y)
 
 
 def test_checkpoint_resume_is_bit_exact(tmp_path):

@@ -748,3 +748,26 @@ def test_native_finite_check_finds_every_nan_and_inf(dtype):
     assert run(torch.tensor(float("nan"), dtype=dtype)) == 0
     params[1].grad = torch.randn(33, 2).to(dtype)[:, 0]  # a strided view: not read natively
     assert run() == -1
+
+
+def test_native_finite_check_leaves_subclasses_and_sparse_alone():
+    """Tensors that could call into Python (no GIL in a ctypes call) or have no dense storage
+    are answered 'cannot tell' (-1) without being read."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    from gradwise.optim import native
+
+    check = native.finite_check()
+    if check is None:
+        pytest.skip(f"native helpers not built here: {native.error}")
+    p = torch.nn.Parameter(torch.zeros(3))
+    impls = torch.tensor([p._cdata], dtype=torch.int64)
+    loss = torch.tensor(1.0)
+    p.grad = torch.ones(3)
+    assert check(1, impls.data_ptr(), loss._cdata) == 1
+    two = TwoTensor(torch.ones(3), torch.ones(3))
+    assert check(1, impls.data_ptr(), two._cdata) == -1  # a subclass as the loss
+    q = torch.nn.Parameter(torch.zeros(5, 3))
+    q.grad = torch.zeros(5, 3).to_sparse()
+    impls = torch.tensor([q._cdata], dtype=torch.int64)
+    assert check(1, impls.data_ptr(), loss._cdata) == -1

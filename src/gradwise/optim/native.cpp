@@ -22,9 +22,12 @@ bool any_nonfinite(const void* data, std::int64_t n, Bits exponent) {
   return bad != 0;
 }
 
-// 1: finite, 0: holds an infinity or a NaN, -1: cannot tell here (not a dense CPU float tensor)
+// 1: finite, 0: holds an infinity or a NaN, -1: cannot tell here (not a plain, dense,
+// contiguous CPU float tensor). Subclasses with Python dispatch (DTensor, ...) are left alone
+// before anything is asked of them that could call into Python: this runs without the GIL.
 int finite(const c10::TensorImpl* t) {
-  if (t->device_type() != c10::DeviceType::CPU || !t->is_contiguous() || t->is_sparse())
+  if (t->is_python_dispatch() || t->layout() != c10::kStrided || !t->has_storage() ||
+      t->device_type() != c10::DeviceType::CPU || !t->is_contiguous())
     return -1;
   const std::int64_t n = t->numel();
   if (n == 0) return 1;
@@ -50,7 +53,7 @@ int finite(const c10::TensorImpl* t) {
 // its flat gradient view. Returns 0 if a parameter no longer lives at its place in the flat
 // buffer, 1 if the parameters do but a .grad is not its view (None, or replaced), 2 if both hold.
 extern "C" std::int64_t gradwise_layout(std::int64_t n, const std::int64_t* params,
-                                        const std::int64_t* ptrs, const std::int64_t* grads) {
+                                        const std::int64_t* ptrs, const std::int64_t* grads) try {
   for (std::int64_t i = 0; i < n; ++i) {
     auto* p = reinterpret_cast<const c10::TensorImpl*>(params[i]);
     if (reinterpret_cast<std::int64_t>(p->data()) != ptrs[i]) return 0;
@@ -60,13 +63,15 @@ extern "C" std::int64_t gradwise_layout(std::int64_t n, const std::int64_t* para
     if (reinterpret_cast<std::int64_t>(impl_of(p->grad())) != grads[i]) return 1;
   }
   return 2;
+} catch (...) {  // no exception may cross into ctypes: "moved", the caller lays out again
+  return 0;
 }
 
 // The training loop's NaN/inf guard: the loss (a TensorImpl) and the .grad of each of n
 // parameters (their TensorImpls; an undefined .grad is skipped). 1: all finite, 0: some value is
 // an infinity or a NaN, -1: cannot tell here (the caller checks another way).
 extern "C" std::int64_t gradwise_all_finite(std::int64_t n, const std::int64_t* params,
-                                            std::int64_t loss) {
+                                            std::int64_t loss) try {
   int answer = finite(reinterpret_cast<const c10::TensorImpl*>(loss));
   if (answer != 1) return answer;
   for (std::int64_t i = 0; i < n; ++i) {
@@ -77,4 +82,6 @@ extern "C" std::int64_t gradwise_all_finite(std::int64_t n, const std::int64_t* 
     if (answer != 1) return answer;
   }
   return 1;
+} catch (...) {  // no exception may cross into ctypes: the caller checks another way
+  return -1;
 }

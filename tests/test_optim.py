@@ -751,7 +751,7 @@ def test_native_finite_check_finds_every_nan_and_inf(dtype):
 
 
 def test_native_finite_check_leaves_subclasses_and_sparse_alone():
-    """Tensors that could call into Python (no GIL in a ctypes call) or have no dense storage
+    """Tensors that could call into Python (subclasses) or have no dense storage
     are answered 'cannot tell' (-1) without being read."""
     from torch.testing._internal.two_tensor import TwoTensor
 

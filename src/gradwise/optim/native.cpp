@@ -24,7 +24,7 @@ bool any_nonfinite(const void* data, std::int64_t n, Bits exponent) {
 
 // 1: finite, 0: holds an infinity or a NaN, -1: cannot tell here (not a plain, dense,
 // contiguous CPU float tensor). Subclasses with Python dispatch (DTensor, ...) are left alone
-// before anything is asked of them that could call into Python: this runs without the GIL.
+// before anything is asked of them that could call into Python.
 int finite(const c10::TensorImpl* t) {
   if (t->is_python_dispatch() || t->layout() != c10::kStrided || !t->has_storage() ||
       t->device_type() != c10::DeviceType::CPU || !t->is_contiguous())

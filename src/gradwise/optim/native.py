@@ -36,7 +36,7 @@ from gradwise.optim import kernels
 MIN_PARAMS = 32
 
 _SOURCE = Path(__file__).with_name("native.cpp")
-_library: ctypes.CDLL | None = None
+_library: ctypes.PyDLL | None = None
 _failed = False
 error: str | None = None  # why the native check could not be built here, if it could not
 
@@ -85,7 +85,7 @@ def _build(path: Path, source: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _load() -> ctypes.CDLL | None:
+def _load() -> ctypes.PyDLL | None:
     """The compiled library, built at most once per process (None where it cannot be)."""
     global _library, _failed, error
     if _library is not None or _failed:
@@ -97,7 +97,7 @@ def _load() -> ctypes.CDLL | None:
         path = _library_path(source)
         if not path.exists():
             _build(path, source)
-        library = ctypes.CDLL(str(path))
+        library = ctypes.PyDLL(str(path))  # holds the GIL: no Python thread runs meanwhile
         library.gradwise_layout.restype = ctypes.c_int64
         library.gradwise_layout.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 3
         library.gradwise_all_finite.restype = ctypes.c_int64

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from gradwise.errors import DataError
-from gradwise.train.data import DATASETS, Dataset, load_dataset, load_file
+from gradwise.train.data import DATASETS, Dataset, load_dataset
+from gradwise.train.files import load_file
 
 # name: (n_features, n_classes, rows in train + val, rows in test)
 BUNDLED = {

@@ -1,7 +1,8 @@
 """Training: fit loop, batch modes, callbacks, metrics, checkpoints, data and model builders."""
 
 from gradwise.train.callbacks import Callback, EarlyStopping
-from gradwise.train.data import DATASETS, Dataset, load_dataset, load_file
+from gradwise.train.data import DATASETS, Dataset, load_dataset
+from gradwise.train.files import load_file
 from gradwise.train.history import History
 from gradwise.train.loop import Diverged, evaluate, fit
 from gradwise.train.models import cnn1d, mlp

@@ -27,7 +27,8 @@ from gradwise.regularization import l2_penalty, param_groups
 from gradwise.train import checkpoint as ckpt
 from gradwise.train import distributed
 from gradwise.train.callbacks import EarlyStopping
-from gradwise.train.data import DATASETS, Dataset, load_dataset, load_file
+from gradwise.train.data import DATASETS, Dataset, load_dataset
+from gradwise.train.files import load_file
 from gradwise.train.history import History
 from gradwise.train.loop import _device, evaluate, fit
 from gradwise.train.models import ACTIVATIONS, cnn1d, conv_lengths, mlp

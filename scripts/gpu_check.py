@@ -87,7 +87,7 @@ def main() -> int:
         for n in (6, 40):
             for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
                 pe, se, seg = lockstep(name, kw, n, dtype=dtype)
-                native_used = seg.native_args is not None
+                native_used = seg.native_check is not None
                 check(
                     pe <= tol and se <= tol and seg.flat and native_used == (n >= 32),
                     f"parity {name} {kw} {n} params {dtype}: param {pe:.2g} state {se:.2g} "

@@ -265,7 +265,7 @@ def test_layout_check_sees_every_way_out_of_the_flat_buffer(use_native, monkeypa
     opt.step()  # first step: per tensor, then flattened
     opt.zero_grad(set_to_none=False)
     seg = opt._group_segments(opt.param_groups[0])[0]
-    assert seg.flat and (seg.native_args is not None) == use_native
+    assert seg.flat and (seg.native_check is not None) == use_native
     params = list(net.parameters())
     assert seg.layout() == engine.Segment.VIEWS
     net(x).sum().backward()
@@ -307,7 +307,7 @@ def test_many_params_stay_exact_through_layout_changes(name, cls, tcls, kw):
     a, b = list(net_a.parameters()), list(net_b.parameters())
     assert_same_state(oa, ob, a, b, torch.float32)
     seg = oa._group_segments(oa.param_groups[0])[0]
-    assert seg.flat and seg.native_args is not None  # flat again, native check serving
+    assert seg.flat and seg.native_check is not None  # flat again, native check serving
 
 
 # ------------------------------------------------------------ the spec's equations, in float64

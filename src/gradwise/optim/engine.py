@@ -58,8 +58,10 @@ class Segment:
     steps: Tensor | None = None
     step: int | None = None  # the common step count, None when unknown or not uniform
     ptrs: list[int] = field(default_factory=list)
-    # the native layout check's arguments (see :mod:`native`), when it serves this segment
-    native_args: tuple | None = None
+    # the native layout check and its arguments (see :mod:`native`), when it serves this segment;
+    # ``native_arrays`` keeps alive the arrays the arguments point into
+    native_check: Callable | None = None
+    native_args: tuple = ()
     native_arrays: tuple[Tensor, ...] = ()
 
     #: what :meth:`layout` returns
@@ -69,8 +71,8 @@ class Segment:
         """``MOVED`` when a parameter no longer lives in the flat buffer (``model.to(...)``,
         ``p.data = ...``); else ``VIEWS`` when every ``p.grad`` is its view into the flat
         gradient buffer (the usual case after ``zero_grad(set_to_none=False)``), else ``FLAT``."""
-        if self.native_args is not None:
-            return native.layout_check()(*self.native_args)
+        if self.native_check is not None:
+            return self.native_check(*self.native_args)
         if not self.still_flat():
             return Segment.MOVED
         return Segment.VIEWS if self.grads_are_views() else Segment.FLAT
@@ -129,7 +131,7 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
     else:
         seg.steps, seg.step = None, 1  # every parameter has had its first update
     seg.ptrs = [p.data_ptr() for p in params]
-    seg.native_args, seg.native_arrays = None, ()
+    seg.native_check, seg.native_args, seg.native_arrays = None, (), ()
     check = native.layout_check() if len(params) >= native.MIN_PARAMS else None
     if check is not None:
         # TensorImpl addresses: the optimizer holds the params and the views, so they stay valid
@@ -139,6 +141,7 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
         )
         seg.native_arrays = arrays
         seg.native_args = (len(params), *(a.data_ptr() for a in arrays))
+        seg.native_check = check
     seg.flat = True
 
 

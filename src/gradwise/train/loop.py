@@ -236,7 +236,7 @@ def fit(
                         batch_loss = batch_loss + penalty()
                     batch_loss.backward()
                     detached = batch_loss.detach()
-                    if not faults.all_finite(detached):  # one kernel: loss and gradients
+                    if not faults.all_finite(detached):  # loss and gradients, in one call
                         faults.at(state.step + 1, epoch + 1, batch)
                         if faults.loss(batch_loss) or faults.gradients(batch_loss):
                             continue

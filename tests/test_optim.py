@@ -244,11 +244,15 @@ def _many_param_net(seed=0):
 
 def test_native_layout_check_is_built_where_a_compiler_is():
     import shutil
+    import sysconfig
+    from pathlib import Path
 
     from gradwise.optim import native
 
     if not (shutil.which("c++") or shutil.which("g++")):
         pytest.skip("no C++ compiler: the Python check serves (tested below)")
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        pytest.skip("no Python headers: the Python check serves (tested below)")
     assert native.layout_check() is not None, native.error
 
 
@@ -771,3 +775,20 @@ def test_native_finite_check_leaves_subclasses_and_sparse_alone():
     q.grad = torch.zeros(5, 3).to_sparse()
     impls = torch.tensor([q._cdata], dtype=torch.int64)
     assert check(1, impls.data_ptr(), loss._cdata) == -1
+
+
+def test_native_functions_refuse_wrong_arguments():
+    """The extension's functions check their argument count and types (a Python error, never a
+    read of a bad address)."""
+    from gradwise.optim import native
+
+    finite, layout = native.finite_check(), native.layout_check()
+    if finite is None or layout is None:
+        pytest.skip(f"native helpers not built here: {native.error}")
+    with pytest.raises(TypeError, match="all_finite takes 3 arguments"):
+        finite(1, 2)
+    with pytest.raises(TypeError, match="layout takes 4 arguments"):
+        layout(0, 0, 0, 0, 0)
+    with pytest.raises(TypeError):
+        finite(0, "not an address", 0)
+    assert layout(0, 0, 0, 0) == 2  # no parameters: nothing moved

@@ -13,20 +13,26 @@
   gradients through the parameters' TensorImpls in one call.
 
 ``native.cpp`` is compiled with the C++ compiler (``$CXX``, else ``c++``) against this torch's
-headers in about a second, cached beside the fused kernels, and called through ``ctypes``.
-Where it cannot be built, the Python versions run instead: same answers.
+and Python headers in about a second into a small extension module, cached beside the fused
+kernels. (It was first called through ``ctypes``; inside a training loop, whose forward and
+backward passes evict the CPU's caches, a ctypes call cost ~3.7 µs against ~0.7 µs in a tight
+loop. The extension's ``METH_FASTCALL`` functions take a fraction of that.) Where it cannot be
+built, the Python versions run instead: same answers.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -36,15 +42,17 @@ from gradwise.optim import kernels
 MIN_PARAMS = 32
 
 _SOURCE = Path(__file__).with_name("native.cpp")
-_library: ctypes.PyDLL | None = None
+_MODULE = "gradwise_native"  # its PyInit_ name in native.cpp
+_library: ModuleType | None = None
 _failed = False
 error: str | None = None  # why the native check could not be built here, if it could not
 
 
 def _library_path(source: bytes) -> Path:
     abi = getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True)
+    python = sysconfig.get_config_var("EXT_SUFFIX") or sys.version  # the C API it is built for
     key = hashlib.sha256(
-        b"\x00".join([source, torch.__version__.encode(), str(abi).encode()])
+        b"\x00".join([source, torch.__version__.encode(), str(abi).encode(), python.encode()])
     ).hexdigest()[:32]
     return kernels.cache_dir() / f"native-{key}.so"
 
@@ -66,7 +74,9 @@ def _build(path: Path, source: bytes) -> None:
         "-shared",
         "-fPIC",
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        f"-I{sysconfig.get_paths()['include']}",
         *(f"-I{p}" for p in cpp_extension.include_paths()),
+        *(["-undefined", "dynamic_lookup"] if sys.platform == "darwin" else []),
         "-x",
         "c++",
         "-",
@@ -85,8 +95,8 @@ def _build(path: Path, source: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _load() -> ctypes.PyDLL | None:
-    """The compiled library, built at most once per process (None where it cannot be)."""
+def _load() -> ModuleType | None:
+    """The compiled module, built at most once per process (None where it cannot be)."""
     global _library, _failed, error
     if _library is not None or _failed:
         return _library
@@ -97,11 +107,10 @@ def _load() -> ctypes.PyDLL | None:
         path = _library_path(source)
         if not path.exists():
             _build(path, source)
-        library = ctypes.PyDLL(str(path))  # holds the GIL: no Python thread runs meanwhile
-        library.gradwise_layout.restype = ctypes.c_int64
-        library.gradwise_layout.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 3
-        library.gradwise_all_finite.restype = ctypes.c_int64
-        library.gradwise_all_finite.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+        loader = importlib.machinery.ExtensionFileLoader(_MODULE, str(path))
+        spec = importlib.util.spec_from_file_location(_MODULE, path, loader=loader)
+        library = importlib.util.module_from_spec(spec)
+        loader.exec_module(library)
         _library = library
     except Exception as e:  # any failure: the Python checks do the same job
         _failed, error = True, f"{type(e).__name__}: {e}"
@@ -111,11 +120,11 @@ def _load() -> ctypes.PyDLL | None:
 def layout_check() -> Callable | None:
     """``check(n, params, ptrs, grads) -> 0/1/2`` (see ``native.cpp``), or None."""
     library = _load()
-    return library.gradwise_layout if library is not None else None
+    return library.layout if library is not None else None
 
 
 def finite_check() -> Callable | None:
     """``check(n, params, loss) -> 1/0/-1``: the loss and the params' gradients all finite /
     not / cannot tell (see ``native.cpp``), or None."""
     library = _load()
-    return library.gradwise_all_finite if library is not None else None
+    return library.all_finite if library is not None else None

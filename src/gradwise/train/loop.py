@@ -248,10 +248,11 @@ def fit(
                         _scheduler_step(scheduler)
                     losses.append(detached)
                     lrs.append(lr)
-                    sizes.append(len(yb))
+                    sizes.append(yb.shape[0])  # (``len`` of a tensor runs Python code)
                     if track_accuracy:
                         correct.add(out, yb)
-                    bar.advance(detached, lr)
+                    if bar.enabled:
+                        bar.advance(detached, lr)
                 if ctx is None:
                     row = _epoch_row(history, epoch, state.step, losses, lrs, sizes)
                     if track_accuracy and sizes:

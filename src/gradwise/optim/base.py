@@ -253,16 +253,22 @@ class Optimizer(torch.optim.Optimizer):
                             p.grad.requires_grad_(False)
                         p.grad.zero_()
 
-    @torch.no_grad()
     def step(self, closure=None):
         """One update of every parameter that has a gradient; returns the closure's loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            for seg in self._group_segments(group):
-                self._step_segment(seg, group)
+        # no_grad, without the decorator: ``@torch.no_grad()`` builds and enters a new context
+        # object on every call (~2.5 µs of a 70 µs small-model step)
+        grad_was_enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            for group in self.param_groups:
+                for seg in self._group_segments(group):
+                    self._step_segment(seg, group)
+        finally:
+            torch._C._set_grad_enabled(grad_was_enabled)
         return loss
 
     # ------------------------------------------------------------------------------ the engine

@@ -668,6 +668,29 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, tmp_path):
 # ------------------------------------------------------------------- torch.optim's step wrapper
 
 
+def test_step_runs_without_grad_and_restores_the_grad_mode(monkeypatch):
+    """The update is not recorded by autograd; the caller's grad mode is back afterwards, also
+    when the step raises; a closure runs with grad."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = go.SGD([p], lr=0.1)
+    for enabled in (True, False):
+        p.grad = torch.ones(3)
+        with torch.set_grad_enabled(enabled):
+            opt.step()
+            assert torch.is_grad_enabled() is enabled
+        assert p.is_leaf and p.grad_fn is None
+    loss = opt.step(lambda: (p * 2).sum())
+    assert loss.requires_grad
+
+    def fail(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(opt, "_step_segment", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.step()
+    assert torch.is_grad_enabled()
+
+
 def test_step_hooks_run_as_in_torch():
     """Global and per-optimizer pre/post hooks, in torch's order; a pre-hook may replace the
     arguments (here: the closure)."""

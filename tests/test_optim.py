@@ -815,3 +815,45 @@ def test_native_functions_refuse_wrong_arguments():
     with pytest.raises(TypeError):
         finite(0, "not an address", 0)
     assert layout(0, 0, 0, 0) == 2  # no parameters: nothing moved
+
+
+def test_optimizer_methods_do_not_import_dynamo():
+    """torch.optim wraps add_param_group/state_dict/load_state_dict/zero_grad in
+    torch._disable_dynamo, whose first call imports torch._dynamo (~1.3 s); gradwise calls them
+    plainly while Dynamo is not loaded. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch, gradwise.optim as go
+p, q = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+opt = go.Adam([p], lr=0.1)
+opt.add_param_group({"params": [q], "lr": 0.2})
+p.grad, q.grad = torch.ones(3), torch.ones(2)
+opt.step()
+opt.load_state_dict(opt.state_dict())
+opt.zero_grad()
+assert opt.param_groups[1]["lr"] == 0.2 and p.grad is None
+print("torch._dynamo" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_optimizer_methods_as_pytorch_wraps_them_once_dynamo_is_loaded():
+    """With Dynamo imported, the same methods go through torch's wrappers (still correct)."""
+    import torch._dynamo  # noqa: F401
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = go.SGD([p], lr=0.5, momentum=0.9)
+    p.grad = torch.ones(3)
+    opt.step()
+    sd = opt.state_dict()
+    other = go.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.1, momentum=0.9)
+    other.load_state_dict(sd)
+    assert other.param_groups[0]["lr"] == 0.5
+    torch.testing.assert_close(other.state_dict()["state"][0]["momentum_buffer"], torch.ones(3))
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(1))]})
+    opt.zero_grad()
+    assert p.grad is None and len(opt.param_groups) == 2

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from gradwise import bench
 
@@ -117,3 +118,36 @@ def test_main_writes_json(tmp_path, capsys):
     assert "optimizer.step()" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench.main(["--optimizers", "lion"])
+
+
+def test_runner_finite_sees_a_nan_or_inf_in_any_parameter():
+    """The params_finite column: one multi-tensor check over every parameter, values kept."""
+    params0 = [torch.ones(4), torch.ones(3, 2), torch.ones(5)]
+    runner = bench._Runner(
+        "torch for-loop",
+        lambda ps: torch.optim.SGD(ps, lr=0.1),
+        params0,
+        [torch.zeros_like(p) for p in params0],
+        None,
+    )
+    assert runner.finite()
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with torch.no_grad():
+            runner.params[1][2, 1] = bad
+        assert not runner.finite(), bad
+        with torch.no_grad():
+            runner.params[1][2, 1] = 1.0
+        assert runner.finite()
+    assert all(torch.equal(p, torch.ones_like(p)) for p in runner.params)
+
+
+def test_kernel_prebuild_workers_report_failures():
+    """The parallel pre-build runs each build in a spawned worker; a failure comes back as a
+    note (the row group then builds, or reports, on its own)."""
+    assert bench._build_kernel("no-such-optimizer") == "KeyError: 'no-such-optimizer'"
+    notes: list[str] = []
+    bench._prebuild_kernels(["bad-a", "bad-b"], 2, notes.append)
+    assert notes == [
+        "note: building the bad-a kernel in a worker failed (KeyError: 'bad-a')",
+        "note: building the bad-b kernel in a worker failed (KeyError: 'bad-b')",
+    ]

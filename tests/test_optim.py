@@ -857,3 +857,54 @@ def test_optimizer_methods_as_pytorch_wraps_them_once_dynamo_is_loaded():
     opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(1))]})
     opt.zero_grad()
     assert p.grad is None and len(opt.param_groups) == 2
+
+
+def test_native_step_record_counts_as_argmax_does_and_keeps_the_loss():
+    """fit()'s one-call record: the loss's value appended, the right predictions counted with
+    torch.argmax's choice (first of equal maxima, a NaN above all), and nothing recorded for a
+    NaN gradient or for what it cannot read."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    from gradwise.optim import native
+
+    record = native.step_record()
+    if record is None:
+        pytest.skip(f"native helpers not built here: {native.error}")
+    p = torch.nn.Parameter(torch.zeros(5))
+    p.grad = torch.ones(5)
+    impls = torch.tensor([p._cdata], dtype=torch.int64)
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(64, 7, generator=gen)
+    out[3] = 1.0  # all equal: column 0
+    out[4, 2] = out[4, 5] = 9.0  # two maxima: the first
+    out[5, 4] = float("nan")  # a NaN: its column
+    out[6, 1] = out[6, 3] = float("nan")  # two NaNs: the first
+    labels = torch.randint(0, 7, (64,), generator=gen)
+    labels[3:7] = torch.tensor([0, 2, 4, 1])
+    expected = int((out.argmax(1) == labels).sum())
+    for scores in (out, out.double()):
+        right = torch.zeros((), dtype=torch.int64)
+        losses: list = []
+        loss = torch.tensor(0.25)
+        args = (1, impls.data_ptr(), loss._cdata, scores._cdata, labels._cdata, right.data_ptr())
+        assert record(*args, losses) == 3
+        assert record(*args, losses) == 3
+        assert losses == [0.25, 0.25] and int(right) == 2 * expected
+    right = torch.zeros((), dtype=torch.int64)
+    losses = []
+    half, loss = out.half(), torch.tensor(1.5, dtype=torch.float64)
+    args = (1, impls.data_ptr(), loss._cdata, half._cdata, labels._cdata, right.data_ptr())
+    assert record(*args, losses) == 2  # recorded, not counted: float16 scores
+    no_out = (1, impls.data_ptr(), loss._cdata, 0, 0, 0)
+    assert record(*no_out, losses) == 2
+    assert losses == [1.5, 1.5] and int(right) == 0
+    p.grad[2] = float("inf")
+    assert record(*args, losses) == 0 and losses == [1.5, 1.5]
+    p.grad[2] = 1.0
+    two = TwoTensor(torch.tensor(1.0), torch.tensor(1.0))
+    assert record(1, impls.data_ptr(), two._cdata, 0, 0, 0, losses) == -1
+    assert losses == [1.5, 1.5]
+    with pytest.raises(TypeError, match="record takes 7 arguments"):
+        record(*no_out)
+    with pytest.raises(TypeError, match="losses must be a list"):
+        record(*no_out, ())

@@ -433,3 +433,45 @@ def test_train_accuracy_count_is_the_same_however_it_is_folded(fold, monkeypatch
         correct.add(o, y)
     expected = sum(int((o.argmax(1) == y).sum()) for o, y in zip(outs, labels))
     assert int(correct.total()) == expected
+
+
+def test_native_step_record_gives_the_history_the_python_path_gives(monkeypatch):
+    """fit()'s one-call native record (guard, loss, right predictions) and the Python path
+    (detached losses, argmax folds) give the same history, to the bit; so does a run whose
+    outputs the native count cannot read (float16 scores: recorded natively, counted in Python)."""
+    from gradwise.optim import native
+
+    if native.step_record() is None:
+        pytest.skip(f"native helpers not built here: {native.error}")
+    x, y = blobs()
+
+    class Half(nn.Module):  # float16 scores (the loss is taken in float32)
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, inputs):
+            return self.inner(inputs).half()
+
+    def loss(out, labels):
+        return nn.functional.cross_entropy(out.float(), labels)
+
+    def run(half=False):
+        model = small_net(dropout=0.2)
+        h = fit(
+            Half(model) if half else model,
+            (x, y),
+            loss=loss,
+            optimizer=go.Adam(model.parameters(), lr=0.01),
+            epochs=3,
+            batch_size=32,
+            progress=False,
+        )
+        return h.steps, [{k: v for k, v in r.items() if k != "elapsed"} for r in h.epochs]
+
+    with_native = run()
+    with_native_half = run(half=True)
+    monkeypatch.setattr(native, "step_record", lambda: None)
+    assert run() == with_native
+    assert run(half=True) == with_native_half
+    assert with_native[1][-1]["train_accuracy"] > 0.9

@@ -43,13 +43,18 @@ GRADWISE_CLONES bool any_nonfinite16(const void* data, std::int64_t n, std::uint
   return any_nonfinite<std::uint16_t>(data, n, exponent);
 }
 
-// 1: finite, 0: holds an infinity or a NaN, -1: cannot tell here (not a plain, dense,
-// contiguous CPU float tensor). Subclasses with Python dispatch (DTensor, ...) are left alone
-// before anything is asked of them that could call into Python.
+// Whether t is a plain, dense, contiguous CPU tensor whose memory this file may read.
+// Subclasses with Python dispatch (DTensor, ...) are left alone before anything is asked of them
+// that could call into Python.
+bool readable(const c10::TensorImpl* t) {
+  return !t->is_python_dispatch() && t->layout() == c10::kStrided && t->has_storage() &&
+         t->device_type() == c10::DeviceType::CPU && t->is_contiguous();
+}
+
+// 1: finite, 0: holds an infinity or a NaN, -1: cannot tell here (not readable, or not a float
+// tensor).
 int finite(const c10::TensorImpl* t) {
-  if (t->is_python_dispatch() || t->layout() != c10::kStrided || !t->has_storage() ||
-      t->device_type() != c10::DeviceType::CPU || !t->is_contiguous())
-    return -1;
+  if (!readable(t)) return -1;
   const std::int64_t n = t->numel();
   if (n == 0) return 1;
   const void* data = t->data();
@@ -105,6 +110,62 @@ std::int64_t all_finite(std::int64_t n, const std::int64_t* params, std::int64_t
   return -1;
 }
 
+// A one-element float tensor's value (false: not one this can read).
+bool scalar_value(const c10::TensorImpl* t, double* value) {
+  if (!readable(t) || t->numel() != 1) return false;
+  const void* data = t->data();
+  switch (t->dtype().toScalarType()) {
+    case c10::ScalarType::Float:
+      *value = *static_cast<const float*>(data);
+      return true;
+    case c10::ScalarType::Double:
+      *value = *static_cast<const double*>(data);
+      return true;
+    case c10::ScalarType::Half:
+      *value = static_cast<float>(*static_cast<const c10::Half*>(data));
+      return true;
+    case c10::ScalarType::BFloat16:
+      *value = static_cast<float>(*static_cast<const c10::BFloat16*>(data));
+      return true;
+    default:
+      return false;
+  }
+}
+
+// How many rows of `out` (rows x cols) have their largest value at the column their label
+// names: torch.argmax's choice, the first of equal maxima, a NaN above everything.
+template <typename T>
+std::int64_t right_of(const T* out, const std::int64_t* labels, std::int64_t rows,
+                      std::int64_t cols) {
+  std::int64_t right = 0;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* row = out + r * cols;
+    std::int64_t best = 0;
+    for (std::int64_t c = 1; c < cols && row[best] == row[best]; ++c)
+      if (row[c] > row[best] || row[c] != row[c]) best = c;
+    right += best == labels[r];
+  }
+  return right;
+}
+
+// The correct predictions of a batch (`out`: rows x classes, float or double; `labels`: int64
+// class indices), or -1 when they are not of that form (the caller counts them another way).
+std::int64_t count_right(const c10::TensorImpl* out, const c10::TensorImpl* labels) {
+  if (!readable(out) || !readable(labels) || out->dim() != 2 || labels->dim() != 1 ||
+      labels->dtype().toScalarType() != c10::ScalarType::Long || out->size(0) != labels->size(0) ||
+      out->size(1) < 1)
+    return -1;
+  const auto* y = static_cast<const std::int64_t*>(labels->data());
+  switch (out->dtype().toScalarType()) {
+    case c10::ScalarType::Float:
+      return right_of(static_cast<const float*>(out->data()), y, out->size(0), out->size(1));
+    case c10::ScalarType::Double:
+      return right_of(static_cast<const double*>(out->data()), y, out->size(0), out->size(1));
+    default:
+      return -1;
+  }
+}
+
 // The Python side: each function takes its arguments as Python ints (addresses included) and
 // returns an int. A METH_FASTCALL call costs a fraction of a ctypes call, whose argument
 // conversion and libffi path, run once a step between forward and backward passes that evict
@@ -136,11 +197,58 @@ PyObject* py_all_finite(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return PyLong_FromLongLong(all_finite(a[0], reinterpret_cast<const std::int64_t*>(a[1]), a[2]));
 }
 
+// fit()'s bookkeeping of one step in one call (Python: record(n, params, loss, out, labels,
+// right, losses)): the guard of all_finite, then the loss's value appended to the list `losses`
+// and, when `out` is given (not 0), the batch's correct predictions added to the int64 at
+// address `right`. Returns 3 (finite, recorded, counted), 2 (finite, recorded, not counted: the
+// caller counts), 0 (an infinity or a NaN: nothing recorded), -1 (cannot tell: nothing
+// recorded, the caller checks and records another way).
+PyObject* py_record(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  std::int64_t a[6];
+  if (nargs != 7) {
+    PyErr_Format(PyExc_TypeError, "record takes 7 arguments (%zd given)", nargs);
+    return nullptr;
+  }
+  if (!int64_args(args, 6, 6, "record", a)) return nullptr;
+  PyObject* losses = args[6];
+  if (!PyList_Check(losses)) {
+    PyErr_SetString(PyExc_TypeError, "record: losses must be a list");
+    return nullptr;
+  }
+  const auto* loss = reinterpret_cast<const c10::TensorImpl*>(a[2]);
+  std::int64_t answer = all_finite(a[0], reinterpret_cast<const std::int64_t*>(a[1]), a[2]);
+  double value = 0;
+  std::int64_t right = -1;
+  if (answer == 1) {
+    try {
+      if (!scalar_value(loss, &value)) answer = -1;
+      if (answer == 1 && a[3] != 0)
+        right = count_right(reinterpret_cast<const c10::TensorImpl*>(a[3]),
+                            reinterpret_cast<const c10::TensorImpl*>(a[4]));
+    } catch (...) {
+      answer = -1;
+    }
+  }
+  if (answer != 1) return PyLong_FromLongLong(answer);
+  PyObject* item = PyFloat_FromDouble(value);
+  if (item == nullptr) return nullptr;
+  const int failed = PyList_Append(losses, item);
+  Py_DECREF(item);
+  if (failed) return nullptr;
+  if (right < 0) return PyLong_FromLongLong(2);
+  *reinterpret_cast<std::int64_t*>(a[5]) += right;
+  return PyLong_FromLongLong(3);
+}
+
 PyMethodDef methods[] = {
     {"layout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_layout)),
      METH_FASTCALL, "layout(n, params, ptrs, grads) -> 0 moved / 1 flat / 2 views"},
     {"all_finite", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_all_finite)),
      METH_FASTCALL, "all_finite(n, params, loss) -> 1 finite / 0 not / -1 cannot tell"},
+    {"record", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_record)),
+     METH_FASTCALL,
+     "record(n, params, loss, out, labels, right, losses) -> 3 counted / 2 recorded / 0 "
+     "not finite / -1 cannot tell"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "gradwise_native", nullptr, -1, methods};

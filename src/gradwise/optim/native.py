@@ -5,12 +5,16 @@
   ``p.grad`` is still its view into the flat gradient buffer (``zero_grad(set_to_none=True)`` or
   ``p.grad = ...`` replace it). In Python that is a ``data_ptr()`` call and a ``.grad`` lookup
   per parameter, ~150 ns each: 0.3 ms a step for 2000 tensors, more than the fused update of
-  their million elements. ``gradwise_layout`` does the same comparisons in one C++ loop (~10 µs
-  for 2000 tensors).
+  their million elements. ``layout`` does the same comparisons in one C++ loop (~10 µs for 2000
+  tensors).
 * **The NaN/inf guard** of :func:`gradwise.train.fit`: whether the loss and every gradient are
   finite. PyTorch's multi-tensor check plus building its list and reading its flag took ~13 µs a
-  step on a 6-tensor MLP whose whole step takes 0.4 ms; ``gradwise_all_finite`` reads the
-  gradients through the parameters' TensorImpls in one call.
+  step on a 6-tensor MLP whose whole step takes 0.4 ms; ``all_finite`` reads the gradients
+  through the parameters' TensorImpls in one call.
+* **fit()'s step record**: ``record`` is the guard plus the step's bookkeeping in the same call
+  (the loss's value appended to the epoch's list, the batch's right predictions counted), which
+  in Python took two ``detach()`` calls, list appends and a kept output per step. On the digits
+  MLP, in one process, fit's overhead over a minimal loop went from ~27 to ~16 µs a step.
 
 ``native.cpp`` is compiled with the C++ compiler (``$CXX``, else ``c++``) against this torch's
 and Python headers in about a second into a small extension module, cached beside the fused
@@ -128,3 +132,10 @@ def finite_check() -> Callable | None:
     not / cannot tell (see ``native.cpp``), or None."""
     library = _load()
     return library.all_finite if library is not None else None
+
+
+def step_record() -> Callable | None:
+    """``record(n, params, loss, out, labels, right, losses) -> 3/2/0/-1``: :func:`fit`'s guard
+    and per-step records in one call (see ``native.cpp``), or None."""
+    library = _load()
+    return library.record if library is not None else None

@@ -198,7 +198,7 @@ def fit(
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     names = {id(p): n for n, p in model.named_parameters()}
-    faults = _Faults(nan_policy, history, params, names, data.steps_per_epoch)
+    faults = _Faults(nan_policy, history, params, names, data.steps_per_epoch, ctx is None)
     unsaved = None  # a copy of the last finished epoch's checkpoint while it is not on disk
     track_accuracy = "accuracy" in metrics
     clock_base = history.wall_time
@@ -220,8 +220,9 @@ def fit(
                     fault(epoch)
                 model.train()
                 correct = _Correct(dev)
+                tally = correct if track_accuracy else None
                 sizes: list[int] = []
-                losses: list[Tensor] = []
+                losses: list[Tensor | float] = []  # floats from the native record
                 lrs: list[float] = []
                 bar.start_epoch(epoch)
                 for batch, (xb, yb) in enumerate(data.epoch(shuffle, shard), 1):
@@ -235,24 +236,28 @@ def fit(
                     if penalty is not None:
                         batch_loss = batch_loss + penalty()
                     batch_loss.backward()
-                    detached = batch_loss.detach()
-                    if not faults.all_finite(detached):  # loss and gradients, in one call
+                    # the NaN/inf guard of the loss and every gradient; on the CPU it also
+                    # records the loss (and counts the right predictions) in the same call
+                    kept = faults.check_step(batch_loss, out, yb, losses, tally)
+                    if kept == _Faults.NONFINITE:
                         faults.at(state.step + 1, epoch + 1, batch)
                         if faults.loss(batch_loss) or faults.gradients(batch_loss):
                             continue
+                        kept = _Faults.UNRECORDED
                     optimizer.step()
                     state.step += 1
                     faults.consecutive = 0
                     lr = optimizer.param_groups[0]["lr"]
                     if scheduler is not None and scheduler_interval == "step":
                         _scheduler_step(scheduler)
-                    losses.append(detached)
+                    if kept == _Faults.UNRECORDED:
+                        losses.append(batch_loss.detach())
                     lrs.append(lr)
                     sizes.append(yb.shape[0])  # (``len`` of a tensor runs Python code)
-                    if track_accuracy:
+                    if track_accuracy and kept != _Faults.COUNTED:
                         correct.add(out, yb)
                     if bar.enabled:
-                        bar.advance(detached, lr)
+                        bar.advance(batch_loss, lr)
                 if ctx is None:
                     row = _epoch_row(history, epoch, state.step, losses, lrs, sizes)
                     if track_accuracy and sizes:
@@ -484,6 +489,9 @@ class _Correct:
         self.labels: list[Tensor] = []
         self.kept = 0
         self.count: Tensor | None = None
+        #: the count of :meth:`_Faults.check_step`'s native calls (CPU), which add to it in place
+        self.counted = torch.zeros((), dtype=torch.int64)
+        self.counted_at = self.counted.data_ptr()
 
     def add(self, out: Tensor, labels: Tensor) -> None:
         self.outputs.append(out.detach())
@@ -501,13 +509,21 @@ class _Correct:
     def total(self) -> Tensor:
         """The count so far, a 0-d tensor on the outputs' device (zero when nothing was seen)."""
         self._fold()
-        return self.count if self.count is not None else torch.zeros((), device=self.device)
+        if self.count is None:
+            return self.counted.to(self.device)
+        return self.count + self.counted.to(self.count.device)
 
 
 class _Faults:
     """Checks for NaN / inf in the loss, the gradients and the parameters, and the policy."""
 
-    def __init__(self, policy, history: History, params: list[Tensor], names: dict, per_epoch):
+    #: what :meth:`check_step` answers: NaN/inf found (nothing recorded); all finite, and the
+    #: step's loss not recorded / recorded / recorded and its right predictions counted
+    NONFINITE, UNRECORDED, RECORDED, COUNTED = 0, 1, 2, 3
+
+    def __init__(
+        self, policy, history: History, params: list[Tensor], names: dict, per_epoch, record=True
+    ):
         self.policy, self.history, self.params, self.names = policy, history, params, names
         #: ``"skip"`` gives up after this many skipped steps in a row: the run has diverged
         self.limit = max(MIN_SKIPS_IN_A_ROW, per_epoch or 0)
@@ -519,6 +535,7 @@ class _Faults:
         # the native check, where it serves (CPU parameters): reads each .grad through the
         # parameter's TensorImpl, which the list ``params`` keeps alive
         self.native = native.finite_check() if device.type == "cpu" and params else None
+        self.record = native.step_record() if self.native is not None and record else None
         if self.native is not None:
             self.impls = torch.tensor([p._cdata for p in params], dtype=torch.int64)
             self.native_args = (len(params), self.impls.data_ptr())
@@ -533,6 +550,27 @@ class _Faults:
 
     def _name(self, i: int) -> str:
         return self.names.get(id(self.params[i]), f"parameter {i}")
+
+    def check_step(self, loss: Tensor, out, labels, losses: list, tally: _Correct | None) -> int:
+        """Whether the loss and every gradient are finite, and what of the step was recorded.
+
+        With the native helper (CPU parameters, one process): one call checks them, appends the
+        loss's value to ``losses`` and, given ``tally``, adds the batch's right predictions to
+        it (``COUNTED``, or ``RECORDED`` where ``out``/``labels`` are not class scores and
+        indices). Otherwise ``UNRECORDED`` (the caller records) or ``NONFINITE``."""
+        if self.record is not None:
+            counted = tally is not None and isinstance(out, Tensor)
+            answer = self.record(
+                *self.native_args,
+                loss._cdata,
+                out._cdata if counted else 0,
+                labels._cdata if counted else 0,
+                tally.counted_at if counted else 0,
+                losses,
+            )
+            if answer >= 0:
+                return answer
+        return self.UNRECORDED if self.all_finite(loss.detach()) else self.NONFINITE
 
     def all_finite(self, loss: Tensor) -> bool:
         """Whether the loss and every gradient are finite: one native call (CPU), else one
@@ -627,7 +665,7 @@ def _scheduler_epoch_end(scheduler, row: dict, monitor: str, interval: str) -> N
 
 def _epoch_row(history, epoch, step, losses, lrs, sizes):
     """Append the epoch's steps to the history; its row: the mean train loss."""
-    values = torch.stack(losses).tolist() if losses else []
+    values = _loss_values(losses)
     first_step = step - len(values) + 1
     for i, (value, lr) in enumerate(zip(values, lrs)):
         history.steps.append({"step": first_step + i, "epoch": epoch + 1, "loss": value, "lr": lr})
@@ -635,6 +673,16 @@ def _epoch_row(history, epoch, step, losses, lrs, sizes):
     row = {"epoch": epoch + 1, "step": step}
     row["train_loss"] = sum(v * n for v, n in zip(values, sizes)) / seen if seen else math.nan
     return row
+
+
+def _loss_values(losses: list) -> list[float]:
+    """The epoch's step losses as floats: those the native record kept already are; tensors
+    (detached losses) are read with one stack, one device sync."""
+    tensors = [v for v in losses if isinstance(v, Tensor)]
+    if not tensors:
+        return losses
+    read = iter(torch.stack(tensors).tolist())
+    return [next(read) if isinstance(v, Tensor) else v for v in losses]
 
 
 def _load_latest(folder) -> dict:

@@ -75,6 +75,9 @@ def plot_history(history: History, path: str | Path, title: str = "") -> Path:
         positive = [v for v in lrs if v > 0]
         if positive and max(positive) / min(positive) > 20:
             ax.set_yscale("log")
+        elif lrs and min(lrs) == max(lrs) and lrs[0] > 0:  # constant: from 0, not a ±5% zoom
+            ax.set_ylim(0, 1.25 * lrs[0])
+            ax.text(0.5, 0.5, f"constant {lrs[0]:g}", transform=ax.transAxes, ha="center")
     ax.set(xlabel="step", ylabel="learning rate", title="Learning rate")
     ax.grid(alpha=0.3)
     if title:

@@ -622,6 +622,19 @@ def test_a_cached_kernel_loads_in_milliseconds_without_inductor():
     assert float(took) < 0.5  # 3 steps, the load included; importing Inductor alone takes 1-2 s
 
 
+def test_a_kernel_is_cached_per_cpu(monkeypatch):
+    """Kernels are compiled for the building CPU (-march=native): another CPU sharing the cache
+    directory (an NFS home) looks for its own file instead of loading this one."""
+    from gradwise.optim import base, kernels
+
+    assert kernels.cpu_identity() == kernels.cpu_identity() and len(kernels.cpu_identity()) == 16
+    state = {"momentum_buffer": torch.zeros(2)}
+    args = (base.update, go.SGD.rule, ["momentum_buffer"], {}, [], torch.zeros(2), torch.zeros(2))
+    here = kernels._key(*args, state)
+    monkeypatch.setattr(kernels, "cpu_identity", lambda: "another cpu")
+    assert kernels._key(*args, state) != here
+
+
 def test_fused_on_a_device_without_kernels_warns_once_and_runs_eager(monkeypatch):
     """Kernels are CPU-only (a CUDA package crashed torch's loader): fused=True elsewhere gives
     the eager path's results and one warning. Simulated here by taking the CPU off the list."""

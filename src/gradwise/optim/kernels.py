@@ -8,8 +8,9 @@ writes it once. Nothing is written twice: the kernel is traced from the rule its
 What varies from step to step (the learning rate, bias corrections, the decoupled-decay factor, the
 L1 threshold) enters as 0-d float64 tensors; the flat buffers' length is a dynamic dimension. What
 is constant for a param group (``betas``, ``eps``, ``momentum``, flags, dtypes, the device type)
-is baked in and is part of the cache key, together with the torch version and the source code of
-``update`` and the rule. Building a kernel takes ~10-30 s once per machine; loading a cached one
+is baked in and is part of the cache key, together with the torch version, the source code of
+``update`` and the rule, and the CPU (model and instruction-set flags: kernels are compiled for
+the CPU that builds them). Building a kernel takes ~10-30 s once per machine; loading a cached one
 takes milliseconds. The cache lives in ``$GRADWISE_KERNEL_CACHE`` (default
 ``~/.cache/gradwise/kernels``) and is written atomically (temporary file + rename). A cached
 kernel loads in ~2 ms, without importing Inductor.
@@ -142,9 +143,30 @@ def _source(fn) -> str:
 KERNEL_FORMAT = "2: omp parallel, dynamic threads"
 
 
+@functools.cache
+def cpu_identity() -> str:
+    """What a kernel built here assumes of the CPU: it is compiled with ``-march=native``, so a
+    cache shared by different machines (an NFS home on a cluster) must not hand one CPU's
+    kernel to another (an illegal instruction kills the process). The architecture and, on
+    Linux, the CPU's model name and instruction-set flags."""
+    import platform
+
+    parts = [platform.machine(), platform.processor()]
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            seen = set()
+            for line in f:
+                field = line.split(":", 1)[0].strip()
+                if field in ("model name", "flags", "Features") and field not in seen:
+                    seen.add(field)
+                    parts.append(line.strip())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def _key(update, rule, names, static, slots, param, grad, state) -> str:
     parts = [
         KERNEL_FORMAT,
+        cpu_identity(),
         torch.__version__,
         __version__,
         _source(update),

@@ -152,14 +152,13 @@ def cpu_identity() -> str:
     import platform
 
     parts = [platform.machine(), platform.processor()]
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            seen = set()
-            for line in f:
-                field = line.split(":", 1)[0].strip()
-                if field in ("model name", "flags", "Features") and field not in seen:
-                    seen.add(field)
-                    parts.append(line.strip())
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        seen = set()
+        for line in f:
+            field = line.split(":", 1)[0].strip()
+            if field in ("model name", "flags", "Features") and field not in seen:
+                seen.add(field)
+                parts.append(line.strip())
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -921,3 +921,50 @@ def test_native_step_record_counts_as_argmax_does_and_keeps_the_loss():
         record(*no_out)
     with pytest.raises(TypeError, match="losses must be a list"):
         record(*no_out, ())
+
+
+def test_gradwise_cache_lists_and_clears_the_kernel_cache(monkeypatch, tmp_path):
+    """`gradwise cache` lists the cached kernels by rule; `--clear --older-than DAYS` deletes
+    only those unused for that long, `--clear` all of them; a build in progress (a dot file)
+    and files that are not kernels are left alone."""
+    import os
+    import time
+
+    from click.testing import CliRunner
+
+    from gradwise.cli import main
+    from gradwise.optim import kernels
+
+    monkeypatch.setenv("GRADWISE_KERNEL_CACHE", str(tmp_path))
+    now = time.time()
+    files = {"adam-1.pt2": 1, "adam-2.pt2": 40, "sgd-3.pt2": 2, "native-4.so": 0.5}
+    for name, days in files.items():
+        (tmp_path / name).write_bytes(b"x" * 1000)
+        os.utime(tmp_path / name, (now - 86400 * days, now - 86400 * days))
+    (tmp_path / ".adam-5.123.tmp.pt2").write_bytes(b"building")
+    (tmp_path / "notes.txt").write_text("mine")
+
+    entries = kernels.cache_entries()  # oldest use first
+    assert [e["path"].name for e in entries] == [
+        "adam-2.pt2",
+        "sgd-3.pt2",
+        "adam-1.pt2",
+        "native-4.so",
+    ]
+    assert [e["name"] for e in entries] == ["adam", "sgd", "adam", "native"]
+    shown = CliRunner().invoke(main, ["cache"])
+    assert shown.exit_code == 0, shown.output
+    assert "adam" in shown.output and "sgd" in shown.output and "native" in shown.output
+    assert "all" in shown.output and "4" in shown.output
+
+    cleared = CliRunner().invoke(main, ["cache", "--clear", "--older-than", "30"])
+    assert cleared.exit_code == 0 and "removed 1 file(s)" in cleared.output
+    assert not (tmp_path / "adam-2.pt2").exists() and (tmp_path / "adam-1.pt2").exists()
+    cleared = CliRunner().invoke(main, ["cache", "--clear"])
+    assert cleared.exit_code == 0 and "removed 3 file(s)" in cleared.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".adam-5.123.tmp.pt2", "notes.txt"]
+
+    usage = CliRunner().invoke(main, ["cache", "--older-than", "3"])
+    assert usage.exit_code == 2
+    usage = CliRunner().invoke(main, ["cache", "--clear", "--older-than", "-1"])
+    assert usage.exit_code == 2

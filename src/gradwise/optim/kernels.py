@@ -29,6 +29,7 @@ import functools
 import hashlib
 import inspect
 import os
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -221,7 +222,49 @@ def get(
             module = _Update(update, rule, list(names), static, slots)
             _build(path, module, param, grad, state, names, values)
         kernel = _loaded[memo] = _load(path, names)
+        with contextlib.suppress(OSError):  # "last used", for `gradwise cache --older-than`
+            os.utime(path)
     return kernel, values
+
+
+def cache_entries() -> list[dict]:
+    """The files in the kernel cache, oldest use first: ``path``, ``name`` (the update rule, or
+    ``native`` for the helpers of :mod:`native`), ``bytes`` and ``used`` (the time it was last
+    built or loaded, seconds since the epoch)."""
+    folder = cache_dir()
+    if not folder.is_dir():
+        return []
+    entries = []
+    for path in folder.iterdir():
+        if path.name.startswith(".") or path.suffix not in (".pt2", ".so"):
+            continue  # a build in progress (temporary files start with a dot), or not ours
+        with contextlib.suppress(OSError):
+            info = path.stat()
+            entries.append(
+                {
+                    "path": path,
+                    "name": path.name.split("-", 1)[0],
+                    "bytes": info.st_size,
+                    "used": info.st_mtime,
+                }
+            )
+    return sorted(entries, key=lambda e: e["used"])
+
+
+def clear_cache(older_than_days: float | None = None) -> tuple[int, int]:
+    """Delete the cached kernels (all, or those not built or loaded for ``older_than_days``);
+    returns how many files and bytes went. A process that has a kernel loaded keeps running it;
+    the next process builds it again when it needs it."""
+    cutoff = None if older_than_days is None else time.time() - 86400 * older_than_days
+    files = size = 0
+    for entry in cache_entries():
+        if cutoff is not None and entry["used"] >= cutoff:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            entry["path"].unlink()
+            files, size = files + 1, size + entry["bytes"]
+    _absent.clear()
+    return files, size
 
 
 def _load(path: Path, names: tuple[str, ...]) -> Callable:

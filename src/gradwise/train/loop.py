@@ -559,7 +559,7 @@ class _Faults:
         it (``COUNTED``, or ``RECORDED`` where ``out``/``labels`` are not class scores and
         indices). Otherwise ``UNRECORDED`` (the caller records) or ``NONFINITE``."""
         if self.record is not None:
-            counted = tally is not None and isinstance(out, Tensor)
+            counted = tally is not None and isinstance(out, Tensor) and isinstance(labels, Tensor)
             answer = self.record(
                 *self.native_args,
                 loss._cdata,

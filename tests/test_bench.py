@@ -151,3 +151,16 @@ def test_kernel_prebuild_workers_report_failures():
         "note: building the bad-a kernel in a worker failed (KeyError: 'bad-a')",
         "note: building the bad-b kernel in a worker failed (KeyError: 'bad-b')",
     ]
+
+
+def test_kernel_prebuild_survives_a_dead_worker(monkeypatch):
+    """A worker that dies (here: the pool cannot start one) is a note, not a failed benchmark."""
+    import concurrent.futures
+
+    def broken(*args, **kwargs):
+        raise concurrent.futures.process.BrokenProcessPool("a worker died")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", broken)
+    notes: list[str] = []
+    bench._prebuild_kernels(["sgd", "adam"], 2, notes.append)
+    assert notes == ["note: the kernel-building workers stopped (BrokenProcessPool: a worker died)"]

@@ -390,10 +390,13 @@ def _prebuild_kernels(optimizers: Sequence[str], workers: int, log) -> None:
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # no fork of a process with OpenMP threads
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        for name, error in zip(optimizers, pool.map(_build_kernel, optimizers)):
-            if error:
-                log(f"note: building the {name} kernel in a worker failed ({error})")
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for name, error in zip(optimizers, pool.map(_build_kernel, optimizers)):
+                if error:
+                    log(f"note: building the {name} kernel in a worker failed ({error})")
+    except Exception as exc:  # noqa: BLE001 - a worker died (crash, killed): build here instead
+        log(f"note: the kernel-building workers stopped ({type(exc).__name__}: {exc})")
 
 
 def _run_group(

@@ -17,7 +17,7 @@
   MLP, in one process, fit's overhead over a minimal loop went from ~27 to ~16 µs a step.
 
 ``native.cpp`` is compiled with the C++ compiler (``$CXX``, else ``c++``) against this torch's
-and Python headers in under two seconds (once) into a small extension module, cached beside the fused
+and Python headers, once (~1.7 s), into a small extension module cached beside the fused
 kernels. (It was first called through ``ctypes``; inside a training loop, whose forward and
 backward passes evict the CPU's caches, a ctypes call cost ~3.7 µs against ~0.7 µs in a tight
 loop. The extension's ``METH_FASTCALL`` functions take a fraction of that.) Where it cannot be

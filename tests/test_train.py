@@ -475,3 +475,14 @@ def test_native_step_record_gives_the_history_the_python_path_gives(monkeypatch)
     assert run() == with_native
     assert run(half=True) == with_native_half
     assert with_native[1][-1]["train_accuracy"] > 0.9
+
+
+def test_epoch_loss_values_mix_native_floats_and_tensors_in_order():
+    """An epoch's losses may mix the native record's floats with detached tensors (steps the
+    native call could not read): read back in step order, tensors in one stack."""
+    from gradwise.train.loop import _loss_values
+
+    losses = [0.5, torch.tensor(0.25), 2.0, torch.tensor(4.0), torch.tensor(0.125)]
+    assert _loss_values(losses) == [0.5, 0.25, 2.0, 4.0, 0.125]
+    assert _loss_values([1.5, 2.5]) == [1.5, 2.5]
+    assert _loss_values([]) == []

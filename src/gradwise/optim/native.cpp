@@ -222,7 +222,7 @@ PyObject* py_record(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (answer == 1) {
     try {
       if (!scalar_value(loss, &value)) answer = -1;
-      if (answer == 1 && a[3] != 0)
+      if (answer == 1 && a[3] != 0 && a[4] != 0 && a[5] != 0)
         right = count_right(reinterpret_cast<const c10::TensorImpl*>(a[3]),
                             reinterpret_cast<const c10::TensorImpl*>(a[4]));
     } catch (...) {

@@ -287,7 +287,7 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         # no_grad, without the decorator: ``@torch.no_grad()`` builds and enters a new context
-        # object on every call (~2.5 µs of a 70 µs small-model step)
+        # object on every call (~1.7 µs of a 77 µs small-model step)
         grad_was_enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:

@@ -660,22 +660,104 @@ def test_eager_chunks_only_on_the_cpu():
     ]
 
 
-def test_compile_failure_falls_back_to_eager(monkeypatch, tmp_path):
+def _fresh_kernels(monkeypatch, tmp_path):
+    """An empty kernel cache and a kernel module that has built nothing in this process."""
     from gradwise.optim import kernels
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("no C++ compiler")
-
     monkeypatch.setenv("GRADWISE_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.delenv("GRADWISE_KERNELS", raising=False)
     monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setattr(kernels, "_absent", set())
+    monkeypatch.setattr(kernels, "_building", {})
     monkeypatch.setattr(kernels, "_error", None)
-    monkeypatch.setattr(kernels, "_build", broken)
+    monkeypatch.setattr(kernels, "_warned_unproven", False)
+    return kernels
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, tmp_path):
+    """A build that fails in its child process (no compiler, ...) gives one warning with the
+    child's reason, and the eager path's results."""
+    import sys
+
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    failing = [sys.executable, "-c", "import sys; sys.exit('RuntimeError: no C++ compiler')"]
+    monkeypatch.setattr(kernels, "child_command", lambda: failing)
     a, b = twins(make_params(torch.float64))
     oa, ob = go.Adam(a, lr=0.01, fused=True), torch.optim.Adam(b, lr=0.01, foreach=False)
-    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler") as said:
         run_lockstep(oa, ob, a, b, 5, torch.Generator().manual_seed(14))
+    assert len([w for w in said if "kernel could not be used" in str(w.message)]) == 1
     assert_same_state(oa, ob, a, b, torch.float64)
+    assert not kernels.available() and not list(tmp_path.iterdir())
+
+
+def test_a_kernel_whose_check_crashes_never_takes_the_process_down(monkeypatch, tmp_path):
+    """Loading native code can kill a process (torch 2.11's CUDA build segfaulted loading a CPU
+    kernel). Kernels are built, loaded and run in a child first: a child that dies of a signal
+    means one warning and the eager path, bit for bit, and nothing is put in the cache."""
+    import sys
+
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    monkeypatch.setattr(kernels, "child_command", lambda: [sys.executable, "-c", crash])
+    a, b = twins(make_params(torch.float32))
+    oa, ob = go.AdamW(a, lr=0.01, fused=True), torch.optim.AdamW(b, lr=0.01, foreach=False)
+    with pytest.warns(RuntimeWarning, match="killed the child \\(SIGSEGV\\)") as said:
+        run_lockstep(oa, ob, a, b, 6, torch.Generator().manual_seed(17))
+    assert len([w for w in said if "kernel could not be used" in str(w.message)]) == 1
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert not kernels.available() and not list(tmp_path.iterdir())
+
+
+def test_kernels_run_only_on_proven_torch_releases(monkeypatch, tmp_path):
+    """On a torch release where kernels are not proven, fused=True runs the eager path with one
+    warning, and nothing is built; GRADWISE_KERNELS=off turns them off without a warning."""
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    monkeypatch.setattr(kernels, "PROVEN_TORCH", ("1.0",))
+    a, b = twins(make_params(torch.float32))
+    oa, ob = go.Adam(a, lr=0.01, fused=True), torch.optim.Adam(b, lr=0.01, foreach=False)
+    with pytest.warns(RuntimeWarning, match="proven on torch 1.0") as said:
+        run_lockstep(oa, ob, a, b, 4, torch.Generator().manual_seed(18))
+    assert len(said) == 1
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert not list(tmp_path.iterdir())
+
+    monkeypatch.setenv("GRADWISE_KERNELS", "off")
+    monkeypatch.setattr(kernels, "PROVEN_TORCH", (kernels.torch_release(),))
     assert not kernels.available()
+    monkeypatch.setenv("GRADWISE_KERNELS", "any")
+    monkeypatch.setattr(kernels, "PROVEN_TORCH", ("1.0",))
+    assert kernels.available()
+
+
+def test_a_large_group_never_waits_for_its_kernel(monkeypatch, tmp_path):
+    """fused=None on a group large enough to build a kernel: the steps run eagerly while a child
+    builds it at low priority, and the kernel takes over once it is on disk. Same results as
+    torch within the kernel's rounding."""
+    import time
+
+    from gradwise.optim import engine
+
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    monkeypatch.setattr(engine, "AUTO_BUILD_NUMEL", 1000)
+    monkeypatch.setattr(engine, "KERNEL_MIN_NUMEL", 1000)
+    a, b = twins(make_params(torch.float32, shapes=[(64, 33), (17,)]))
+    oa, ob = go.SGD(a, lr=0.05, momentum=0.9), torch.optim.SGD(b, lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(19)
+    started = time.perf_counter()
+    run_lockstep(oa, ob, a, b, 3, gen)
+    assert time.perf_counter() - started < 5  # no step waited for the build (~10-30 s)
+    assert not kernels._loaded and kernels._building
+    deadline = time.monotonic() + 240
+    while not kernels._loaded and time.monotonic() < deadline:
+        run_lockstep(oa, ob, a, b, 1, gen)
+        time.sleep(0.2)
+    assert kernels._loaded and kernels.available()
+    run_lockstep(oa, ob, a, b, 3, gen)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-7)
 
 
 # ------------------------------------------------------------------- torch.optim's step wrapper

@@ -333,28 +333,38 @@ class Optimizer(torch.optim.Optimizer):
 
     def _fused(self, seg: engine.Segment, grad: Tensor, group: dict) -> bool:
         """Run the flat update as one fused kernel (see :mod:`kernels`) if that is the choice:
-        ``fused=False`` never, ``True`` always (building the kernel if needed), ``None`` when a
-        kernel is on disk or the group is large enough to pay for building one."""
+        ``fused=False`` never; ``True`` always (waiting for its build if needed); ``None`` when
+        the kernel is on disk, or, for a group large enough to pay for one, once a build started
+        in the background has put it there."""
         fused, numel = group.get("fused"), seg.param.numel()
-        if fused is False or numel < 2 or not kernels.available():
+        if fused is False or numel < 2:
+            return False
+        if fused is None and numel < engine.KERNEL_MIN_NUMEL:
+            return False
+        if not kernels.available():
+            if fused is True or numel >= engine.AUTO_BUILD_NUMEL:
+                kernels.unproven()
             return False
         if not kernels.supports(seg.param.device):
             if fused is True:
                 kernels.unsupported(seg.param.device)
             return False
-        if fused is None and numel < engine.KERNEL_MIN_NUMEL:
-            return False
         args = self._update_args(group, seg.step)
+        if fused is True:
+            missing = kernels.WAIT
+        elif numel >= engine.AUTO_BUILD_NUMEL:
+            missing = kernels.START
+        else:
+            missing = kernels.SKIP
         try:
-            build = fused is True or numel >= engine.AUTO_BUILD_NUMEL
             found = kernels.get(
-                update, type(self).rule, seg.param, grad, seg.state, args, build=build
+                update, type(self).rule, seg.param, grad, seg.state, args, missing=missing
             )
             if found is None:
                 return False
             kernel, values = found
             kernel(seg.param, grad, seg.state, kernels.scalar_tensors(values, grad.device))
-        except Exception as e:  # no compiler, unsupported device or op, ...
+        except Exception as e:  # an unsupported device or op, a package that will not load, ...
             kernels.disable(e)
             return False
         return True

@@ -20,6 +20,21 @@ A kernel is always built as an OpenMP-parallel loop whose thread count is read w
 in the thread count of the building process: a kernel first built under one thread would then
 stay serial in every later process (measured: SGD on 16M parameters 6.6 ms against 5.7 ms for
 PyTorch's fused kernel with 2 threads, instead of the bandwidth-bound ~6 ms).
+
+**A kernel never takes the user's process down.** Loading native code can crash a process where
+no ``try`` can catch it: with torch 2.11's CUDA build, loading an AOTInductor package that had
+just been built for the CPU killed the process with a segmentation fault. So a kernel is built,
+loaded and run (against the eager rule, on a small input) in a *child process* first; only a
+kernel that survived that is renamed into the cache, and only a file in the cache is ever loaded
+here. A child that fails or dies turns kernels off for this process with one warning, and the
+eager path runs (same results). Kernels are also gated to the torch releases where building and
+loading them is proven (:data:`PROVEN_TORCH`); elsewhere the eager path runs, with one warning
+when a kernel was asked for. ``GRADWISE_KERNELS=off`` turns them off; ``GRADWISE_KERNELS=any``
+allows any torch release (each kernel is still checked in a child first).
+
+The child runs at low priority (``nice``), one thread, while the eager path goes on: with the
+default ``fused=None`` a large group never waits for a build (the kernel takes over once it is
+on disk), and ``fused=True`` waits for it.
 """
 
 from __future__ import annotations
@@ -29,6 +44,11 @@ import functools
 import hashlib
 import inspect
 import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -41,16 +61,47 @@ from gradwise import __version__
 
 _loaded: dict[tuple, Callable] = {}
 _absent: set[tuple] = set()  # kernels looked for (not to be built) and not on disk
+_building: dict[tuple, tuple[subprocess.Popen, Path]] = {}  # builds running in a child process
 _error: str | None = None
+
+#: torch releases (major.minor) on which building and loading kernels is proven by the test suite
+PROVEN_TORCH = ("2.13",)
+_warned_unproven = False
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("GRADWISE_KERNEL_CACHE", Path.home() / ".cache/gradwise/kernels"))
 
 
+def torch_release() -> str:
+    """``major.minor`` of the running torch (``"2.13"`` for ``2.13.0+cpu``)."""
+    return ".".join(torch.__version__.split("+")[0].split(".")[:2])
+
+
 def available() -> bool:
-    """False once building a kernel failed here (e.g. no C++ compiler): eager from then on."""
-    return _error is None
+    """Whether kernels may run in this process: not turned off (``GRADWISE_KERNELS=off``), a
+    proven torch release (or ``GRADWISE_KERNELS=any``), and no build or check has failed here."""
+    setting = os.environ.get("GRADWISE_KERNELS", "auto").strip().lower()
+    if _error is not None or setting in ("off", "0", "no", "false"):
+        return False
+    return setting == "any" or torch_release() in PROVEN_TORCH
+
+
+def unproven(stacklevel: int = 5) -> None:
+    """Warn once that this torch release runs the eager path where a kernel was asked for."""
+    global _warned_unproven
+    if _warned_unproven or _error is not None or torch_release() in PROVEN_TORCH:
+        return
+    if os.environ.get("GRADWISE_KERNELS", "auto").strip().lower() != "auto":
+        return  # the user chose
+    _warned_unproven = True
+    warnings.warn(
+        f"gradwise: fused kernels are proven on torch {', '.join(PROVEN_TORCH)}; this is torch "
+        f"{torch.__version__}, so the eager path runs (same results, slower). "
+        "Set GRADWISE_KERNELS=any to try them (each is checked in a child process first)",
+        RuntimeWarning,
+        stacklevel=stacklevel,
+    )
 
 
 #: devices whose kernels gradwise builds and runs. Not CUDA: with torch 2.11 on an H200, loading
@@ -76,11 +127,15 @@ def unsupported(device: torch.device) -> None:
         )
 
 
-def disable(error: BaseException) -> None:
+def disable(error: BaseException | str) -> None:
+    """Turn kernels off for this process, with one warning that says why."""
     global _error
-    _error = f"{type(error).__name__}: {error}".splitlines()[0]
+    if _error is not None:
+        return
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    _error = (text.splitlines() or ["?"])[0]
     warnings.warn(
-        f"gradwise: building the fused optimizer kernel failed ({_error}); "
+        f"gradwise: the fused optimizer kernel could not be used ({_error}); "
         "using the eager path (same results, slower)",
         RuntimeWarning,
         stacklevel=4,
@@ -168,6 +223,8 @@ def _key(update, rule, names, static, slots, param, grad, state) -> str:
         KERNEL_FORMAT,
         cpu_identity(),
         torch.__version__,
+        str(torch.version.git_version),
+        str(torch.version.cuda),
         __version__,
         _source(update),
         _source(rule),
@@ -184,6 +241,10 @@ def _key(update, rule, names, static, slots, param, grad, state) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
 
 
+#: what :func:`get` does when the kernel is not on disk
+SKIP, START, WAIT = "skip", "start", "wait"
+
+
 def get(
     update: Callable,
     rule: Callable,
@@ -192,10 +253,13 @@ def get(
     state: dict,
     args: dict,
     *,
-    build: bool,
+    missing: str,
 ) -> tuple[Callable, list[float]] | None:
-    """The kernel for this update and the step's scalars, or None if it is not on disk and
-    ``build`` is False. Building takes seconds, once per machine; later calls hit a memo."""
+    """The kernel for this update and the step's scalars, or None where there is none yet.
+
+    A kernel not on disk is, by ``missing``: ``SKIP``, not built; ``START``, built in a child
+    process while this one goes on (None until it is on disk); ``WAIT``, built in a child
+    process, waited for. A child that fails turns kernels off (:func:`disable`): None."""
     names = tuple(sorted(state))
     static, slots, values = split(args)
     memo = (
@@ -210,21 +274,139 @@ def get(
         tuple(state[n].dtype for n in names),
     )
     kernel = _loaded.get(memo)
-    if kernel is None:
-        if not build and memo in _absent:
+    if kernel is not None:
+        return kernel, values
+    if missing == SKIP and memo in _absent:
+        return None
+    running = _building.get(memo)
+    if running is not None:
+        proc, path = running
+        if missing != WAIT and proc.poll() is None:
             return None
+        if not _finished(memo, proc):
+            return None
+    else:
         key = _key(update, rule, list(names), static, slots, param, grad, state)
         path = cache_dir() / f"{rule.__name__}-{key}.pt2"
         if not path.exists():
-            if not build:
+            if missing == SKIP:
                 _absent.add(memo)  # not looked for again in this process
                 return None
-            module = _Update(update, rule, list(names), static, slots)
-            _build(path, module, param, grad, state, names, values)
-        kernel = _loaded[memo] = _load(path, names)
-        with contextlib.suppress(OSError):  # "last used", for `gradwise cache --older-than`
-            os.utime(path)
+            spec = dict(
+                update=update,
+                rule=rule,
+                names=list(names),
+                static=static,
+                slots=slots,
+                values=values,
+                device=param.device.type,
+                dtypes=[param.dtype, grad.dtype, *(state[n].dtype for n in names)],
+                path=str(path),
+                cuda=torch.cuda.is_initialized(),
+            )
+            proc = _start_build(spec, background=missing == START)
+            if proc is None:
+                return None
+            _building[memo] = (proc, path)
+            if missing == START or not _finished(memo, proc):
+                return None
+    _absent.discard(memo)
+    kernel = _loaded[memo] = _load(path, names)
+    with contextlib.suppress(OSError):  # "last used", for `gradwise cache --older-than`
+        os.utime(path)
     return kernel, values
+
+
+def _finished(memo: tuple, proc: subprocess.Popen) -> bool:
+    """Wait for a child's build; True if it put a checked kernel on disk, else kernels are
+    turned off with the child's reason."""
+    proc.wait()
+    del _building[memo]
+    proc.stderr.seek(0)
+    err = proc.stderr.read()
+    proc.stderr.close()
+    if proc.returncode == 0:
+        return True
+    if proc.returncode < 0:
+        try:
+            why = signal.Signals(-proc.returncode).name
+        except ValueError:
+            why = f"signal {-proc.returncode}"
+        disable(f"building and checking it in a child process killed the child ({why})")
+    else:
+        lines = (err or b"").decode(errors="replace").strip().splitlines()
+        disable(lines[-1] if lines else f"the child process exited with {proc.returncode}")
+    return False
+
+
+def child_command() -> list[str]:
+    """The command of a kernel-building child process; it reads its job (pickled) on stdin."""
+    return [sys.executable, "-c", "from gradwise.optim import kernels; kernels.child_main()"]
+
+
+def _start_build(spec: dict, *, background: bool) -> subprocess.Popen | None:
+    """Start a child process that builds, loads and checks one kernel (:func:`child_main`)."""
+    try:
+        job = pickle.dumps(spec)
+    except Exception as e:  # a rule the child could not import (e.g. defined in a closure)
+        disable(f"its rule cannot be sent to a child process to be built ({e})")
+        return None
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHINDUCTOR_COMPILE_THREADS="1")
+    # the eager path goes on meanwhile: the build takes what the training leaves of the CPU
+    nice = (lambda: os.nice(10)) if background and hasattr(os, "nice") else None
+    try:
+        errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty build never blocks
+        proc = subprocess.Popen(
+            child_command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            env=env,
+            preexec_fn=nice,
+        )
+        proc.stdin.write(job)
+        proc.stdin.close()
+        proc.stderr = errors
+    except OSError as e:
+        disable(e)
+        return None
+    return proc
+
+
+def child_main() -> None:
+    """In the child process: build the kernel of the pickled job on stdin, load it, run it on a
+    small input and compare it with the eager update; only then rename it into the cache."""
+    torch.set_num_threads(1)
+    spec = pickle.loads(sys.stdin.buffer.read())
+    if spec["cuda"]:
+        torch.cuda.init()  # load as the parent would: with CUDA up
+    names, device = spec["names"], torch.device(spec["device"])
+    gen = torch.Generator().manual_seed(0)
+    n = 1000
+
+    def tensors():
+        gen.manual_seed(0)
+        return [torch.rand(n, generator=gen).to(dtype=d, device=device) for d in spec["dtypes"]]
+
+    module = _Update(spec["update"], spec["rule"], names, spec["static"], spec["slots"])
+    param, grad, *states = tensors()
+    path = Path(spec["path"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.checked.pt2")
+    _build(tmp, module, param, grad, dict(zip(names, states)), names, spec["values"])
+    try:
+        kernel = _load(tmp, tuple(names))
+        ran = tensors()
+        kernel(ran[0], ran[1], dict(zip(names, ran[2:])), scalar_tensors(spec["values"], device))
+        eager = tensors()
+        with torch.no_grad():
+            module(*eager, *scalar_tensors(spec["values"], device))
+        for a, b in zip(ran, eager):
+            if not torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-5, equal_nan=True):
+                sys.exit("the compiled kernel disagrees with the eager update")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cache_entries() -> list[dict]:

@@ -355,7 +355,8 @@ def _start_build(spec: dict, *, background: bool) -> subprocess.Popen | None:
     # the eager path goes on meanwhile: the build takes what the training leaves of the CPU
     nice = (lambda: os.nice(10)) if background and hasattr(os, "nice") else None
     try:
-        errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty build never blocks
+        # a file, not a pipe: a chatty build never blocks; closed in _finished
+        errors = tempfile.TemporaryFile()  # noqa: SIM115
         proc = subprocess.Popen(
             child_command(),
             stdin=subprocess.PIPE,

@@ -154,6 +154,43 @@ def test_grads_from_zero_grad_views_and_backward(name, cls, tcls, kw):
     assert seg.flat and seg.grads_are_views()  # the fast path ran with no gradient copy
 
 
+LARGE = [(300, 300), (17,), (5, 5), (256, 300), (3,)]  # two tensors of >= DIRECT_NUMEL elements
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[::2], ids=IDS[::2])
+def test_large_tensors_are_updated_where_their_gradient_lies(name, cls, tcls, kw):
+    """With the default zero_grad(), large tensors are updated from the gradient backward made
+    (no copy, no gradient buffer of their size), small ones from one gathered buffer: bit for bit
+    torch's numbers; zero_grad(set_to_none=False) then makes every gradient a view."""
+    from gradwise.optim import engine
+
+    a, b = twins(make_params(torch.float32, shapes=LARGE))
+    oa, ob = cls(a, fused=False, **kw), tcls(b, foreach=False, **kw)
+    gen = torch.Generator().manual_seed(3)
+    run_lockstep(oa, ob, a, b, 4, gen)
+    seg = oa._group_segments(oa.param_groups[0])[0]
+    small = sum(p.numel() for p in a if p.numel() < engine.DIRECT_NUMEL)
+    assert seg.flat and seg.small == small and seg.grad.numel() == small
+    assert [p for p, _ in seg.large] == [a[0], a[3]]
+    kept = a[0].grad
+    oa.step()
+    ob.step()
+    assert a[0].grad is kept  # used where it lies
+    assert_same_state(oa, ob, a, b, torch.float32)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    oa.zero_grad(set_to_none=False)
+    assert seg.grad.numel() == sum(p.numel() for p in a) and seg.grads_are_views()
+    for _ in range(3):
+        for x, y in zip(a, b):
+            g = torch.randn(x.shape, generator=gen)
+            x.grad.copy_(g)  # into the views
+            y.grad = g.clone()
+        oa.step()
+        ob.step()
+    assert_same_state(oa, ob, a, b, torch.float32)
+
+
 def test_zero_grad_semantics():
     a = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
     opt = go.Adam(a)
@@ -579,6 +616,22 @@ def test_compiled_path_matches_torch(name, cls, tcls, kw):
 
     seg = next(iter(oa._segments.values()))[1][0]
     assert seg.flat and any(memo[0] is cls.rule for memo in kernels._loaded)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "tcls", "kw"), COMPILED[1:3], ids=[c[0] for c in COMPILED[1:3]]
+)
+def test_compiled_path_runs_on_the_gradients_backward_made(name, cls, tcls, kw):
+    """The kernel updates each large tensor from its own gradient, and the gathered small ones
+    together, at their places (offsets) in the flat buffers; torch's numbers to float rounding."""
+    a, b = twins(make_params(torch.float32, shapes=LARGE))
+    oa, ob = cls(a, fused=True, **kw), tcls(b, foreach=False, **kw)
+    run_lockstep(oa, ob, a, b, 6, torch.Generator().manual_seed(4))
+    from gradwise.optim import kernels
+
+    assert any(memo[0] is cls.rule for memo in kernels._loaded)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-6)
 
 
 def test_compiled_path_with_l1_and_decoupled_decay_matches_eager():

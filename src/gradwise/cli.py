@@ -553,14 +553,23 @@ def _print_summary(result) -> None:
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args):
-    """Time gradwise's optimizer step against torch.optim's for-loop, foreach and fused paths.
+    """Time gradwise against torch.optim: whole training iterations, or the step alone.
 
-    Same code as benchmarks/optim_step.py; `gradwise bench --help` lists its options
-    (--quick, --threads, --optimizers, --workloads, --json PATH, ...).
+    `gradwise bench --train-step [...]` times whole iterations as users write them (default
+    zero_grad, forward, backward, step) on four models; same code as
+    benchmarks/train_step.py (`gradwise bench --train-step --help` lists its options).
+    `gradwise bench [...]` times optimizer.step() alone; same code as
+    benchmarks/optim_step.py (`gradwise bench --help`: --quick, --threads, --json PATH, ...).
     """
+    args = list(args)
+    if "--train-step" in args:
+        from gradwise.lab.train_step import main as train_step_main
+
+        args.remove("--train-step")
+        sys.exit(train_step_main(args, prog="gradwise bench --train-step"))
     from gradwise.bench import main as bench_main
 
-    sys.exit(bench_main(list(args)))
+    sys.exit(bench_main(args))
 
 
 @main.command(cls=OneLineErrors)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -266,6 +267,7 @@ class Optimizer(torch.optim.Optimizer):
             for seg in self._group_segments(group):
                 layout = seg.layout() if seg.flat else engine.Segment.MOVED
                 if layout != engine.Segment.MOVED:
+                    seg.use_grad_views()
                     seg.grad.zero_()
                     if layout == engine.Segment.FLAT:
                         for p, view in zip(seg.params, seg.grad_views):
@@ -318,56 +320,78 @@ class Optimizer(torch.optim.Optimizer):
                 if seg.steps is not None:
                     seg.steps += 1
                 seg.step = step + 1
-                grad = seg.grad if views else engine.gather_grad(seg)
-                if self._fused(seg, grad, group):
-                    return
-                pieces = engine.chunks(seg.param.numel(), seg.param.device)
-                if len(pieces) == 1:  # the whole buffers: no views to make (~1 µs each)
-                    self._update(seg.param, grad, dict(seg.state), seg.step, group)
-                    return
-                for sl in pieces:
-                    state = {name: buf[sl] for name, buf in seg.state.items()}
-                    self._update(seg.param[sl], grad[sl], state, seg.step, group)
+                if views:  # one update of the whole buffers
+                    pieces = [(slice(0, seg.param.numel()), seg.grad)]
+                else:  # the default zero_grad(): backward's own gradient tensors
+                    pieces = seg.gradient_pieces()
+                kernel = self._kernel(seg, seg.grad, group)
+                for where, grad in pieces:
+                    whole = where.start == 0 and where.stop == seg.param.numel()
+                    param = seg.param if whole else seg.param[where]
+                    state = seg.state if whole else {n: b[where] for n, b in seg.state.items()}
+                    if kernel is not None and param.numel() >= 2:
+                        try:
+                            kernel(param, grad, state)
+                            continue
+                        except Exception as e:  # e.g. an input the kernel was not built for
+                            kernels.disable(e)
+                            kernel = None
+                    self._update_chunked(param, grad, state, seg.step, group)
                 return
         self._step_each(seg, group)
 
-    def _fused(self, seg: engine.Segment, grad: Tensor, group: dict) -> bool:
-        """Run the flat update as one fused kernel (see :mod:`kernels`) if that is the choice:
-        ``fused=False`` never; ``True`` always (waiting for its build if needed); ``None`` when
-        the kernel is on disk, or, for a group large enough to pay for one, once a build started
-        in the background has put it there."""
+    def _update_chunked(
+        self, param: Tensor, grad: Tensor, state: dict[str, Tensor], step: int, group: dict
+    ) -> None:
+        """The eager update of a piece of the flat buffers, in cache-sized chunks."""
+        pieces = engine.chunks(param.numel(), param.device)
+        if len(pieces) == 1:  # the whole piece: no views to make (~1 µs each)
+            self._update(param, grad, dict(state), step, group)
+            return
+        for sl in pieces:
+            self._update(param[sl], grad[sl], {n: b[sl] for n, b in state.items()}, step, group)
+
+    def _kernel(self, seg: engine.Segment, grad: Tensor, group: dict) -> Callable | None:
+        """The fused kernel (see :mod:`kernels`) that runs this step's flat update, as
+        ``kernel(param, grad, state)``, if that is the choice: ``fused=False`` never; ``True``
+        always (waiting for its build if needed); ``None`` when the kernel is on disk, or, for a
+        segment large enough to pay for one, once a build started in the background has put it
+        there. None: the eager update."""
         fused, numel = group.get("fused"), seg.param.numel()
         if fused is False or numel < 2:
-            return False
+            return None
         if fused is None and numel < engine.KERNEL_MIN_NUMEL:
-            return False
+            return None
         if not kernels.available():
             if fused is True or numel >= engine.AUTO_BUILD_NUMEL:
                 kernels.unproven()
-            return False
+            return None
         if not kernels.supports(seg.param.device):
             if fused is True:
                 kernels.unsupported(seg.param.device)
-            return False
-        args = self._update_args(group, seg.step)
+            return None
         if fused is True:
             missing = kernels.WAIT
         elif numel >= engine.AUTO_BUILD_NUMEL:
             missing = kernels.START
         else:
             missing = kernels.SKIP
+        args = self._update_args(group, seg.step)
+        rule = type(self).rule
         try:
-            found = kernels.get(
-                update, type(self).rule, seg.param, grad, seg.state, args, missing=missing
-            )
-            if found is None:
-                return False
-            kernel, values = found
-            kernel(seg.param, grad, seg.state, kernels.scalar_tensors(values, grad.device))
-        except Exception as e:  # an unsupported device or op, a package that will not load, ...
+            found = kernels.get(update, rule, seg.param, grad, seg.state, args, missing=missing)
+        except Exception as e:  # a package that will not load, ...
             kernels.disable(e)
-            return False
-        return True
+            return None
+        if found is None:
+            return None
+        compiled, values = found
+        scalars = kernels.scalar_tensors(values, grad.device)
+
+        def kernel(param: Tensor, grad: Tensor, state: dict[str, Tensor]) -> None:
+            compiled(param, grad, state, scalars)
+
+        return kernel
 
     def _step_each(self, seg: engine.Segment, group: dict) -> None:
         """The per-tensor path: the same rule, one parameter at a time."""

@@ -39,13 +39,25 @@ def _is_plain(t: Tensor) -> bool:
     return type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
 
 
+#: tensors of at least this many elements are updated where backward left their gradient (no
+#: copy); smaller ones have theirs gathered into one buffer and are updated together
+DIRECT_NUMEL = 1 << 16
+
+
 @dataclass
 class Segment:
     """The parameters of one param group that share a device and a dtype.
 
-    ``flat`` is None until every parameter has a state (after its first update); then ``param``,
-    ``grad``, ``state[name]`` and ``steps`` are flat buffers and the per-parameter tensors are views
-    into them.
+    ``flat`` is False until every parameter has a state (after its first update); then ``param``,
+    ``state[name]`` and ``steps`` are flat buffers and the per-parameter tensors are views into
+    them. In the buffers, the parameters under :data:`DIRECT_NUMEL` elements come first
+    (``small`` elements in all), the larger ones after them; parameter ``i`` is at
+    ``slices[i]``.
+
+    ``grad`` is the gradient buffer: the first ``small`` elements only (where the small tensors'
+    gradients are gathered) until :meth:`use_grad_views` makes it whole for
+    ``zero_grad(set_to_none=False)``, whose gradients are then its views (``grad_views``) and
+    need no copy at all.
     """
 
     params: list[Tensor]
@@ -53,7 +65,13 @@ class Segment:
     flat: bool = False
     param: Tensor | None = None
     grad: Tensor | None = None
-    grad_views: list[Tensor] = field(default_factory=list)
+    whole_grad: bool = False  # whether ``grad`` covers every parameter, not only the small ones
+    grad_views: list[Tensor | None] = field(default_factory=list)
+    slices: list[slice] = field(default_factory=list)
+    small: int = 0
+    small_params: list[Tensor] = field(default_factory=list)
+    small_views: list[Tensor] = field(default_factory=list)
+    large: list[tuple[Tensor, slice]] = field(default_factory=list)
     state: dict[str, Tensor] = field(default_factory=dict)
     steps: Tensor | None = None
     step: int | None = None  # the common step count, None when unknown or not uniform
@@ -88,6 +106,32 @@ class Segment:
     def all_have_grads(self) -> bool:
         return all(map(operator.is_not, map(_GRAD, self.params), itertools.repeat(None)))
 
+    def use_grad_views(self) -> None:
+        """Make ``grad`` whole (zeros), with a view for every parameter, for
+        ``zero_grad(set_to_none=False)``; a no-op once it is."""
+        if self.whole_grad:
+            return
+        like = self.param
+        self.grad = torch.zeros(like.numel(), dtype=like.dtype, device=like.device)
+        self.whole_grad = True
+        self.grad_views = [self.grad[sl].view_as(p) for p, sl in zip(self.params, self.slices)]
+        small = {id(p) for p in self.small_params}
+        self.small_views = [v for p, v in zip(self.params, self.grad_views) if id(p) in small]
+        _attach_native_check(self)
+
+    def gradient_pieces(self) -> list[tuple[slice, Tensor]]:
+        """For a step on gradients that are not (all) views of ``grad``: where in the flat
+        buffers each piece is, and its gradient. The small tensors' gradients are gathered into
+        ``grad`` (one multi-tensor copy); each large tensor's gradient is used where it lies."""
+        pieces = []
+        if self.small:
+            torch._foreach_copy_(self.small_views, [p.grad for p in self.small_params])
+            pieces.append((slice(0, self.small), self.grad[: self.small]))
+        for p, sl in self.large:
+            g = p.grad
+            pieces.append((sl, g.view(-1) if g.is_contiguous() else g.reshape(-1)))
+        return pieces
+
 
 def split_group(params: list[Tensor]) -> list[Segment]:
     """Partition a group's params by (device, dtype), keeping their order within each segment."""
@@ -98,51 +142,78 @@ def split_group(params: list[Tensor]) -> list[Segment]:
 
 
 def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> None:
-    """Move a segment's params, states and step counters into flat buffers (values unchanged)."""
+    """Move a segment's params, states and step counters into flat buffers (values unchanged):
+    the tensors under :data:`DIRECT_NUMEL` elements first, then the larger ones."""
     params = seg.params
     numels = [p.numel() for p in params]
-    total = sum(numels)
     like = params[0]
-    seg.param = torch.empty(total, dtype=like.dtype, device=like.device)
-    seg.grad = torch.zeros(total, dtype=like.dtype, device=like.device)
-    views = []
+    order = sorted(range(len(params)), key=lambda i: numels[i] >= DIRECT_NUMEL)  # stable
+    seg.slices = [slice(0, 0)] * len(params)
+    offset = 0
+    for i in order:
+        seg.slices[i] = slice(offset, offset + numels[i])
+        offset += numels[i]
+    small = [i for i in order if numels[i] < DIRECT_NUMEL]
+    seg.small = sum(numels[i] for i in small)
+    seg.small_params = [params[i] for i in small]
+    seg.large = [(params[i], seg.slices[i]) for i in order if numels[i] >= DIRECT_NUMEL]
+    seg.param = torch.empty(offset, dtype=like.dtype, device=like.device)
+    seg.grad = torch.zeros(seg.small, dtype=like.dtype, device=like.device)
+    seg.whole_grad = False
+    seg.small_views = [seg.grad[seg.slices[i]].view_as(params[i]) for i in small]
+    seg.grad_views = [None] * len(params)  # none until Segment.use_grad_views
     for name in names:
         dtype = states[params[0]][name].dtype
-        buf = torch.empty(total, dtype=dtype, device=like.device)
-        seg.state[name] = buf
-    offset = 0
-    for p, n in zip(params, numels):
-        view = seg.param[offset : offset + n].view_as(p)
+        seg.state[name] = torch.empty(offset, dtype=dtype, device=like.device)
+    for p, sl in zip(params, seg.slices):
+        view = seg.param[sl].view_as(p)
         view.copy_(p.detach())
         p.data = view
-        views.append(seg.grad[offset : offset + n].view_as(p))
         for name in names:
-            v = seg.state[name][offset : offset + n].view_as(p)
+            v = seg.state[name][sl].view_as(p)
             v.copy_(states[p][name])
             states[p][name] = v
-        offset += n
-    seg.grad_views = views
     if has_step:
         old = [states[p]["step"] for p in params]
-        seg.steps = torch.stack([s.detach().reshape(()) for s in old]).to(old[0].dtype)
+        seg.steps = torch.stack([_step_tensor(s) for s in old]).to(_step_dtype_of(old))
         for i, p in enumerate(params):
             states[p]["step"] = seg.steps[i]
         seg.step = None
     else:
         seg.steps, seg.step = None, 1  # every parameter has had its first update
     seg.ptrs = [p.data_ptr() for p in params]
-    seg.native_check, seg.native_args, seg.native_arrays = None, (), ()
-    check = native.layout_check() if len(params) >= native.MIN_PARAMS else None
-    if check is not None:
-        # TensorImpl addresses: the optimizer holds the params and the views, so they stay valid
-        arrays = tuple(
-            torch.tensor(values, dtype=torch.int64)
-            for values in ([p._cdata for p in params], seg.ptrs, [v._cdata for v in views])
-        )
-        seg.native_arrays = arrays
-        seg.native_args = (len(params), *(a.data_ptr() for a in arrays))
-        seg.native_check = check
+    _attach_native_check(seg)
     seg.flat = True
+
+
+def _step_tensor(step) -> Tensor:
+    """A parameter's ``step`` as a 0-d tensor (checkpoints of torch < 1.12 hold plain numbers)."""
+    if isinstance(step, Tensor):
+        return step.detach().reshape(())
+    return torch.tensor(float(step))
+
+
+def _step_dtype_of(steps: list) -> torch.dtype:
+    first = steps[0]
+    return first.dtype if isinstance(first, Tensor) else torch.get_default_dtype()
+
+
+def _attach_native_check(seg: Segment) -> None:
+    """Give the segment the native layout check (see :mod:`native`), where it serves."""
+    seg.native_check, seg.native_args, seg.native_arrays = None, (), ()
+    check = native.layout_check() if len(seg.params) >= native.MIN_PARAMS else None
+    if check is None:
+        return
+    # TensorImpl addresses: the optimizer holds the params and the views, so they stay valid;
+    # a parameter without a view gets 0, which no gradient's TensorImpl is
+    views = [0 if v is None else v._cdata for v in seg.grad_views]
+    arrays = tuple(
+        torch.tensor(values, dtype=torch.int64)
+        for values in ([p._cdata for p in seg.params], seg.ptrs, views)
+    )
+    seg.native_arrays = arrays
+    seg.native_args = (len(seg.params), *(a.data_ptr() for a in arrays))
+    seg.native_check = check
 
 
 #: elements per piece of a flat buffer that the rule is applied to at once (see :func:`chunks`)
@@ -161,13 +232,6 @@ def chunks(n: int, device: torch.device, size: int = CHUNK) -> list[slice]:
     if device.type != "cpu":
         return [slice(0, n)]
     return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
-
-
-def gather_grad(seg: Segment) -> Tensor:
-    """The segment's gradients copied into its flat gradient buffer (one multi-tensor copy), for
-    gradients that are not already its views."""
-    torch._foreach_copy_(seg.grad_views, [p.grad for p in seg.params])
-    return seg.grad
 
 
 def uniform_step(seg: Segment) -> int | None:

@@ -339,6 +339,20 @@ def _finished(memo: tuple, proc: subprocess.Popen) -> bool:
     return False
 
 
+def building() -> bool:
+    """Whether a kernel is being built in a child process for this one."""
+    return bool(_building)
+
+
+def wait_for_builds(timeout_s: float | None = None) -> None:
+    """Wait for the kernel builds running in child processes (a benchmark that times the steady
+    state calls it); a build still running after ``timeout_s`` is left running."""
+    for memo, (proc, _) in list(_building.items()):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout_s)
+            _finished(memo, proc)
+
+
 def child_command() -> list[str]:
     """The command of a kernel-building child process; it reads its job (pickled) on stdin."""
     return [sys.executable, "-c", "from gradwise.optim import kernels; kernels.child_main()"]

@@ -1,0 +1,401 @@
+"""Time whole training iterations as users write them: gradwise against torch.optim's fastest path.
+
+One iteration is what every PyTorch tutorial teaches::
+
+    opt.zero_grad()                       # default set_to_none=True: backward makes new tensors
+    loss_fn(model(x), y).backward()
+    opt.step()
+
+Each row is one model × optimizer. Every implementation gets its own copy of the same model
+(same initial weights) and the same batch; they are timed in interleaved rounds (A, B, C, A, B,
+C, ...), each round a few iterations of one implementation, and the median over the rounds is
+reported with the ratio ``torch / gradwise`` (> 1: gradwise is faster). Implementations:
+
+* ``torch``: ``torch.optim.X`` with its fastest CPU path (``fused=True`` for SGD, Adam and
+  AdamW; ``foreach=True`` for RMSprop, which has no fused kernel), default ``zero_grad()``;
+* ``gradwise``: ``gradwise.optim.X`` with default arguments, default ``zero_grad()``;
+* ``gradwise views``: the same with ``zero_grad(set_to_none=False)`` (gradients are views of
+  the optimizer's flat buffer, which backward accumulates into).
+
+Before timing, gradwise's default path may be building a fused kernel in a child process
+(``fused=None``, large groups); the harness waits for such builds to finish, so the rows show the
+steady state, and says whether a kernel ran. ``gradwise bench --train-step`` and
+``benchmarks/train_step.py`` run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+# ------------------------------------------------------------------------------------ models
+
+
+class _Block(nn.Module):
+    """ResNet's basic block: two 3×3 convolutions with batch norm, plus the shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + (x if self.down is None else self.down(x)))
+
+
+def resnet18(classes: int = 1000) -> nn.Module:
+    """ResNet-18 (He et al., 2016): 62 parameter tensors, 11.7M parameters."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+    ]
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [_Block(cin, cout, stride), _Block(cout, cout, 1)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes)]
+    return nn.Sequential(*layers)
+
+
+class TinyTransformer(nn.Module):
+    """A small encoder-only transformer language model (pre-norm), 102 parameter tensors."""
+
+    def __init__(self, vocab: int = 1000, d: int = 128, layers: int = 8, seq: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.position = nn.Parameter(torch.randn(seq, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            d, 4, 4 * d, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h = self.encoder(self.embed(tokens) + self.position)
+        return self.head(self.norm(h)).flatten(0, 1)
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    description: str
+    build: Callable[[], nn.Module]
+    batch: Callable[[torch.Generator], tuple[Tensor, Tensor]]
+
+
+def _deep_narrow() -> nn.Module:
+    return nn.Sequential(*(m for _ in range(300) for m in (nn.Linear(64, 64), nn.LayerNorm(64))))
+
+
+MODELS = {
+    "wide-mlp": Model(
+        "wide-mlp",
+        "4 × Linear(2048, 2048), batch 8: 16.8M parameters in 8 tensors",
+        lambda: nn.Sequential(*(nn.Linear(2048, 2048) for _ in range(4))),
+        lambda g: (torch.randn(8, 2048, generator=g), torch.randn(8, 2048, generator=g)),
+    ),
+    "resnet18": Model(
+        "resnet18",
+        "ResNet-18 on 8 images of 32×32: 11.7M parameters in 62 tensors",
+        resnet18,
+        lambda g: (
+            torch.randn(8, 3, 32, 32, generator=g),
+            torch.randint(0, 1000, (8,), generator=g),
+        ),
+    ),
+    "deep-narrow": Model(
+        "deep-narrow",
+        "300 × (Linear(64, 64) + LayerNorm), batch 16: 1.3M parameters in 1,200 tensors",
+        _deep_narrow,
+        lambda g: (torch.randn(16, 64, generator=g), torch.randn(16, 64, generator=g)),
+    ),
+    "transformer": Model(
+        "transformer",
+        "8-layer transformer, d = 128, 8 sequences of 32 tokens: 2.6M parameters in 102 tensors",
+        TinyTransformer,
+        lambda g: (
+            torch.randint(0, 1000, (8, 32), generator=g),
+            torch.randint(0, 1000, (8 * 32,), generator=g),
+        ),
+    ),
+}
+
+#: optimizer name -> (class name, keyword arguments, torch's fastest CPU path)
+OPTIMIZERS: dict[str, tuple[str, dict[str, Any], dict[str, bool]]] = {
+    "adam": ("Adam", {"lr": 1e-4}, {"fused": True}),
+    "adamw": ("AdamW", {"lr": 1e-4}, {"fused": True}),
+    "sgd": ("SGD", {"lr": 1e-3, "momentum": 0.9}, {"fused": True}),
+    "rmsprop": ("RMSprop", {"lr": 1e-4}, {"foreach": True}),
+}
+
+IMPLEMENTATIONS = ("torch", "gradwise", "gradwise views")
+
+
+def _loss(out: Tensor, target: Tensor) -> Tensor:
+    if target.dtype == torch.int64:
+        return nn.functional.cross_entropy(out, target)
+    return nn.functional.mse_loss(out, target)
+
+
+# ----------------------------------------------------------------------------------- running
+
+
+@dataclass
+class Config:
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
+    implementations: list[str] = field(default_factory=lambda: list(IMPLEMENTATIONS))
+    threads: int | None = 1
+    rounds: int = 21
+    iterations: int = 3  # per round
+    warmup: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for what, chosen, allowed in (
+            ("models", self.models, MODELS),
+            ("optimizers", self.optimizers, OPTIMIZERS),
+            ("implementations", self.implementations, IMPLEMENTATIONS),
+        ):
+            unknown = [c for c in chosen if c not in allowed]
+            if unknown or not chosen:
+                raise ValueError(
+                    f"{what} must be a non-empty list from {', '.join(allowed)}; "
+                    f"received {what}={','.join(chosen)}"
+                )
+        for what, value, low in (("rounds", self.rounds, 1), ("iterations", self.iterations, 1)):
+            if value < low:
+                raise ValueError(f"{what} must be >= {low}; received {what}={value}")
+
+
+def _make_optimizer(impl: str, optimizer: str, params) -> torch.optim.Optimizer:
+    cls_name, kwargs, fastest = OPTIMIZERS[optimizer]
+    if impl == "torch":
+        return getattr(torch.optim, cls_name)(params, **kwargs, **fastest)
+    import gradwise.optim as go
+
+    return getattr(go, cls_name)(params, **kwargs)
+
+
+class _Trainer:
+    """One implementation's model, optimizer and batch; ``run(n)`` does n whole iterations."""
+
+    def __init__(self, impl: str, optimizer: str, model: nn.Module, batch) -> None:
+        self.impl, self.model, (self.x, self.y) = impl, model, batch
+        self.opt = _make_optimizer(impl, optimizer, model.parameters())
+        self.set_to_none = impl != "gradwise views"
+
+    def run(self, n: int) -> float:
+        opt, model, x, y, set_to_none = self.opt, self.model, self.x, self.y, self.set_to_none
+        start = time.perf_counter()
+        for _ in range(n):
+            opt.zero_grad(set_to_none=set_to_none)
+            _loss(model(x), y).backward()
+            opt.step()
+        return (time.perf_counter() - start) / n
+
+    def used_kernel(self) -> bool | None:
+        if self.impl == "torch":
+            return None
+        from gradwise.optim import kernels
+
+        return bool(kernels._loaded)
+
+
+def _wait_for_kernel_builds(log: Callable[[str], None], timeout_s: float = 600) -> None:
+    from gradwise.optim import kernels
+
+    if not kernels.building():
+        return
+    log("waiting for gradwise's kernel build(s) in the background to finish (once per machine)")
+    kernels.wait_for_builds(timeout_s)
+
+
+def run_row(cfg: Config, model_name: str, optimizer: str, log: Callable[[str], None]) -> dict:
+    spec = MODELS[model_name]
+    torch.manual_seed(cfg.seed)
+    base = spec.build()
+    batch = spec.batch(torch.Generator().manual_seed(cfg.seed))
+    trainers = [
+        _Trainer(impl, optimizer, copy.deepcopy(base), batch) for impl in cfg.implementations
+    ]
+    for t in trainers:
+        t.run(cfg.warmup)
+    _wait_for_kernel_builds(log)
+    for t in trainers:
+        t.run(1)  # a kernel that just arrived is loaded outside the timed rounds
+    samples: dict[str, list[float]] = {t.impl: [] for t in trainers}
+    for r in range(cfg.rounds):
+        order = trainers if r % 2 == 0 else trainers[::-1]
+        for t in order:
+            samples[t.impl].append(t.run(cfg.iterations))
+    row: dict[str, Any] = {
+        "model": model_name,
+        "optimizer": optimizer,
+        "parameters": sum(p.numel() for p in base.parameters()),
+        "tensors": len(list(base.parameters())),
+        "ms": {k: statistics.median(v) * 1e3 for k, v in samples.items()},
+        "samples_ms": {k: [s * 1e3 for s in v] for k, v in samples.items()},
+        "kernel": any(t.used_kernel() for t in trainers if t.impl != "torch"),
+    }
+    if "torch" in samples:
+        for impl in samples:
+            if impl != "torch":
+                paired = [a / b for a, b in zip(samples["torch"], samples[impl])]
+                row.setdefault("ratio", {})[impl] = row["ms"]["torch"] / row["ms"][impl]
+                row.setdefault("paired_ratio", {})[impl] = statistics.median(paired)
+    return row
+
+
+def run(cfg: Config | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every model × optimizer row; returns the results as a dict (see :func:`render`)."""
+    cfg = cfg or Config()
+    log = log or (lambda msg: None)
+    previous = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    rows = []
+    try:
+        for model_name in cfg.models:
+            for optimizer in cfg.optimizers:
+                log(f"{model_name} × {optimizer}")
+                rows.append(run_row(cfg, model_name, optimizer, log))
+    finally:
+        torch.set_num_threads(previous)
+    ratios = {}
+    for impl in cfg.implementations:
+        values = [r["ratio"][impl] for r in rows if impl in r.get("ratio", {})]
+        if values:
+            ratios[impl] = math.exp(statistics.fmean(math.log(v) for v in values))
+    return {
+        "config": {
+            "threads": cfg.threads or torch.get_num_threads(),
+            "rounds": cfg.rounds,
+            "iterations": cfg.iterations,
+            "warmup": cfg.warmup,
+            "torch": torch.__version__,
+        },
+        "loadavg": {"start": load_start, "end": os.getloadavg() if load_start else None},
+        "rows": rows,
+        "geomean_ratio": ratios,
+    }
+
+
+def render(results: dict[str, Any]):
+    """A rich table: ms per iteration for each implementation and the ratios to torch."""
+    from rich.table import Table
+
+    impls = [i for i in IMPLEMENTATIONS if any(i in r["ms"] for r in results["rows"])]
+    cfg = results["config"]
+    table = Table(
+        title=f"Whole training iterations (zero_grad + forward + backward + step), ms, "
+        f"{cfg['threads']} thread(s), median of {cfg['rounds']} interleaved rounds",
+        caption="ratio = torch's time / gradwise's (> 1: gradwise faster); torch = fused "
+        "(RMSprop: foreach); kernel = gradwise ran its fused kernel",
+    )
+    for col in ("model", "optimizer", *impls):
+        table.add_column(col, justify="left" if col in ("model", "optimizer") else "right")
+    ratio_cols = [i for i in impls if i != "torch" and "torch" in impls]
+    for impl in ratio_cols:
+        table.add_column(f"ratio {impl}", justify="right")
+    table.add_column("kernel")
+    for r in results["rows"]:
+        cells = [r["model"], r["optimizer"], *(f"{r['ms'][i]:.2f}" for i in impls)]
+        cells += [f"{r['ratio'][i]:.3f}×" for i in ratio_cols]
+        table.add_row(*cells, "yes" if r["kernel"] else "no")
+    if results["geomean_ratio"]:
+        table.add_row(
+            "geometric mean",
+            "",
+            *("" for _ in impls),
+            *(f"{results['geomean_ratio'][i]:.3f}×" for i in ratio_cols),
+            "",
+        )
+    return table
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser(prog: str = "train_step") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Time whole training iterations (default zero_grad, forward, backward, "
+        "step): torch.optim's fastest path against gradwise.",
+    )
+    p.add_argument("--models", type=_csv, default=list(MODELS), help=f"from {','.join(MODELS)}")
+    p.add_argument(
+        "--optimizers", type=_csv, default=list(OPTIMIZERS), help=f"from {','.join(OPTIMIZERS)}"
+    )
+    p.add_argument(
+        "--impls",
+        type=_csv,
+        default=list(IMPLEMENTATIONS),
+        help=f"from: {', '.join(IMPLEMENTATIONS)}",
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--rounds", type=int, default=21, help="interleaved rounds (default 21)")
+    p.add_argument("--iterations", type=int, default=3, help="iterations per round (default 3)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up iterations (default 3)")
+    p.add_argument("--quick", action="store_true", help="3 rounds of 1 iteration, 1 warm-up")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", default=None, help="write all results as JSON")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "train_step") -> int:
+    import json
+
+    from rich.console import Console
+
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        cfg = Config(
+            models=args.models,
+            optimizers=args.optimizers,
+            implementations=args.impls,
+            threads=args.threads,
+            rounds=3 if args.quick else args.rounds,
+            iterations=1 if args.quick else args.iterations,
+            warmup=1 if args.quick else args.warmup,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    err = Console(stderr=True, soft_wrap=True)
+    err.print(f"[dim]load average at start: {os.getloadavg()}[/]")
+    results = run(cfg, log=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False))
+    err.print(f"[dim]load average at end: {results['loadavg']['end']}[/]")
+    console = Console() if sys.stdout.isatty() else Console(width=140)
+    console.print(render(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+        err.print(f"[dim]wrote {args.json}[/]")
+    return 0

@@ -634,6 +634,47 @@ def test_compiled_path_runs_on_the_gradients_backward_made(name, cls, tcls, kw):
         torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("cls", "tcls", "first", "second"),
+    [
+        (
+            go.Adam,
+            torch.optim.Adam,
+            dict(betas=(0.9, 0.999), eps=1e-8),
+            dict(betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1),
+        ),
+        (
+            go.SGD,
+            torch.optim.SGD,
+            dict(momentum=0.9, dampening=0.1),
+            dict(momentum=0.5, dampening=0.2),
+        ),
+        (
+            go.RMSprop,
+            torch.optim.RMSprop,
+            dict(alpha=0.99, momentum=0.1),
+            dict(alpha=0.9, eps=1e-5, momentum=0.3),
+        ),
+    ],
+    ids=["adam", "sgd", "rmsprop"],
+)
+def test_a_new_hyperparameter_value_needs_no_new_kernel(
+    monkeypatch, tmp_path, cls, tcls, first, second
+):
+    """Hyperparameter values are the kernel's runtime arguments: a second optimizer with other
+    betas, eps, momentum or decay (all nonzero) runs the kernel already built, with torch's
+    numbers to float rounding."""
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    second = {**first, "weight_decay": 0.02, **second}
+    for kw in (dict(first, weight_decay=0.01), second):
+        a, b = twins(make_params(torch.float32, shapes=[(64, 33), (17,)]))
+        oa, ob = cls(a, lr=0.01, fused=True, **kw), tcls(b, lr=0.01, foreach=False, **kw)
+        run_lockstep(oa, ob, a, b, 8, torch.Generator().manual_seed(21))
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-6)
+    assert len(kernels._loaded) == 1 and len(list(tmp_path.glob("*.pt2"))) == 1
+
+
 def test_compiled_path_with_l1_and_decoupled_decay_matches_eager():
     vals = make_params(torch.float32, shapes=[(40, 30), (30,)])
     a, b = twins(vals)

@@ -47,8 +47,8 @@ def adam(
     """
     beta1, beta2 = betas
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    engine.lerp_(exp_avg, grad, 1 - beta1)
+    engine.addcmul_(exp_avg_sq.mul_(beta2), grad, grad, 1 - beta2)
     second = exp_avg_sq
     if amsgrad:
         second = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])

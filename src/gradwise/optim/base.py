@@ -47,7 +47,7 @@ def update(
     state: dict[str, Tensor],
     *,
     maximize: bool,
-    weight_decay: float,
+    weight_decay: float | Tensor,
     shrink: float | Tensor | None,
     l1_threshold: float | Tensor | None,
     hyperparameters: dict[str, Any],
@@ -61,8 +61,8 @@ def update(
     """
     if maximize:
         grad = -grad
-    if weight_decay != 0:
-        grad = grad.add(param, alpha=weight_decay)
+    if engine.nonzero(weight_decay):
+        grad = engine.added_scaled(grad, param, weight_decay)
     if shrink is not None:
         param.mul_(shrink)
     stored = state
@@ -144,9 +144,10 @@ class Optimizer(torch.optim.Optimizer):
     nothing: ``l1`` (proximal L1 strength), ``state_dtype`` (e.g. ``torch.bfloat16``: moment
     buffers stored in that dtype, halving their memory; the update is computed in the
     parameter's dtype), and ``fused`` (``None``: the update runs as one compiled pass for groups of
-    at least ``engine.KERNEL_MIN_NUMEL`` elements when that kernel is cached on disk, and is
-    compiled for groups of at least ``engine.AUTO_BUILD_NUMEL`` elements; ``True``/``False``:
-    always/never).
+    at least ``engine.KERNEL_MIN_NUMEL`` elements when that kernel is cached on disk, and for
+    groups of at least ``engine.AUTO_BUILD_NUMEL`` elements the kernel is built in the
+    background while the eager path runs; ``True``: always, waiting for a build; ``False``:
+    never).
     """
 
     #: the rule: ``rule(param, grad, state, **hyperparameters, **coefficients)``, in place

@@ -247,19 +247,55 @@ def uniform_step(seg: Segment) -> int | None:
 
 Rule = Callable[..., None]
 
-#: ``fused=None`` runs a group's update as a fused kernel (:mod:`kernels`) when the group has at
-#: least ``KERNEL_MIN_NUMEL`` elements and the kernel is already on disk; it builds one (~10-30 s,
-#: once per machine) only for groups of at least ``AUTO_BUILD_NUMEL`` elements, where that pays
-#: for itself within a typical 1,000-step run. Below ``KERNEL_MIN_NUMEL`` the default stays
-#: eager even with a kernel on disk: a cached Adam kernel would save ~15 µs a step at 17K
-#: elements (38 against 54 µs), but its float32 rounding differs from PyTorch's in the last bits,
-#: and a small model's results should not depend on what happens to be cached on the machine.
+#: ``fused=None`` runs a segment's update as a fused kernel (:mod:`kernels`) when the segment
+#: has at least ``KERNEL_MIN_NUMEL`` elements and the kernel is on disk. For a segment of at
+#: least ``AUTO_BUILD_NUMEL`` elements a kernel not on disk is built in a child process, at the
+#: lowest CPU priority, while the eager path runs; it takes over once it is there (~10-30 s of
+#: one core, once per machine; a new hyperparameter value needs no new build). Below
+#: ``KERNEL_MIN_NUMEL`` the default stays eager even with a kernel on disk: a cached Adam kernel
+#: would save ~15 µs a step at 17K elements (38 against 54 µs), but its float32 rounding differs
+#: from PyTorch's in the last bits, and a small model's results should not depend on what
+#: happens to be cached on the machine.
 KERNEL_MIN_NUMEL = 1 << 16
-AUTO_BUILD_NUMEL = 1 << 24
+AUTO_BUILD_NUMEL = 1 << 20
+
+
+# A rule's numbers (rates, betas, eps, momentum, ...) are Python numbers when it runs eagerly,
+# and 0-d float64 tensors when it is traced into a fused kernel (see :mod:`kernels`), so that
+# a kernel serves every value. These are the operations whose PyTorch form takes only a number;
+# each does the same arithmetic for a tensor. A zero is never a tensor, so rules may branch on
+# :func:`nonzero`.
+
+
+def nonzero(value: float | Tensor) -> bool:
+    """Whether a hyperparameter is not zero (a traced one is a tensor only when nonzero)."""
+    return isinstance(value, Tensor) or value != 0
+
+
+def add_scaled_(x: Tensor, y: Tensor, scale: float | Tensor) -> Tensor:
+    """``x ← x + scale·y`` in place."""
+    return x.add_(y * scale) if isinstance(scale, Tensor) else x.add_(y, alpha=scale)
+
+
+def added_scaled(x: Tensor, y: Tensor, scale: float | Tensor) -> Tensor:
+    """``x + scale·y``, a new tensor."""
+    return x + y * scale if isinstance(scale, Tensor) else x.add(y, alpha=scale)
+
+
+def addcmul_(x: Tensor, a: Tensor, b: Tensor, scale: float | Tensor) -> Tensor:
+    """``x ← x + scale·a·b`` in place."""
+    if isinstance(scale, Tensor):
+        return x.add_(a * b * scale)
+    return x.addcmul_(a, b, value=scale)
+
+
+def lerp_(x: Tensor, end: Tensor, weight: float | Tensor) -> Tensor:
+    """``x ← x + weight·(end − x)`` in place."""
+    return x.lerp_(end, weight.to(x.dtype) if isinstance(weight, Tensor) else weight)
 
 
 def sub_scaled_(param: Tensor, x: Tensor, scale: float | Tensor) -> None:
-    """``θ ← θ − scale·x`` in place; ``scale`` is a number (eager) or a 0-d tensor (compiled)."""
+    """``θ ← θ − scale·x`` in place."""
     if isinstance(scale, Tensor):
         param.sub_(x * scale)
     else:
@@ -267,7 +303,7 @@ def sub_scaled_(param: Tensor, x: Tensor, scale: float | Tensor) -> None:
 
 
 def sub_scaled_ratio_(param: Tensor, num: Tensor, den: Tensor, scale: float | Tensor) -> None:
-    """``θ ← θ − scale·num/den`` in place, as ``sub_scaled_`` for its ``scale``."""
+    """``θ ← θ − scale·num/den`` in place."""
     if isinstance(scale, Tensor):
         param.sub_(num.mul(scale).div_(den))
     else:

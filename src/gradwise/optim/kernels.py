@@ -32,7 +32,7 @@ loading them is proven (:data:`PROVEN_TORCH`); elsewhere the eager path runs, wi
 when a kernel was asked for. ``GRADWISE_KERNELS=off`` turns them off; ``GRADWISE_KERNELS=any``
 allows any torch release (each kernel is still checked in a child first).
 
-The child runs at low priority (``nice``), one thread, while the eager path goes on: with the
+The child runs at the lowest priority (``SCHED_IDLE``), one thread, while the eager path goes on: with the
 default ``fused=None`` a large group never waits for a build (the kernel takes over once it is
 on disk), and ``fused=True`` waits for it.
 """
@@ -146,48 +146,65 @@ def _is_scalar(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def split(args: dict) -> tuple[dict, list[tuple[str, str]], list[float]]:
-    """``update``'s keyword arguments as (constants, where the step's scalars go, their values)."""
-    static = {k: v for k, v in args.items() if k not in ("coefficients", "shrink", "l1_threshold")}
-    slots, values = [], []
-    for key, value in args["coefficients"].items():
-        if _is_scalar(value):
-            slots.append(("coefficients", key))
-            values.append(float(value))
-    for key in ("shrink", "l1_threshold"):
-        if args[key] is not None:
-            slots.append((key, ""))
-            values.append(float(args[key]))
-    static["coefficients"] = {k: v for k, v in args["coefficients"].items() if not _is_scalar(v)}
-    static["present"] = [k for k in ("shrink", "l1_threshold") if args[k] is not None]
+#: in a kernel's constants, a value that is one of its runtime scalars
+RUNTIME = "<runtime>"
+
+
+def split(args: dict) -> tuple[dict, list[tuple], list[float]]:
+    """``update``'s keyword arguments as (constants, where the scalars go, their values).
+
+    Every number is a runtime scalar of the kernel — the step's coefficients, ``shrink``,
+    ``l1_threshold``, and the hyperparameters (``betas``, ``eps``, ``momentum``, ...) — so that
+    a new value never means a new build. Only a zero stays a constant (written ``0``, not
+    :data:`RUNTIME`): rules branch on whether e.g. ``momentum`` is zero, never on its value.
+    Flags and dtypes are constants."""
+    static = {k: dict(v) if isinstance(v, dict) else v for k, v in args.items()}
+    slots: list[tuple] = []
+    values: list[float] = []
+
+    def runtime(path: tuple, value) -> bool:
+        if not _is_scalar(value) or (value == 0 and path[0] != "coefficients"):
+            return False
+        slots.append(path)
+        values.append(float(value))
+        return True
+
+    for key in ("coefficients", "hyperparameters"):
+        for name, value in args[key].items():
+            if isinstance(value, tuple):
+                static[key][name] = tuple(
+                    RUNTIME if runtime((key, name, i), v) else v for i, v in enumerate(value)
+                )
+            elif runtime((key, name), value):
+                static[key][name] = RUNTIME
+    for key in ("weight_decay", "shrink", "l1_threshold"):
+        if runtime((key,), args[key]):
+            static[key] = RUNTIME
     return static, slots, values
 
 
 class _Update(torch.nn.Module):
-    """``update(rule, param, grad, state, **args)`` with tensors only as positional inputs."""
+    """``update(rule, param, grad, state, **args)`` with tensors only as positional inputs: the
+    constants of :func:`split`, with its runtime scalars put back in their places."""
 
     def __init__(self, update, rule, names, static, slots):
         super().__init__()
-        self.update, self.rule, self.names, self.static, self.slots = (
-            update,
-            rule,
-            names,
-            static,
-            slots,
-        )
+        self.update, self.rule, self.names = update, rule, names
+        self.static, self.slots = static, slots
 
     def forward(self, param: Tensor, grad: Tensor, *rest: Tensor) -> None:
         state = dict(zip(self.names, rest[: len(self.names)]))
-        scalars = rest[len(self.names) :]
-        coefficients = dict(self.static["coefficients"])
-        extra = {"shrink": None, "l1_threshold": None}
-        for (where, key), value in zip(self.slots, scalars):
-            if where == "coefficients":
-                coefficients[key] = value
+        args = {k: dict(v) if isinstance(v, dict) else v for k, v in self.static.items()}
+        for path, value in zip(self.slots, rest[len(self.names) :]):
+            if len(path) == 1:
+                args[path[0]] = value
+            elif len(path) == 2:
+                args[path[0]][path[1]] = value
             else:
-                extra[where] = value
-        static = {k: v for k, v in self.static.items() if k not in ("coefficients", "present")}
-        self.update(self.rule, param, grad, state, coefficients=coefficients, **extra, **static)
+                items = list(args[path[0]][path[1]])
+                items[path[2]] = value
+                args[path[0]][path[1]] = tuple(items)
+        self.update(self.rule, param, grad, state, **args)
 
 
 @functools.cache
@@ -196,7 +213,7 @@ def _source(fn) -> str:
 
 
 #: changes whenever the way kernels are built changes, so that older cached kernels are not used
-KERNEL_FORMAT = "2: omp parallel, dynamic threads"
+KERNEL_FORMAT = "3: omp parallel, dynamic threads, hyperparameters at run time"
 
 
 @functools.cache
@@ -358,6 +375,16 @@ def child_command() -> list[str]:
     return [sys.executable, "-c", "from gradwise.optim import kernels; kernels.child_main()"]
 
 
+def _lowest_priority() -> None:  # pragma: no cover - runs in the child before exec
+    """CPU time only when nothing else wants it (Linux's SCHED_IDLE), else the lowest nice:
+    a build beside a training on 2 cores must not make PyTorch's threads wait on each other."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(19)
+
+
 def _start_build(spec: dict, *, background: bool) -> subprocess.Popen | None:
     """Start a child process that builds, loads and checks one kernel (:func:`child_main`)."""
     try:
@@ -366,8 +393,8 @@ def _start_build(spec: dict, *, background: bool) -> subprocess.Popen | None:
         disable(f"its rule cannot be sent to a child process to be built ({e})")
         return None
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCHINDUCTOR_COMPILE_THREADS="1")
-    # the eager path goes on meanwhile: the build takes what the training leaves of the CPU
-    nice = (lambda: os.nice(10)) if background and hasattr(os, "nice") else None
+    # the eager path goes on meanwhile: the build takes only what the training leaves of the CPU
+    nice = _lowest_priority if background else None
     try:
         # a file, not a pipe: a chatty build never blocks; closed in _finished
         errors = tempfile.TemporaryFile()  # noqa: SIM115

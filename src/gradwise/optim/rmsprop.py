@@ -37,14 +37,14 @@ def rmsprop(
     ``eps_inside_sqrt=True`` for the spec's form. ``alpha`` is the spec's ``ρ`` (Keras: ``rho``).
     """
     square_avg = state["square_avg"]
-    square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+    engine.addcmul_(square_avg.mul_(alpha), grad, grad, 1 - alpha)
     second = square_avg
     if centered:
         grad_avg = state["grad_avg"]
-        grad_avg.lerp_(grad, 1 - alpha)
+        engine.lerp_(grad_avg, grad, 1 - alpha)
         second = square_avg.addcmul(grad_avg, grad_avg, value=-1)
     root = second.add(eps).sqrt_() if eps_inside_sqrt else second.sqrt().add_(eps)
-    if momentum > 0:
+    if engine.nonzero(momentum):  # momentum >= 0
         buf = state["momentum_buffer"]
         buf.mul_(momentum).addcdiv_(grad, root)
         engine.sub_scaled_(param, buf, lr)

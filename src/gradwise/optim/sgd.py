@@ -39,13 +39,13 @@ def sgd(
     which is this rule with the learning rate folded into the buffer (equal when ``η`` is
     constant). The spec's "momentum" is the ``μ·b + g`` accumulation above (``τ = 0``).
     """
-    if momentum != 0:
+    if engine.nonzero(momentum):
         buf = state["momentum_buffer"]
         if first:
             buf.copy_(grad)
         else:
-            buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-        grad = grad.add(buf, alpha=momentum) if nesterov else buf
+            engine.add_scaled_(buf.mul_(momentum), grad, 1 - dampening)
+        grad = engine.added_scaled(grad, buf, momentum) if nesterov else buf
     engine.sub_scaled_(param, grad, lr)
 
 

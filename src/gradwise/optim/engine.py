@@ -149,22 +149,25 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
     like = params[0]
     order = sorted(range(len(params)), key=lambda i: numels[i] >= DIRECT_NUMEL)  # stable
     seg.slices = [slice(0, 0)] * len(params)
+    small = [i for i in order if numels[i] < DIRECT_NUMEL]
     offset = 0
     for i in order:
+        offset = _aligned(offset, like.element_size())
         seg.slices[i] = slice(offset, offset + numels[i])
         offset += numels[i]
-    small = [i for i in order if numels[i] < DIRECT_NUMEL]
-    seg.small = sum(numels[i] for i in small)
+    seg.small = seg.slices[small[-1]].stop if small else 0
     seg.small_params = [params[i] for i in small]
     seg.large = [(params[i], seg.slices[i]) for i in order if numels[i] >= DIRECT_NUMEL]
-    seg.param = torch.empty(offset, dtype=like.dtype, device=like.device)
+    # zeros: the alignment gaps between tensors start at zero and get zero gradients (their
+    # values never reach a parameter, whatever a rule makes of them)
+    seg.param = torch.zeros(offset, dtype=like.dtype, device=like.device)
     seg.grad = torch.zeros(seg.small, dtype=like.dtype, device=like.device)
     seg.whole_grad = False
     seg.small_views = [seg.grad[seg.slices[i]].view_as(params[i]) for i in small]
     seg.grad_views = [None] * len(params)  # none until Segment.use_grad_views
     for name in names:
         dtype = states[params[0]][name].dtype
-        seg.state[name] = torch.empty(offset, dtype=dtype, device=like.device)
+        seg.state[name] = torch.zeros(offset, dtype=dtype, device=like.device)
     for p, sl in zip(params, seg.slices):
         view = seg.param[sl].view_as(p)
         view.copy_(p.detach())
@@ -184,6 +187,17 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
     seg.ptrs = [p.data_ptr() for p in params]
     _attach_native_check(seg)
     seg.flat = True
+
+
+#: bytes each tensor's place in the flat buffers is aligned to: a cache line, as PyTorch's CPU
+#: allocator aligns a tensor of its own (oneDNN and BLAS kernels read aligned weights best)
+ALIGN_BYTES = 64
+
+
+def _aligned(offset: int, element_size: int) -> int:
+    """``offset`` (in elements) rounded up to a multiple of :data:`ALIGN_BYTES`."""
+    step = max(ALIGN_BYTES // element_size, 1)
+    return -(-offset // step) * step
 
 
 def _step_tensor(step) -> Tensor:
@@ -290,8 +304,18 @@ def addcmul_(x: Tensor, a: Tensor, b: Tensor, scale: float | Tensor) -> Tensor:
 
 
 def lerp_(x: Tensor, end: Tensor, weight: float | Tensor) -> Tensor:
-    """``x ← x + weight·(end − x)`` in place."""
-    return x.lerp_(end, weight.to(x.dtype) if isinstance(weight, Tensor) else weight)
+    """``x ← x + weight·(end − x)`` in place. (PyTorch's ``lerp`` picks one of two formulas by
+    the weight: traced with a tensor weight, that is a select per element.)"""
+    if isinstance(weight, Tensor):
+        return x.add_((end - x) * weight)
+    return x.lerp_(end, weight)
+
+
+def div_scalar(x: Tensor, divisor: float | Tensor) -> Tensor:
+    """``x / divisor``, a new tensor (traced: times the divisor's reciprocal, computed once)."""
+    if isinstance(divisor, Tensor):
+        return x * divisor.reciprocal()
+    return x / divisor
 
 
 def sub_scaled_(param: Tensor, x: Tensor, scale: float | Tensor) -> None:

@@ -245,6 +245,7 @@ def _key(update, rule, names, static, slots, param, grad, state) -> str:
         __version__,
         _source(update),
         _source(rule),
+        _source(sys.modules["gradwise.optim.engine"]),  # the operations rules are written with
         rule.__module__,
         rule.__qualname__,
         repr(sorted(static.items(), key=str)),

@@ -81,13 +81,13 @@ def main() -> int:
     print(torch.__version__, name, flush=True)
     from gradwise.optim import native
 
-    print("native layout check:", native.layout_check() is not None, native.error, flush=True)
+    print("native helpers:", native.helpers(wait=True) is not None, native.ENGINE.error, flush=True)
     # (1) parity on CUDA, Python check (6 params) and native check (40 params)
     for name, kw in CONFIGS:
         for n in (6, 40):
             for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
                 pe, se, seg = lockstep(name, kw, n, dtype=dtype)
-                native_used = seg.native_check is not None
+                native_used = seg.uses_native and native.helpers() is not None
                 check(
                     pe <= tol and se <= tol and seg.flat and native_used == (n >= 32),
                     f"parity {name} {kw} {n} params {dtype}: param {pe:.2g} state {se:.2g} "

@@ -183,10 +183,13 @@ def _one_step_skipped(model, x, y):
 @pytest.mark.parametrize("use_native", [True, False], ids=["native", "multi-tensor kernel"])
 def test_nan_in_one_gradient_only_is_caught(use_native, monkeypatch):
     """A finite loss whose gradient is NaN in one parameter: the step is skipped either way."""
-    from gradwise.optim import native
+    from gradwise.train import native
 
-    if not use_native:
-        monkeypatch.setattr(native, "finite_check", lambda: None)
+    if use_native:
+        if native.helpers(wait=True) is None:
+            pytest.skip(f"native helpers not built here: {native.TRAINER.error}")
+    else:
+        monkeypatch.setattr(native, "helpers", lambda wait=False: None)
     x, y = blobs()
     model = small_net()
     poisoned = []
@@ -234,9 +237,9 @@ def test_nan_guard_without_the_multi_tensor_kernel(monkeypatch):
     def refuse(*args, **kwargs):
         raise RuntimeError("Expected all tensors to be on the same device")
 
-    from gradwise.optim import native
+    from gradwise.train import native
 
-    monkeypatch.setattr(native, "finite_check", lambda: None)  # the non-native path
+    monkeypatch.setattr(native, "helpers", lambda wait=False: None)  # the non-native path
     monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", refuse)
     x, y = blobs()
     x = x.clone()
@@ -439,10 +442,10 @@ def test_native_step_record_gives_the_history_the_python_path_gives(monkeypatch)
     """fit()'s one-call native record (guard, loss, right predictions) and the Python path
     (detached losses, argmax folds) give the same history, to the bit; so does a run whose
     outputs the native count cannot read (float16 scores: recorded natively, counted in Python)."""
-    from gradwise.optim import native
+    from gradwise.train import native
 
-    if native.step_record() is None:
-        pytest.skip(f"native helpers not built here: {native.error}")
+    if native.helpers(wait=True) is None:
+        pytest.skip(f"native helpers not built here: {native.TRAINER.error}")
     x, y = blobs()
 
     class Half(nn.Module):  # float16 scores (the loss is taken in float32)
@@ -471,7 +474,7 @@ def test_native_step_record_gives_the_history_the_python_path_gives(monkeypatch)
 
     with_native = run()
     with_native_half = run(half=True)
-    monkeypatch.setattr(native, "step_record", lambda: None)
+    monkeypatch.setattr(native, "helpers", lambda wait=False: None)
     assert run() == with_native
     assert run(half=True) == with_native_half
     assert with_native[1][-1]["train_accuracy"] > 0.9

@@ -315,16 +315,16 @@ class Optimizer(torch.optim.Optimizer):
         if seg.flat and layout == engine.Segment.MOVED:
             seg.flat = False  # a parameter was moved or replaced: flatten again once possible
         views = layout == engine.Segment.VIEWS  # the usual case after zero_grad(False)
-        if views or (seg.flat and seg.all_have_grads()):
-            step = engine.uniform_step(seg)
-            if step is not None:
+        step = engine.uniform_step(seg) if seg.flat else None
+        if step is not None:
+            # views: one update of the whole buffers; else (the default zero_grad()) backward's
+            # own gradient tensors, or None when one is missing
+            whole = [(slice(0, seg.param.numel()), seg.grad)]
+            pieces = whole if views else seg.gradient_pieces()
+            if pieces is not None:
                 if seg.steps is not None:
                     seg.steps += 1
                 seg.step = step + 1
-                if views:  # one update of the whole buffers
-                    pieces = [(slice(0, seg.param.numel()), seg.grad)]
-                else:  # the default zero_grad(): backward's own gradient tensors
-                    pieces = seg.gradient_pieces()
                 kernel = self._kernel(seg, seg.grad, group)
                 for where, grad in pieces:
                     whole = where.start == 0 and where.stop == seg.param.numel()

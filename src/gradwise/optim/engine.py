@@ -76,11 +76,11 @@ class Segment:
     steps: Tensor | None = None
     step: int | None = None  # the common step count, None when unknown or not uniform
     ptrs: list[int] = field(default_factory=list)
-    # the native layout check and its arguments (see :mod:`native`), when it serves this segment;
-    # ``native_arrays`` keeps alive the arrays the arguments point into
-    native_check: Callable | None = None
-    native_args: tuple = ()
-    native_arrays: tuple[Tensor, ...] = ()
+    # for the native helpers (see :mod:`native`), which serve segments of many tensors: ``ptrs``
+    # and the small tensors' offsets in ``grad``, as int64 tensors
+    uses_native: bool = False
+    ptr_array: Tensor | None = None
+    small_offsets: Tensor | None = None
 
     #: what :meth:`layout` returns
     MOVED, FLAT, VIEWS = 0, 1, 2
@@ -89,8 +89,9 @@ class Segment:
         """``MOVED`` when a parameter no longer lives in the flat buffer (``model.to(...)``,
         ``p.data = ...``); else ``VIEWS`` when every ``p.grad`` is its view into the flat
         gradient buffer (the usual case after ``zero_grad(set_to_none=False)``), else ``FLAT``."""
-        if self.native_check is not None:
-            return self.native_check(*self.native_args)
+        helpers = native.helpers() if self.uses_native else None
+        if helpers is not None:
+            return helpers.layout(self.params, self.ptr_array, self.grad_views)
         if not self.still_flat():
             return Segment.MOVED
         return Segment.VIEWS if self.grads_are_views() else Segment.FLAT
@@ -117,18 +118,27 @@ class Segment:
         self.grad_views = [self.grad[sl].view_as(p) for p, sl in zip(self.params, self.slices)]
         small = {id(p) for p in self.small_params}
         self.small_views = [v for p, v in zip(self.params, self.grad_views) if id(p) in small]
-        _attach_native_check(self)
 
-    def gradient_pieces(self) -> list[tuple[slice, Tensor]]:
+    def gradient_pieces(self) -> list[tuple[slice, Tensor]] | None:
         """For a step on gradients that are not (all) views of ``grad``: where in the flat
-        buffers each piece is, and its gradient. The small tensors' gradients are gathered into
-        ``grad`` (one multi-tensor copy); each large tensor's gradient is used where it lies."""
+        buffers each piece is, and its gradient; None if a gradient is missing. The small
+        tensors' gradients are gathered into ``grad`` (one ``memcpy`` each natively, else one
+        multi-tensor copy); each large tensor's gradient is used where it lies."""
         pieces = []
         if self.small:
-            torch._foreach_copy_(self.small_views, [p.grad for p in self.small_params])
+            helpers = native.helpers() if self.uses_native else None
+            if helpers is None or not helpers.gather(
+                self.small_params, self.small_offsets, self.grad
+            ):
+                grads = list(map(_GRAD, self.small_params))
+                if not all(map(operator.is_not, grads, itertools.repeat(None))):
+                    return None
+                torch._foreach_copy_(self.small_views, grads)
             pieces.append((slice(0, self.small), self.grad[: self.small]))
         for p, sl in self.large:
             g = p.grad
+            if g is None:
+                return None
             pieces.append((sl, g.view(-1) if g.is_contiguous() else g.reshape(-1)))
         return pieces
 
@@ -185,7 +195,9 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
     else:
         seg.steps, seg.step = None, 1  # every parameter has had its first update
     seg.ptrs = [p.data_ptr() for p in params]
-    _attach_native_check(seg)
+    seg.uses_native = len(params) >= native.MIN_PARAMS
+    seg.ptr_array = torch.tensor(seg.ptrs, dtype=torch.int64)
+    seg.small_offsets = torch.tensor([seg.slices[i].start for i in small], dtype=torch.int64)
     seg.flat = True
 
 
@@ -210,24 +222,6 @@ def _step_tensor(step) -> Tensor:
 def _step_dtype_of(steps: list) -> torch.dtype:
     first = steps[0]
     return first.dtype if isinstance(first, Tensor) else torch.get_default_dtype()
-
-
-def _attach_native_check(seg: Segment) -> None:
-    """Give the segment the native layout check (see :mod:`native`), where it serves."""
-    seg.native_check, seg.native_args, seg.native_arrays = None, (), ()
-    check = native.layout_check() if len(seg.params) >= native.MIN_PARAMS else None
-    if check is None:
-        return
-    # TensorImpl addresses: the optimizer holds the params and the views, so they stay valid;
-    # a parameter without a view gets 0, which no gradient's TensorImpl is
-    views = [0 if v is None else v._cdata for v in seg.grad_views]
-    arrays = tuple(
-        torch.tensor(values, dtype=torch.int64)
-        for values in ([p._cdata for p in seg.params], seg.ptrs, views)
-    )
-    seg.native_arrays = arrays
-    seg.native_args = (len(seg.params), *(a.data_ptr() for a in arrays))
-    seg.native_check = check
 
 
 #: elements per piece of a flat buffer that the rule is applied to at once (see :func:`chunks`)

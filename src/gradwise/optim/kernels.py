@@ -32,9 +32,9 @@ loading them is proven (:data:`PROVEN_TORCH`); elsewhere the eager path runs, wi
 when a kernel was asked for. ``GRADWISE_KERNELS=off`` turns them off; ``GRADWISE_KERNELS=any``
 allows any torch release (each kernel is still checked in a child first).
 
-The child runs at the lowest priority (``SCHED_IDLE``), one thread, while the eager path goes on: with the
-default ``fused=None`` a large group never waits for a build (the kernel takes over once it is
-on disk), and ``fused=True`` waits for it.
+The child runs at the lowest CPU priority (``SCHED_IDLE``), one thread, while the eager path
+goes on: with the default ``fused=None`` a large group never waits for a build (the kernel takes
+over once it is on disk), and ``fused=True`` waits for it.
 """
 
 from __future__ import annotations
@@ -376,7 +376,7 @@ def child_command() -> list[str]:
     return [sys.executable, "-c", "from gradwise.optim import kernels; kernels.child_main()"]
 
 
-def _lowest_priority() -> None:  # pragma: no cover - runs in the child before exec
+def lowest_priority() -> None:  # pragma: no cover - runs in the child before exec
     """CPU time only when nothing else wants it (Linux's SCHED_IDLE), else the lowest nice:
     a build beside a training on 2 cores must not make PyTorch's threads wait on each other."""
     try:
@@ -395,7 +395,7 @@ def _start_build(spec: dict, *, background: bool) -> subprocess.Popen | None:
         return None
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCHINDUCTOR_COMPILE_THREADS="1")
     # the eager path goes on meanwhile: the build takes only what the training leaves of the CPU
-    nice = _lowest_priority if background else None
+    nice = lowest_priority if background else None
     try:
         # a file, not a pipe: a chatty build never blocks; closed in _finished
         errors = tempfile.TemporaryFile()  # noqa: SIM115

@@ -1,27 +1,24 @@
-"""Native helpers for per-step checks over many tensors, compiled once per machine.
+"""Native helpers for the engine's per-step loops over many tensors, compiled once per machine.
 
-* **The layout check.** Every step, the flat path must know that each parameter still lives in
-  its segment's flat buffer (``model.to(...)`` or ``p.data = ...`` move it) and whether each
-  ``p.grad`` is still its view into the flat gradient buffer (``zero_grad(set_to_none=True)`` or
-  ``p.grad = ...`` replace it). In Python that is a ``data_ptr()`` call and a ``.grad`` lookup
-  per parameter, ~150 ns each: 0.3 ms a step for 2000 tensors, more than the fused update of
-  their million elements. ``layout`` does the same comparisons in one C++ loop (~10 µs for 2000
-  tensors).
-* **The NaN/inf guard** of :func:`gradwise.train.fit`: whether the loss and every gradient are
-  finite. PyTorch's multi-tensor check plus building its list and reading its flag took ~13 µs a
-  step on a 6-tensor MLP whose whole step takes 0.4 ms; ``all_finite`` reads the gradients
-  through the parameters' TensorImpls in one call.
-* **fit()'s step record**: ``record`` is the guard plus the step's bookkeeping in the same call
-  (the loss's value appended to the epoch's list, the batch's right predictions counted), which
-  in Python took two ``detach()`` calls, list appends and a kept output per step. On the digits
-  MLP, in one process, fit's overhead over a minimal loop went from ~27 to ~16 µs a step.
+* **The layout check** (``layout``). Every step, the flat path must know that each parameter
+  still lives in its segment's flat buffer (``model.to(...)`` or ``p.data = ...`` move it) and
+  whether each ``p.grad`` is still its view into the flat gradient buffer
+  (``zero_grad(set_to_none=True)`` or ``p.grad = ...`` replace it). In Python that is a
+  ``data_ptr()`` call and a ``.grad`` lookup per parameter, ~150 ns each: 0.3 ms a step for 2000
+  tensors, more than the fused update of their million elements.
+* **The gather** (``gather``). With the default ``zero_grad()``, backward leaves every small
+  tensor's gradient in a tensor of its own, and the step copies them into the segment's gradient
+  buffer. ``torch._foreach_copy_`` costs ~1.5-2 µs a tensor (2.4 ms for 1,200 small gradients);
+  one ``memcpy`` each costs 0.4 ms for the same.
 
-``native.cpp`` is compiled with the C++ compiler (``$CXX``, else ``c++``) against this torch's
-and Python headers, once (~1.7 s), into a small extension module cached beside the fused
-kernels. (It was first called through ``ctypes``; inside a training loop, whose forward and
-backward passes evict the CPU's caches, a ctypes call cost ~3.7 µs against ~0.7 µs in a tight
-loop. The extension's ``METH_FASTCALL`` functions take a fraction of that.) Where it cannot be
-built, the Python versions run instead: same answers.
+Both are in ``native.cpp``, written against PyTorch's public extension API only
+(``THPVariable_Unpack`` and ``at::Tensor``'s accessors). :class:`Extension` builds such a file
+with the C++ compiler (``$CXX``, else ``c++``) against this torch and Python, once per machine
+(~20 s of one core), in a child process at the lowest CPU priority while the Python versions
+serve; the child also imports the module it built, so a module that would not load never
+reaches the user's process. It is cached beside the fused kernels. Where it cannot be built (no
+compiler, no Python headers), one warning says so and the Python versions keep serving: same
+answers.
 """
 
 from __future__ import annotations
@@ -35,7 +32,9 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable
+import tempfile
+import time
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -43,26 +42,117 @@ import torch
 
 from gradwise.optim import kernels
 
-#: below this many tensors the Python check costs about as much as the call into C++
+#: below this many tensors the Python versions cost about as much as the call into C++
 MIN_PARAMS = 32
 
-_SOURCE = Path(__file__).with_name("native.cpp")
-_MODULE = "gradwise_native"  # its PyInit_ name in native.cpp
-_library: ModuleType | None = None
-_failed = False
-error: str | None = None  # why the native check could not be built here, if it could not
+
+class Extension:
+    """A C++ extension module of gradwise's (``source``, whose ``PyInit_<name>`` it defines),
+    built once per machine in a child process; :meth:`get` is the module once it is there."""
+
+    #: seconds between two looks at a build in progress
+    POLL_S = 0.25
+
+    def __init__(self, name: str, source: Path) -> None:
+        self.name, self.source = name, source
+        self.module: ModuleType | None = None
+        self.error: str | None = None  # why it could not be built here, once that is known
+        self._build: tuple[subprocess.Popen, object] | None = None
+        self._next_look = 0.0
+
+    def path(self) -> Path:
+        source = self.source.read_bytes()
+        abi = getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True)
+        python = sysconfig.get_config_var("EXT_SUFFIX") or sys.version  # its C API
+        key = hashlib.sha256(
+            b"\x00".join([source, torch.__version__.encode(), str(abi).encode(), python.encode()])
+        ).hexdigest()[:32]
+        return kernels.cache_dir() / f"native-{self.name}-{key}.so"
+
+    def get(self, wait: bool = False) -> ModuleType | None:
+        """The module, or None: not built yet (a build is started or looked at; ``wait``
+        waits for it) or not buildable here (:attr:`error` says why)."""
+        if self.module is not None or self.error is not None:
+            return self.module
+        if self._build is not None:
+            if not wait and time.monotonic() < self._next_look:
+                return None
+            return self._finish(wait)
+        try:
+            if not sys.platform.startswith(("linux", "darwin")):
+                raise RuntimeError(f"not built on {sys.platform}")
+            path = self.path()
+            if path.exists():
+                return self._load(path)
+            errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _finish
+            command = [
+                sys.executable,
+                "-c",
+                "import sys; from gradwise.optim import native; native.child_build(*sys.argv[1:])",
+                self.name,
+                str(self.source),
+                str(path),
+            ]
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                preexec_fn=kernels.lowest_priority,
+            )
+        except Exception as e:  # noqa: BLE001 - any failure: the Python versions serve
+            self._fail(f"{type(e).__name__}: {e}")
+            return None
+        self._build = (proc, errors)
+        self._next_look = time.monotonic() + self.POLL_S
+        return self._finish(wait) if wait else None
+
+    def _finish(self, wait: bool) -> ModuleType | None:
+        proc, errors = self._build
+        if wait:
+            proc.wait()
+        elif proc.poll() is None:
+            self._next_look = time.monotonic() + self.POLL_S
+            return None
+        self._build = None
+        errors.seek(0)
+        lines = errors.read().decode(errors="replace").strip().splitlines()
+        errors.close()
+        if proc.returncode != 0:
+            self._fail(lines[-1] if lines else f"the build exited with {proc.returncode}")
+            return None
+        return self._load(self.path())
+
+    def _load(self, path: Path) -> ModuleType | None:
+        try:
+            with contextlib.suppress(OSError):  # "last used", for `gradwise cache --older-than`
+                os.utime(path)
+            self.module = import_extension(self.name, path)
+        except Exception as e:  # noqa: BLE001 - the Python versions serve
+            self._fail(f"{type(e).__name__}: {e}")
+        return self.module
+
+    def _fail(self, error: str) -> None:
+        self.error = error
+        warnings.warn(
+            f"gradwise: the native helpers ({self.name}) could not be built here ({error}); "
+            "their Python versions run instead (same results, slower). They need a C++ "
+            "compiler ($CXX or c++) and Python's headers.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
-def _library_path(source: bytes) -> Path:
-    abi = getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True)
-    python = sysconfig.get_config_var("EXT_SUFFIX") or sys.version  # the C API it is built for
-    key = hashlib.sha256(
-        b"\x00".join([source, torch.__version__.encode(), str(abi).encode(), python.encode()])
-    ).hexdigest()[:32]
-    return kernels.cache_dir() / f"native-{key}.so"
+def import_extension(name: str, path: Path) -> ModuleType:
+    loader = importlib.machinery.ExtensionFileLoader(f"gradwise_{name}_native", str(path))
+    spec = importlib.util.spec_from_file_location(loader.name, path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
 
 
-def _build(path: Path, source: bytes) -> None:
+def compile_extension(source: Path, out: Path) -> None:
+    """Compile ``source`` into the extension module ``out`` against this torch and Python."""
     from torch.utils import cpp_extension
 
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
@@ -70,8 +160,6 @@ def _build(path: Path, source: bytes) -> None:
         raise RuntimeError("no C++ compiler found (set $CXX)")
     torch_lib = Path(torch.__file__).parent / "lib"
     abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.so")
     command = [
         compiler,
         "-O3",
@@ -82,63 +170,42 @@ def _build(path: Path, source: bytes) -> None:
         f"-I{sysconfig.get_paths()['include']}",
         *(f"-I{p}" for p in cpp_extension.include_paths()),
         *(["-undefined", "dynamic_lookup"] if sys.platform == "darwin" else []),
-        "-x",
-        "c++",
-        "-",
+        str(source),
         "-o",
-        str(tmp),
+        str(out),
         f"-L{torch_lib}",
         "-lc10",
+        "-ltorch",
+        "-ltorch_cpu",
+        "-ltorch_python",
         f"-Wl,-rpath,{torch_lib}",
     ]
-    done = subprocess.run(command, input=source, capture_output=True, timeout=120)
+    done = subprocess.run(command, capture_output=True, timeout=600)
     if done.returncode != 0:
-        tmp.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
         lines = done.stderr.decode(errors="replace").strip().splitlines()
         errors = [line for line in lines if "error" in line] or lines or ["?"]
         raise RuntimeError(f"{Path(compiler).name} failed: {errors[0]}")
-    os.replace(tmp, path)
 
 
-def _load() -> ModuleType | None:
-    """The compiled module, built at most once per process (None where it cannot be)."""
-    global _library, _failed, error
-    if _library is not None or _failed:
-        return _library
+def child_build(name: str, source: str, path: str) -> None:
+    """In the child process: compile, import the result (a module that would not load fails
+    here, not in the user's process), then rename it into the cache."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp.so")
     try:
-        if not sys.platform.startswith(("linux", "darwin")):
-            raise RuntimeError(f"not built on {sys.platform}")
-        source = _SOURCE.read_bytes()
-        path = _library_path(source)
-        if not path.exists():
-            _build(path, source)
-        with contextlib.suppress(OSError):  # "last used", for `gradwise cache --older-than`
-            os.utime(path)
-        loader = importlib.machinery.ExtensionFileLoader(_MODULE, str(path))
-        spec = importlib.util.spec_from_file_location(_MODULE, path, loader=loader)
-        library = importlib.util.module_from_spec(spec)
-        loader.exec_module(library)
-        _library = library
-    except Exception as e:  # any failure: the Python checks do the same job
-        _failed, error = True, f"{type(e).__name__}: {e}"
-    return _library
+        compile_extension(Path(source), tmp)
+        import_extension(name, tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def layout_check() -> Callable | None:
-    """``check(n, params, ptrs, grads) -> 0/1/2`` (see ``native.cpp``), or None."""
-    library = _load()
-    return library.layout if library is not None else None
+#: the engine's helpers: ``layout`` and ``gather`` (see ``native.cpp``)
+ENGINE = Extension("optim", Path(__file__).with_name("native.cpp"))
 
 
-def finite_check() -> Callable | None:
-    """``check(n, params, loss) -> 1/0/-1``: the loss and the params' gradients all finite /
-    not / cannot tell (see ``native.cpp``), or None."""
-    library = _load()
-    return library.all_finite if library is not None else None
-
-
-def step_record() -> Callable | None:
-    """``record(n, params, loss, out, labels, right, losses) -> 3/2/0/-1``: :func:`fit`'s guard
-    and per-step records in one call (see ``native.cpp``), or None."""
-    library = _load()
-    return library.record if library is not None else None
+def helpers(wait: bool = False) -> ModuleType | None:
+    """The engine's compiled helpers, or None while they are not (yet) built here."""
+    return ENGINE.get(wait)

@@ -18,9 +18,8 @@ from torch import Tensor, nn
 
 from gradwise import _checks
 from gradwise.errors import CheckpointError, ConfigError, GradwiseError
-from gradwise.optim import native
 from gradwise.train import checkpoint as ckpt
-from gradwise.train import distributed
+from gradwise.train import distributed, native
 from gradwise.train.callbacks import Callback
 from gradwise.train.history import History
 from gradwise.train.progress import Progress
@@ -491,7 +490,6 @@ class _Correct:
         self.count: Tensor | None = None
         #: the count of :meth:`_Faults.check_step`'s native calls (CPU), which add to it in place
         self.counted = torch.zeros((), dtype=torch.int64)
-        self.counted_at = self.counted.data_ptr()
 
     def add(self, out: Tensor, labels: Tensor) -> None:
         self.outputs.append(out.detach())
@@ -532,13 +530,9 @@ class _Faults:
         flag = dict(device=device, dtype=torch.float32)  # what the kernel takes, always
         self.found, self.one = torch.zeros(1, **flag), torch.ones(1, **flag)
         self.step = self.epoch = self.batch = 0
-        # the native check, where it serves (CPU parameters): reads each .grad through the
-        # parameter's TensorImpl, which the list ``params`` keeps alive
-        self.native = native.finite_check() if device.type == "cpu" and params else None
-        self.record = native.step_record() if self.native is not None and record else None
-        if self.native is not None:
-            self.impls = torch.tensor([p._cdata for p in params], dtype=torch.int64)
-            self.native_args = (len(params), self.impls.data_ptr())
+        # the native helpers serve CPU parameters (once they are built)
+        self.native = device.type == "cpu" and bool(params)
+        self.recording = record
 
     def at(self, step: int, epoch: int, batch: int) -> None:
         """The step about to be taken (1-based) and where it is: epoch and batch, 1-based."""
@@ -558,16 +552,10 @@ class _Faults:
         loss's value to ``losses`` and, given ``tally``, adds the batch's right predictions to
         it (``COUNTED``, or ``RECORDED`` where ``out``/``labels`` are not class scores and
         indices). Otherwise ``UNRECORDED`` (the caller records) or ``NONFINITE``."""
-        if self.record is not None:
-            counted = tally is not None and isinstance(out, Tensor) and isinstance(labels, Tensor)
-            answer = self.record(
-                *self.native_args,
-                loss._cdata,
-                out._cdata if counted else 0,
-                labels._cdata if counted else 0,
-                tally.counted_at if counted else 0,
-                losses,
-            )
+        helpers = native.helpers() if self.native and self.recording else None
+        if helpers is not None:
+            right = tally.counted if tally is not None else None
+            answer = helpers.record(self.params, loss, out, labels, right, losses)
             if answer >= 0:
                 return answer
         return self.UNRECORDED if self.all_finite(loss.detach()) else self.NONFINITE
@@ -575,8 +563,9 @@ class _Faults:
     def all_finite(self, loss: Tensor) -> bool:
         """Whether the loss and every gradient are finite: one native call (CPU), else one
         multi-tensor kernel and one sync."""
-        if self.native is not None:
-            answer = self.native(*self.native_args, loss._cdata)
+        helpers = native.helpers() if self.native else None
+        if helpers is not None:
+            answer = helpers.all_finite(self.params, loss)
             if answer >= 0:
                 return answer == 1
         tensors = [loss]

@@ -387,7 +387,7 @@ class Optimizer(torch.optim.Optimizer):
         if found is None:
             return None
         compiled, values = found
-        scalars = kernels.scalar_tensors(values, grad.device)
+        scalars = kernels.scalar_tensors(values, grad.device, kernels.scalar_dtype(grad.dtype))
 
         def kernel(param: Tensor, grad: Tensor, state: dict[str, Tensor]) -> None:
             compiled(param, grad, state, scalars)

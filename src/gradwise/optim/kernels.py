@@ -5,10 +5,12 @@ buffers. A *kernel* is that same Python code — ``update()`` and the rule it ca
 ``torch.export`` and compiled by AOTInductor into a shared library that reads each buffer once and
 writes it once. Nothing is written twice: the kernel is traced from the rule itself.
 
-What varies from step to step (the learning rate, bias corrections, the decoupled-decay factor, the
-L1 threshold) enters as 0-d float64 tensors; the flat buffers' length is a dynamic dimension. What
-is constant for a param group (``betas``, ``eps``, ``momentum``, flags, dtypes, the device type)
-is baked in and is part of the cache key, together with the torch version, the source code of
+Every number enters as a 0-d tensor (float32, or float64 for float64 parameters): what varies
+from step to step (the learning rate, bias corrections, the decoupled-decay factor, the L1
+threshold) and the hyperparameters alike (``betas``, ``eps``, ``momentum``, ...), so that a new
+value never means a new build (see :func:`split`); the flat buffers' length is a dynamic
+dimension. What is baked in and part of the cache key: flags, which numbers are zero, dtypes, the
+device type, together with the torch build, the source code of
 ``update`` and the rule, and the CPU (model and instruction-set flags: kernels are compiled for
 the CPU that builds them). Building a kernel takes ~10-30 s once per machine; loading a cached one
 takes milliseconds. The cache lives in ``$GRADWISE_KERNEL_CACHE`` (default
@@ -213,7 +215,7 @@ def _source(fn) -> str:
 
 
 #: changes whenever the way kernels are built changes, so that older cached kernels are not used
-KERNEL_FORMAT = "3: omp parallel, dynamic threads, hyperparameters at run time"
+KERNEL_FORMAT = "4: float32 scalars, omp parallel, dynamic threads, hyperparameters at run time"
 
 
 @functools.cache
@@ -440,10 +442,11 @@ def child_main() -> None:
     try:
         kernel = _load(tmp, tuple(names))
         ran = tensors()
-        kernel(ran[0], ran[1], dict(zip(names, ran[2:])), scalar_tensors(spec["values"], device))
+        scalars = scalar_tensors(spec["values"], device, scalar_dtype(spec["dtypes"][0]))
+        kernel(ran[0], ran[1], dict(zip(names, ran[2:])), scalars)
         eager = tensors()
         with torch.no_grad():
-            module(*eager, *scalar_tensors(spec["values"], device))
+            module(*eager, *scalars)
         for a, b in zip(ran, eager):
             if not torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-5, equal_nan=True):
                 sys.exit("the compiled kernel disagrees with the eager update")
@@ -522,7 +525,7 @@ def _build(path: Path, module, param, grad, state, names, values) -> None:
     from torch.export import Dim, export
 
     n = Dim("n", min=2)
-    scalars = [torch.tensor(v, dtype=torch.float64, device=param.device) for v in values]
+    scalars = scalar_tensors(values, param.device, scalar_dtype(param.dtype))
     inputs = (param, grad, *(state[name] for name in names), *scalars)
     shapes = ({0: n}, {0: n}, (*({0: n} for _ in names), *(None for _ in scalars)))
     exported = export(module, inputs, dynamic_shapes=shapes)
@@ -537,5 +540,11 @@ def _build(path: Path, module, param, grad, state, names, values) -> None:
     os.replace(tmp, path)
 
 
-def scalar_tensors(values: list[float], device: torch.device) -> list[Tensor]:
-    return [torch.tensor(v, dtype=torch.float64, device=device) for v in values]
+def scalar_tensors(values: list[float], device: torch.device, dtype: torch.dtype) -> list[Tensor]:
+    return [torch.tensor(v, dtype=dtype, device=device) for v in values]
+
+
+def scalar_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a kernel's runtime scalars: float64 for float64 parameters, else float32
+    (float64 scalars made the compiled loop convert each of them on every iteration)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -489,3 +489,26 @@ def test_epoch_loss_values_mix_native_floats_and_tensors_in_order():
     assert _loss_values(losses) == [0.5, 0.25, 2.0, 4.0, 0.125]
     assert _loss_values([1.5, 2.5]) == [1.5, 2.5]
     assert _loss_values([]) == []
+
+
+@pytest.mark.parametrize(
+    "optimizer", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+)
+@pytest.mark.parametrize(
+    ("option", "value"), [("momentum", 0.5), ("betas", (0.8, 0.99)), ("eps", 1e-6)]
+)
+def test_an_option_the_optimizer_would_ignore_is_refused(optimizer, option, value):
+    """Every option x optimizer pair: an option the chosen optimizer does not use is refused
+    with a one-line error naming it (never trained as if it had not been given); one it uses is
+    what it trains with."""
+    from gradwise.errors import ConfigError
+    from gradwise.train.run import OPTIMIZER_OPTIONS, TrainConfig, build_optimizer
+
+    config = TrainConfig(optimizer=optimizer, **{option: value})
+    if optimizer not in OPTIMIZER_OPTIONS[option]:
+        with pytest.raises(ConfigError, match=f"{option}=.* has no effect with optimizer"):
+            config.resolved()
+        return
+    resolved = config.resolved()
+    opt = build_optimizer(resolved, torch.nn.Linear(3, 2))
+    assert opt.param_groups[0][option] == value

@@ -4,7 +4,7 @@ Importable and free of any command-line framework: :func:`run` measures and retu
 JSON-ready dict; :func:`render` turns that dict into a rich table; :func:`main` is the argparse
 entry point used by ``benchmarks/optim_step.py`` (and by ``gradwise bench``).
 
-How it measures (see ``BENCHMARKING.md``):
+How it measures (the method: docs/benchmarking.md):
 
 * one process; for each row group (a workload and an optimizer) every implementation gets its own
   copy of the same random parameters and gradients (fixed seed, set once), is warmed up, and then

@@ -585,7 +585,7 @@ def _worker_init() -> None:
     import torch
 
     # one thread per run: with several processes on few cores, OpenMP threads spinning on
-    # barriers cost far more than they win (see BENCHMARKING.md)
+    # barriers cost far more than they win (docs/benchmarking.md)
     torch.set_num_threads(1)
 
 

@@ -1,15 +1,17 @@
-"""PNG plots of runs (matplotlib, no display needed)."""
+"""PNG plots of runs (matplotlib, no display needed).
+
+Figures are made with matplotlib's object API (``matplotlib.figure.Figure``), not pyplot: writing
+a PNG needs no display and leaves the user's backend alone (a notebook keeps its own).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from gradwise.train.history import History  # noqa: E402
+from gradwise.train.history import History
 
 
 def smooth(values: list[float], beta: float = 0.9) -> list[float]:
@@ -33,7 +35,8 @@ def plot_history(history: History, path: str | Path, title: str = "") -> Path:
             (k[6:] for r in epochs for k in r if k.startswith("train_") and k != "train_loss"), None
         ),
     )
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
     ax = axes[0]
     if steps:
         ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.8, label="train (per step)")
@@ -84,14 +87,13 @@ def plot_history(history: History, path: str | Path, title: str = "") -> Path:
         fig.suptitle(title)
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 # ------------------------------------------------------------------------------ lab plots
 
 #: one colour per configuration (matplotlib's tab10, then tab20's light shades)
-COLORS = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
+COLORS = list(colormaps["tab10"].colors) + list(colormaps["tab20"].colors[1::2])
 
 
 def _save(fig, path: str | Path, dpi: int = 100) -> Path:
@@ -101,7 +103,6 @@ def _save(fig, path: str | Path, dpi: int = 100) -> Path:
     path = Path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
     try:
         from PIL import Image
 
@@ -128,7 +129,8 @@ def plot_lr_find(result, path: str | Path, title: str = "") -> Path:
     suggestion, the smoothed minimum and the steepest descent marked and the rule written out."""
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
     lrs, losses, smoothed = result.lrs, result.losses, result.smoothed
 
     def on_curve(lr):
@@ -177,7 +179,8 @@ def plot_schedule(
     ylabel: str = "learning rate",
 ) -> Path:
     """Learning rate against step, one line per ``(label, values)``; plateau ``cuts`` marked."""
-    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
     for (label, values), color, style in zip(curves, COLORS, ("-", "--", "-.", ":") * 8):
         ax.plot(steps, values, style, color=color, lw=2, label=label)
     for i, cut in enumerate(cuts):
@@ -257,7 +260,8 @@ def plot_comparison(comparison, path: str | Path, title: str = "") -> Path:
     rate_curves = {tuple(s["lr"] for s in r.history.steps) for r in first_runs if r is not None}
     show_lr = len(rate_curves) > 1 and any(len(set(curve)) > 1 for curve in rate_curves)
     ncols = 3 if show_lr else 2
-    fig, axes = plt.subplots(2, ncols, figsize=(6.5 * ncols, 9.5), layout="constrained")
+    fig = Figure(figsize=(6.5 * ncols, 9.5), layout="constrained")
+    axes = fig.subplots(2, ncols)
     handles, groups = [], []
     for i, label in enumerate(comparison.labels):
         color = COLORS[i % len(COLORS)]

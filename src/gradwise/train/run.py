@@ -75,6 +75,33 @@ FALLBACKS: dict[str, Any] = dict(
 )
 
 
+#: options that only some optimizers use, and which ones: given to another, they are refused
+#: (an option accepted and then ignored would train something else than what was asked)
+OPTIMIZER_OPTIONS = {
+    "momentum": ("momentum", "nesterov", "rmsprop"),
+    "betas": ("adam", "adamw"),
+    "eps": ("adagrad", "rmsprop", "adam", "adamw"),
+}
+DEFAULT_BETAS = (0.9, 0.999)
+
+
+def refuse_unused_options(config: TrainConfig) -> None:
+    """A ``ConfigError`` naming the first option that ``config.optimizer`` would ignore."""
+    given = {
+        "momentum": config.momentum not in (None, 0, 0.0),
+        "betas": tuple(config.betas) != DEFAULT_BETAS,
+        "eps": config.eps is not None,
+    }
+    for option, users in OPTIMIZER_OPTIONS.items():
+        if given[option] and config.optimizer not in users:
+            value = getattr(config, option)
+            hint = " (SGD with momentum is --optimizer momentum)" if option == "momentum" else ""
+            raise ConfigError(
+                f"train: {option}={value!r} has no effect with optimizer={config.optimizer!r}; "
+                f"it applies to {', '.join(users)}{hint}"
+            )
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a run. ``None`` means "the default for this dataset and optimizer"."""
@@ -121,6 +148,7 @@ class TrainConfig:
         """A copy with every ``None`` replaced by the dataset's, model's and optimizer's
         defaults (:data:`DATASET_DEFAULTS`, :data:`FALLBACKS`, :data:`OPTIMIZER_LR`)."""
         _checks.choice("train", "optimizer", self.optimizer, OPTIMIZERS)
+        refuse_unused_options(self)
         if self.data is None:
             _checks.choice("train", "dataset", self.dataset, tuple(DATASETS))
         dataset = dict(DATASET_DEFAULTS.get(self.dataset, {})) if self.data is None else {}

@@ -168,24 +168,25 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
     seg.small = seg.slices[small[-1]].stop if small else 0
     seg.small_params = [params[i] for i in small]
     seg.large = [(params[i], seg.slices[i]) for i in order if numels[i] >= DIRECT_NUMEL]
-    # zeros: the alignment gaps between tensors start at zero and get zero gradients (their
-    # values never reach a parameter, whatever a rule makes of them)
+    # One buffer at a time, each tensor's old storage released as soon as it is copied: the
+    # memory in flight is one buffer, not the parameters and every state at once. Zeros: the
+    # alignment gaps between tensors get zero gradients (their values never reach a parameter).
     seg.param = torch.zeros(offset, dtype=like.dtype, device=like.device)
-    seg.grad = torch.zeros(seg.small, dtype=like.dtype, device=like.device)
-    seg.whole_grad = False
-    seg.small_views = [seg.grad[seg.slices[i]].view_as(params[i]) for i in small]
-    seg.grad_views = [None] * len(params)  # none until Segment.use_grad_views
-    for name in names:
-        dtype = states[params[0]][name].dtype
-        seg.state[name] = torch.zeros(offset, dtype=dtype, device=like.device)
     for p, sl in zip(params, seg.slices):
         view = seg.param[sl].view_as(p)
         view.copy_(p.detach())
         p.data = view
-        for name in names:
-            v = seg.state[name][sl].view_as(p)
-            v.copy_(states[p][name])
-            states[p][name] = v
+    for name in names:
+        buf = torch.zeros(offset, dtype=states[params[0]][name].dtype, device=like.device)
+        for p, sl in zip(params, seg.slices):
+            view = buf[sl].view_as(p)
+            view.copy_(states[p][name])
+            states[p][name] = view
+        seg.state[name] = buf
+    seg.grad = torch.zeros(seg.small, dtype=like.dtype, device=like.device)
+    seg.whole_grad = False
+    seg.small_views = [seg.grad[seg.slices[i]].view_as(params[i]) for i in small]
+    seg.grad_views = [None] * len(params)  # none until Segment.use_grad_views
     if has_step:
         old = [states[p]["step"] for p in params]
         seg.steps = torch.stack([_step_tensor(s) for s in old]).to(_step_dtype_of(old))

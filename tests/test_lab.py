@@ -470,3 +470,24 @@ def test_lr_find_command_bad_input(tmp_path):
     assert result.exit_code == 2
     line = result.output.strip()
     assert "\n" not in line and "end_lr must be > start_lr" in line
+
+
+def test_a_grid_applies_an_optimizer_option_where_it_applies():
+    """`gradwise compare --optimizers sgd,momentum,adam --momentum 0.95`: the momentum run gets
+    0.95, the others train as they would without it (not refused, not silently given it); an
+    option none of the grid's optimizers uses is refused."""
+    import dataclasses
+
+    from gradwise.errors import ConfigError
+    from gradwise.lab import grid
+    from gradwise.train.run import TrainConfig
+
+    base = dataclasses.replace(TrainConfig(), momentum=0.95, betas=(0.8, 0.99))
+    configs = grid(base, optimizers=["sgd", "momentum", "adam"])
+    by_optimizer = {c.optimizer: c.resolved() for c in configs.values()}
+    assert by_optimizer["momentum"].momentum == 0.95
+    assert by_optimizer["sgd"].momentum == 0.0 and by_optimizer["adam"].momentum == 0.0
+    assert by_optimizer["adam"].betas == (0.8, 0.99)
+    assert by_optimizer["sgd"].betas == (0.9, 0.999)
+    with pytest.raises(ConfigError, match="momentum=0.95 has no effect with any of the"):
+        grid(base, optimizers=["sgd", "adam"])

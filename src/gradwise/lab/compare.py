@@ -28,7 +28,7 @@ from pathlib import Path
 from gradwise import _checks
 from gradwise.errors import ConfigError
 from gradwise.train.history import History
-from gradwise.train.run import TrainConfig
+from gradwise.train.run import DEFAULT_BETAS, OPTIMIZER_OPTIONS, TrainConfig
 
 __all__ = [
     "Comparison",
@@ -611,6 +611,33 @@ def default_jobs() -> int:
 # --------------------------------------------------------------------------------------- grid
 
 
+def _options_for_some(base: TrainConfig, optimizers: Sequence[str] | None) -> dict[str, dict]:
+    """For a grid over several optimizers: an option of ``base`` that only some of them use
+    (``momentum``, ``betas``, ``eps``) applies to those, and is reset for the others, as
+    ``{optimizer: {option: default}}``. An option that none of them uses is refused."""
+    if not optimizers or len(optimizers) < 2:
+        return {}
+    defaults = {"momentum": None, "betas": DEFAULT_BETAS, "eps": None}
+    given = {
+        "momentum": base.momentum not in (None, 0, 0.0),
+        "betas": tuple(base.betas) != DEFAULT_BETAS,
+        "eps": base.eps is not None,
+    }
+    resets: dict[str, dict] = {}
+    for option, users in OPTIMIZER_OPTIONS.items():
+        if not given[option]:
+            continue
+        if not any(name in users for name in optimizers):
+            raise ConfigError(
+                f"compare: {option}={getattr(base, option)!r} has no effect with any of the "
+                f"optimizers {', '.join(optimizers)}; it applies to {', '.join(users)}"
+            )
+        for name in optimizers:
+            if name not in users:
+                resets.setdefault(name, {})[option] = defaults[option]
+    return resets
+
+
 def grid(
     base: TrainConfig | None = None,
     *,
@@ -655,6 +682,7 @@ def grid(
         "init": _choices("inits", inits),
         "regularizer": _choices("regularizers", regularizers),
     }
+    unused_by = _options_for_some(base, lists["optimizer"])
     varies = {k: v is not None and len(v) > 1 for k, v in lists.items()}
     show_opt = varies["optimizer"] or varies["lr"] or not any(varies.values())
     configs: dict[str, TrainConfig] = {}
@@ -666,6 +694,7 @@ def grid(
         if choice["optimizer"] is not None:
             changes["optimizer"] = choice["optimizer"]
             changes["lr"] = None  # that optimizer's default unless lrs says otherwise
+            changes.update(unused_by.get(choice["optimizer"], {}))
         if choice["lr"] is not None:
             changes["lr"] = _checks.positive("grid", "lrs[]", choice["lr"])
         if choice["batch_size"] is not None:

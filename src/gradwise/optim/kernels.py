@@ -541,7 +541,8 @@ def _build(path: Path, module, param, grad, state, names, values) -> None:
 
 
 def scalar_tensors(values: list[float], device: torch.device, dtype: torch.dtype) -> list[Tensor]:
-    return [torch.tensor(v, dtype=dtype, device=device) for v in values]
+    # one tensor and its 0-d views: one allocation (and, on a GPU, one copy) instead of one each
+    return list(torch.tensor(values, dtype=dtype, device=device).unbind()) if values else []
 
 
 def scalar_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -1197,3 +1197,57 @@ def test_gradwise_cache_lists_and_clears_the_kernel_cache(monkeypatch, tmp_path)
     assert usage.exit_code == 2
     usage = CliRunner().invoke(main, ["cache", "--clear", "--older-than", "-1"])
     assert usage.exit_code == 2
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=IDS)
+def test_complex_parameters_match_torch(name, cls, tcls, kw):
+    """A complex parameter is its real and imaginary parts, as in torch.optim (the square of a
+    complex gradient would be a wrong answer with no error): every optimizer and option, complex64
+    and complex128, in lockstep with torch's for-loop."""
+    if kw.get("l1"):
+        pytest.skip("torch has no l1 to compare with")
+    gen = torch.Generator().manual_seed(5)
+    for dtype, tol in ((torch.complex64, 1e-6), (torch.complex128, 1e-12)):
+        values = [torch.randn(s, generator=gen, dtype=dtype) for s in ((4, 3), (7,), (2, 2))]
+        a, b = twins(values)
+        oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+        for _ in range(5):
+            for x, y in zip(a, b):
+                g = torch.randn(x.shape, generator=gen, dtype=dtype)
+                x.grad, y.grad = g.clone(), g.clone()
+            oa.step()
+            ob.step()
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+            for key, value in ob.state[y].items():
+                torch.testing.assert_close(oa.state[x][key], value, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[::3], ids=IDS[::3])
+def test_a_checkpoint_whose_step_is_a_plain_number_loads(name, cls, tcls, kw):
+    """torch before 1.12 saved ``state["step"]`` as a Python number: such a checkpoint loads and
+    training goes on as from torch's own class loading it."""
+    a, b = twins(make_params(torch.float32))
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    gen = torch.Generator().manual_seed(6)
+    run_lockstep(oa, ob, a, b, 3, gen)
+    old = ob.state_dict()
+    for state in old["state"].values():
+        if "step" in state:
+            state["step"] = float(state["step"])  # the old layout
+    oa.load_state_dict(copy.deepcopy(old))
+    ob.load_state_dict(copy.deepcopy(old))
+    run_lockstep(oa, ob, a, b, 3, gen)
+    assert_same_state(oa, ob, a, b, torch.float32)
+
+
+def test_state_dict_keeps_an_entry_that_is_not_a_parameters_state():
+    """A state-dict pre-hook (or a user) may put other entries in ``optimizer.state``;
+    ``state_dict()`` keeps them as torch's does, instead of failing."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = go.Adam([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    opt.state["extra"] = 7
+    sd = opt.state_dict()
+    assert sd["state"]["extra"] == 7 and float(sd["state"][0]["step"]) == 1.0

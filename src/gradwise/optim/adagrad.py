@@ -99,9 +99,9 @@ class Adagrad(Optimizer):
                 f"(the largest {dtype}); received initial_accumulator_value={value!r}"
             )
         state = super().init_state(param, group)
-        state["sum"] = torch.full_like(
-            param, group["initial_accumulator_value"], dtype=group.get("state_dtype") or param.dtype
-        )
+        if param.is_complex():  # both parts start at the value, as in PyTorch
+            value = complex(value, value)
+        state["sum"] = torch.full_like(param, value, dtype=dtype)
         return state
 
     def state_names(self, group: dict) -> list[str]:

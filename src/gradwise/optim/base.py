@@ -231,6 +231,9 @@ class Optimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         _torch_load_state_dict(self, state_dict)  # casts state to each parameter's dtype
+        for state in self.state.values():  # torch < 1.12 saved ``step`` as a plain number
+            if isinstance(state, dict) and isinstance(state.get("step"), int | float):
+                state["step"] = torch.tensor(float(state["step"]), dtype=_step_dtype())
         for group in self.param_groups:
             if group.get("state_dtype") is not None:
                 for p in group["params"]:
@@ -248,7 +251,11 @@ class Optimizer(torch.optim.Optimizer):
         """PyTorch's layout; ``step`` tensors are copies so that each stands on its own."""
         sd = _torch_state_dict(self)
         sd["state"] = {
-            k: {n: (v.clone() if n == "step" else v) for n, v in s.items()}
+            k: {
+                n: (v.clone() if n == "step" and isinstance(v, Tensor) else v) for n, v in s.items()
+            }
+            if isinstance(s, dict)
+            else s  # an entry a hook or a user put there: kept as it is, as torch does
             for k, s in sd["state"].items()
         }
         return sd
@@ -414,6 +421,10 @@ class Optimizer(torch.optim.Optimizer):
                 step = int(state["step"].item())
             else:
                 step = 1 if new else 2  # only "first update or not" matters without a counter
+            if p.is_complex():  # as PyTorch: a complex number is a pair of real numbers
+                parts = {n: as_real(v) for n, v in state.items()}
+                self._update(as_real(p), as_real(p.grad), parts, step, group)
+                continue
             self._update(p, p.grad, state, step, group)
         if seg.steps is not None:
             seg.step = None  # step counts may now differ between parameters
@@ -439,6 +450,12 @@ class Optimizer(torch.optim.Optimizer):
             hyperparameters=self.hyperparameters(group),
             coefficients=self.coefficients(group, step),
         )
+
+
+def as_real(t: Tensor) -> Tensor:
+    """A complex tensor as a view of its real and imaginary parts (``view_as_real``); a real one
+    as it is. Every rule then treats each part as a real number, as ``torch.optim`` does."""
+    return torch.view_as_real(t) if t.is_complex() else t
 
 
 def _step_dtype() -> torch.dtype:

@@ -35,8 +35,13 @@ _GRAD = operator.attrgetter("grad")
 
 
 def _is_plain(t: Tensor) -> bool:
-    """A dense strided tensor of the base class (no DTensor or other subclass)."""
-    return type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
+    """A dense strided real tensor of the base class (no DTensor or other subclass; a complex
+    parameter is updated per tensor, as its real and imaginary parts)."""
+    return (
+        type(t) in (torch.Tensor, torch.nn.Parameter)
+        and t.layout == torch.strided
+        and not t.is_complex()
+    )
 
 
 #: tensors of at least this many elements are updated where backward left their gradient (no

@@ -164,3 +164,40 @@ def test_kernel_prebuild_survives_a_dead_worker(monkeypatch):
     notes: list[str] = []
     bench._prebuild_kernels(["sgd", "adam"], 2, notes.append)
     assert notes == ["note: the kernel-building workers stopped (BrokenProcessPool: a worker died)"]
+
+
+def test_train_step_harness_times_whole_iterations(monkeypatch):
+    """The whole-iteration benchmark on a tiny model: every implementation timed in every round,
+    ratios to torch, the geometric mean, the rich table; bad names refused with what is allowed."""
+    import torch
+
+    from gradwise.lab import train_step as ts
+
+    tiny = ts.Model(
+        "tiny",
+        "Linear(8, 4)",
+        lambda: torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+        ),
+        lambda g: (torch.randn(5, 8, generator=g), torch.randint(0, 4, (5,), generator=g)),
+    )
+    monkeypatch.setitem(ts.MODELS, "tiny", tiny)
+    cfg = ts.Config(models=["tiny"], optimizers=["adam", "sgd"], rounds=3, iterations=2, warmup=1)
+    results = ts.run(cfg)
+    assert [(r["model"], r["optimizer"]) for r in results["rows"]] == [
+        ("tiny", "adam"),
+        ("tiny", "sgd"),
+    ]
+    for row in results["rows"]:
+        assert set(row["ms"]) == set(ts.IMPLEMENTATIONS)
+        assert all(len(v) == 3 and min(v) > 0 for v in row["samples_ms"].values())
+        assert row["ratio"]["gradwise"] == pytest.approx(row["ms"]["torch"] / row["ms"]["gradwise"])
+        assert row["parameters"] == 8 * 16 + 16 + 16 * 4 + 4 and row["tensors"] == 4
+    assert set(results["geomean_ratio"]) == {"gradwise", "gradwise views"}
+    assert ts.render(results).row_count == 3  # two rows and the geometric mean
+    with pytest.raises(
+        ValueError, match="models must be a non-empty list from .*received models=nope"
+    ):
+        ts.Config(models=["nope"])
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        ts.Config(rounds=0)

@@ -806,37 +806,34 @@ def _fresh_kernels(monkeypatch, tmp_path):
     return kernels
 
 
-def test_compile_failure_falls_back_to_eager(monkeypatch, tmp_path):
-    """A build that fails in its child process (no compiler, ...) gives one warning with the
-    child's reason, and the eager path's results."""
-    import sys
-
-    kernels = _fresh_kernels(monkeypatch, tmp_path)
-    failing = [sys.executable, "-c", "import sys; sys.exit('RuntimeError: no C++ compiler')"]
-    monkeypatch.setattr(kernels, "child_command", lambda: failing)
-    a, b = twins(make_params(torch.float64))
-    oa, ob = go.Adam(a, lr=0.01, fused=True), torch.optim.Adam(b, lr=0.01, foreach=False)
-    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler") as said:
-        run_lockstep(oa, ob, a, b, 5, torch.Generator().manual_seed(14))
-    assert len([w for w in said if "kernel could not be used" in str(w.message)]) == 1
-    assert_same_state(oa, ob, a, b, torch.float64)
-    assert not kernels.available() and not list(tmp_path.iterdir())
-
-
-def test_a_kernel_whose_check_crashes_never_takes_the_process_down(monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    ("child", "said_why"),
+    [
+        ("import sys; sys.exit('RuntimeError: no C++ compiler')", "no C\\+\\+ compiler"),
+        (
+            "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
+            "killed the child \\(SIGSEGV\\)",
+        ),
+    ],
+    ids=["build-fails", "child-crashes"],
+)
+def test_a_kernel_that_fails_in_its_child_means_one_warning_and_the_eager_path(
+    monkeypatch, tmp_path, child, said_why
+):
     """Loading native code can kill a process (torch 2.11's CUDA build segfaulted loading a CPU
-    kernel). Kernels are built, loaded and run in a child first: a child that dies of a signal
-    means one warning and the eager path, bit for bit, and nothing is put in the cache."""
+    kernel), and a build can fail (no compiler). Kernels are built, loaded and run in a child
+    first: a child that fails or dies of a signal means one warning with its reason, the eager
+    path's results bit for bit, and nothing put in the cache."""
     import sys
 
     kernels = _fresh_kernels(monkeypatch, tmp_path)
-    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
-    monkeypatch.setattr(kernels, "child_command", lambda: [sys.executable, "-c", crash])
-    a, b = twins(make_params(torch.float32))
+    monkeypatch.setattr(kernels, "child_command", lambda: [sys.executable, "-c", child])
+    a, b = twins(make_params(torch.float64))
     oa, ob = go.AdamW(a, lr=0.01, fused=True), torch.optim.AdamW(b, lr=0.01, foreach=False)
-    with pytest.warns(RuntimeWarning, match="killed the child \\(SIGSEGV\\)") as said:
+    with pytest.warns(RuntimeWarning, match=said_why) as said:
         run_lockstep(oa, ob, a, b, 6, torch.Generator().manual_seed(17))
     assert len([w for w in said if "kernel could not be used" in str(w.message)]) == 1
+    assert_same_state(oa, ob, a, b, torch.float64)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
     assert not kernels.available() and not list(tmp_path.iterdir())

@@ -28,7 +28,7 @@ from pathlib import Path
 from gradwise import _checks
 from gradwise.errors import ConfigError
 from gradwise.train.history import History
-from gradwise.train.run import DEFAULT_BETAS, OPTIMIZER_OPTIONS, TrainConfig
+from gradwise.train.run import OPTIMIZER_OPTIONS, OPTION_DEFAULTS, TrainConfig, options_given
 
 __all__ = [
     "Comparison",
@@ -617,12 +617,7 @@ def _options_for_some(base: TrainConfig, optimizers: Sequence[str] | None) -> di
     ``{optimizer: {option: default}}``. An option that none of them uses is refused."""
     if not optimizers or len(optimizers) < 2:
         return {}
-    defaults = {"momentum": None, "betas": DEFAULT_BETAS, "eps": None}
-    given = {
-        "momentum": base.momentum not in (None, 0, 0.0),
-        "betas": tuple(base.betas) != DEFAULT_BETAS,
-        "eps": base.eps is not None,
-    }
+    given = options_given(base)
     resets: dict[str, dict] = {}
     for option, users in OPTIMIZER_OPTIONS.items():
         if not given[option]:
@@ -634,7 +629,7 @@ def _options_for_some(base: TrainConfig, optimizers: Sequence[str] | None) -> di
             )
         for name in optimizers:
             if name not in users:
-                resets.setdefault(name, {})[option] = defaults[option]
+                resets.setdefault(name, {})[option] = OPTION_DEFAULTS[option]
     return resets
 
 

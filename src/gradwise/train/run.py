@@ -83,15 +83,23 @@ OPTIMIZER_OPTIONS = {
     "eps": ("adagrad", "rmsprop", "adam", "adamw"),
 }
 DEFAULT_BETAS = (0.9, 0.999)
+#: what each of those options is when it is not given
+OPTION_DEFAULTS = {"momentum": None, "betas": DEFAULT_BETAS, "eps": None}
 
 
-def refuse_unused_options(config: TrainConfig) -> None:
-    """A ``ConfigError`` naming the first option that ``config.optimizer`` would ignore."""
-    given = {
+def options_given(config: TrainConfig) -> dict[str, bool]:
+    """For each option of :data:`OPTIMIZER_OPTIONS`, whether ``config`` sets it (a zero
+    momentum is the same as none)."""
+    return {
         "momentum": config.momentum not in (None, 0, 0.0),
         "betas": tuple(config.betas) != DEFAULT_BETAS,
         "eps": config.eps is not None,
     }
+
+
+def refuse_unused_options(config: TrainConfig) -> None:
+    """A ``ConfigError`` naming the first option that ``config.optimizer`` would ignore."""
+    given = options_given(config)
     for option, users in OPTIMIZER_OPTIONS.items():
         if given[option] and config.optimizer not in users:
             value = getattr(config, option)

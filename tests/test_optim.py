@@ -843,7 +843,7 @@ def test_kernels_run_only_on_proven_torch_releases(monkeypatch, tmp_path):
     """On a torch release where kernels are not proven, fused=True runs the eager path with one
     warning, and nothing is built; GRADWISE_KERNELS=off turns them off without a warning."""
     kernels = _fresh_kernels(monkeypatch, tmp_path)
-    monkeypatch.setattr(kernels, "PROVEN_TORCH", ("1.0",))
+    monkeypatch.setattr(kernels, "PROVEN_TORCH", {"cpu": ("1.0",)})
     a, b = twins(make_params(torch.float32))
     oa, ob = go.Adam(a, lr=0.01, fused=True), torch.optim.Adam(b, lr=0.01, foreach=False)
     with pytest.warns(RuntimeWarning, match="proven on torch 1.0") as said:
@@ -854,10 +854,10 @@ def test_kernels_run_only_on_proven_torch_releases(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())
 
     monkeypatch.setenv("GRADWISE_KERNELS", "off")
-    monkeypatch.setattr(kernels, "PROVEN_TORCH", (kernels.torch_release(),))
+    monkeypatch.setattr(kernels, "PROVEN_TORCH", {"cpu": (kernels.torch_release(),)})
     assert not kernels.available()
     monkeypatch.setenv("GRADWISE_KERNELS", "any")
-    monkeypatch.setattr(kernels, "PROVEN_TORCH", ("1.0",))
+    monkeypatch.setattr(kernels, "PROVEN_TORCH", {"cpu": ("1.0",)})
     assert kernels.available()
 
 
@@ -887,6 +887,51 @@ def test_a_large_group_never_waits_for_its_kernel(monkeypatch, tmp_path):
     run_lockstep(oa, ob, a, b, 3, gen)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw"),
+    [
+        ("Adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)),
+        ("AdamW", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+        ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
+        ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True)),
+    ],
+)
+def test_kernel_compiled_in_process(monkeypatch, tmp_path, cls, kw):
+    """The in-process compile that CUDA uses (torch.compile of the same update and rule), run
+    here on the CPU: with gradients as backward leaves them (small ones gathered, large ones
+    where they lie: three pieces, one call), a learning rate that changes every step and a flag
+    that changes once, 20 steps within 2e-6 of torch; compiled once per flag setting, not once
+    per learning rate."""
+    import torch._dynamo.utils
+
+    from gradwise.optim import engine
+
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    monkeypatch.setattr(kernels, "DEVICES", ())
+    monkeypatch.setattr(kernels, "JIT_DEVICES", ("cpu",))
+    monkeypatch.setattr(engine, "DIRECT_NUMEL", 500)
+    shapes = [(40, 30), (7,), (33, 20), (5, 3)]
+    a, b = twins(make_params(torch.float32, shapes=shapes))
+    oa = getattr(go, cls)(a, fused=True, **kw)
+    ob = getattr(torch.optim, cls)(b, foreach=False, **kw)
+    sa = torch.optim.lr_scheduler.ExponentialLR(oa, gamma=0.9)
+    sb = torch.optim.lr_scheduler.ExponentialLR(ob, gamma=0.9)
+    gen = torch.Generator().manual_seed(23)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for i in range(20):
+        if i == 12:  # a flag changes the kernel: a second one, not the first one misused
+            oa.param_groups[0]["maximize"] = ob.param_groups[0]["maximize"] = True
+        run_lockstep(oa, ob, a, b, 1, gen)
+        sa.step()
+        sb.step()
+    assert len(kernels._loaded) == 2 and kernels.available()
+    for memo in kernels._loaded:
+        assert memo[0] == "jit" and memo[1] == 3  # the small tensors, then the two large ones
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs <= 4
+    for x, y in zip(a, b):  # parameters of magnitude ~1: last-bit rounding (FMA) in a few
+        torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------- torch.optim's step wrapper

@@ -117,6 +117,12 @@ MODELS = {
         lambda: nn.Sequential(*(nn.Linear(2048, 2048) for _ in range(4))),
         lambda g: (torch.randn(8, 2048, generator=g), torch.randn(8, 2048, generator=g)),
     ),
+    "wide-mlp-67m": Model(
+        "wide-mlp-67m",
+        "4 × Linear(4096, 4096), batch 8: 67M parameters in 8 tensors (for a GPU)",
+        lambda: nn.Sequential(*(nn.Linear(4096, 4096) for _ in range(4))),
+        lambda g: (torch.randn(8, 4096, generator=g), torch.randn(8, 4096, generator=g)),
+    ),
     "resnet18": Model(
         "resnet18",
         "ResNet-18 on 8 images of 32×32: 11.7M parameters in 62 tensors",
@@ -153,6 +159,12 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any], dict[str, bool]]] = {
 
 IMPLEMENTATIONS = ("torch", "gradwise", "gradwise views")
 
+#: the models a run times by default, by device type (the 67M-parameter MLP only on a GPU)
+DEFAULT_MODELS = {
+    "cpu": ["wide-mlp", "resnet18", "deep-narrow", "transformer"],
+    "cuda": ["wide-mlp-67m", "resnet18", "deep-narrow", "transformer"],
+}
+
 
 def _loss(out: Tensor, target: Tensor) -> Tensor:
     if target.dtype == torch.int64:
@@ -165,7 +177,7 @@ def _loss(out: Tensor, target: Tensor) -> Tensor:
 
 @dataclass
 class Config:
-    models: list[str] = field(default_factory=lambda: list(MODELS))
+    models: list[str] | None = None  # None: DEFAULT_MODELS of the device
     optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
     implementations: list[str] = field(default_factory=lambda: list(IMPLEMENTATIONS))
     threads: int | None = 1
@@ -173,8 +185,19 @@ class Config:
     iterations: int = 3  # per round
     warmup: int = 3
     seed: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        try:
+            kind = torch.device(self.device).type
+        except RuntimeError:
+            kind = None
+        if kind not in DEFAULT_MODELS:
+            raise ValueError(f"device must be cpu or cuda; received device={self.device}")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device}: this torch sees no CUDA device")
+        if self.models is None:
+            self.models = list(DEFAULT_MODELS[kind])
         for what, chosen, allowed in (
             ("models", self.models, MODELS),
             ("optimizers", self.optimizers, OPTIMIZERS),
@@ -203,18 +226,23 @@ def _make_optimizer(impl: str, optimizer: str, params) -> torch.optim.Optimizer:
 class _Trainer:
     """One implementation's model, optimizer and batch; ``run(n)`` does n whole iterations."""
 
-    def __init__(self, impl: str, optimizer: str, model: nn.Module, batch) -> None:
-        self.impl, self.model, (self.x, self.y) = impl, model, batch
+    def __init__(self, impl: str, optimizer: str, model: nn.Module, batch, device: str) -> None:
+        self.impl, self.model = impl, model.to(device)
+        self.x, self.y = (t.to(device) for t in batch)
         self.opt = _make_optimizer(impl, optimizer, model.parameters())
         self.set_to_none = impl != "gradwise views"
+        cuda = torch.device(device).type == "cuda"
+        self.sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def run(self, n: int) -> float:
         opt, model, x, y, set_to_none = self.opt, self.model, self.x, self.y, self.set_to_none
+        self.sync()
         start = time.perf_counter()
         for _ in range(n):
             opt.zero_grad(set_to_none=set_to_none)
             _loss(model(x), y).backward()
             opt.step()
+        self.sync()  # a GPU's queued work is part of the iterations' time
         return (time.perf_counter() - start) / n
 
     def used_kernel(self) -> bool | None:
@@ -240,7 +268,8 @@ def run_row(cfg: Config, model_name: str, optimizer: str, log: Callable[[str], N
     base = spec.build()
     batch = spec.batch(torch.Generator().manual_seed(cfg.seed))
     trainers = [
-        _Trainer(impl, optimizer, copy.deepcopy(base), batch) for impl in cfg.implementations
+        _Trainer(impl, optimizer, copy.deepcopy(base), batch, cfg.device)
+        for impl in cfg.implementations
     ]
     for t in trainers:
         # at least 2: gradwise lays a group out flat after its first step, and asks for its
@@ -300,6 +329,10 @@ def run(cfg: Config | None = None, log: Callable[[str], None] | None = None) -> 
             "iterations": cfg.iterations,
             "warmup": cfg.warmup,
             "torch": torch.__version__,
+            "device": cfg.device,
+            "device_name": torch.cuda.get_device_name(cfg.device)
+            if torch.device(cfg.device).type == "cuda"
+            else "cpu",
         },
         "loadavg": {"start": load_start, "end": os.getloadavg() if load_start else None},
         "rows": rows,
@@ -315,7 +348,8 @@ def render(results: dict[str, Any]):
     cfg = results["config"]
     table = Table(
         title=f"Whole training iterations (zero_grad + forward + backward + step), ms, "
-        f"{cfg['threads']} thread(s), median of {cfg['rounds']} interleaved rounds",
+        f"{cfg.get('device_name', 'cpu')}, {cfg['threads']} thread(s), median of "
+        f"{cfg['rounds']} interleaved rounds",
         caption="ratio = torch's time / gradwise's (> 1: gradwise faster); torch = fused "
         "(RMSprop: foreach); kernel = gradwise ran its fused kernel",
     )
@@ -350,7 +384,13 @@ def build_parser(prog: str = "train_step") -> argparse.ArgumentParser:
         description="Time whole training iterations (default zero_grad, forward, backward, "
         "step): torch.optim's fastest path against gradwise.",
     )
-    p.add_argument("--models", type=_csv, default=list(MODELS), help=f"from {','.join(MODELS)}")
+    p.add_argument(
+        "--models",
+        type=_csv,
+        default=None,
+        help=f"from {','.join(MODELS)} (default: {','.join(DEFAULT_MODELS['cpu'])}; on cuda "
+        "wide-mlp-67m instead of wide-mlp)",
+    )
     p.add_argument(
         "--optimizers", type=_csv, default=list(OPTIMIZERS), help=f"from {','.join(OPTIMIZERS)}"
     )
@@ -366,6 +406,7 @@ def build_parser(prog: str = "train_step") -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="warm-up iterations (default 3)")
     p.add_argument("--quick", action="store_true", help="3 rounds of 1 iteration, 1 warm-up")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--json", metavar="PATH", default=None, help="write all results as JSON")
     return p
 
@@ -387,6 +428,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "train_step") -> int:
             iterations=1 if args.quick else args.iterations,
             warmup=1 if args.quick else args.warmup,
             seed=args.seed,
+            device=args.device,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -332,18 +332,13 @@ class Optimizer(torch.optim.Optimizer):
                 if seg.steps is not None:
                     seg.steps += 1
                 seg.step = step + 1
-                kernel = self._kernel(seg, seg.grad, group)
-                for where, grad in pieces:
-                    whole = where.start == 0 and where.stop == seg.param.numel()
-                    param = seg.param if whole else seg.param[where]
-                    state = seg.state if whole else {n: b[where] for n, b in seg.state.items()}
-                    if kernel is not None and param.numel() >= 2:
-                        try:
-                            kernel(param, grad, state)
-                            continue
-                        except Exception as e:  # e.g. an input the kernel was not built for
-                            kernels.disable(e)
-                            kernel = None
+                targets = [(*seg.buffers_at(where), grad) for where, grad in pieces]
+                targets = [(param, grad, state) for param, state, grad in targets]
+                done = 0
+                kernel = self._kernel(seg, seg.grad, group, len(targets))
+                if kernel is not None:
+                    done = kernel(targets)
+                for param, grad, state in targets[done:]:
                     self._update_chunked(param, grad, state, seg.step, group)
                 return
         self._step_each(seg, group)
@@ -359,24 +354,28 @@ class Optimizer(torch.optim.Optimizer):
         for sl in pieces:
             self._update(param[sl], grad[sl], {n: b[sl] for n, b in state.items()}, step, group)
 
-    def _kernel(self, seg: engine.Segment, grad: Tensor, group: dict) -> Callable | None:
-        """The fused kernel (see :mod:`kernels`) that runs this step's flat update, as
-        ``kernel(param, grad, state)``, if that is the choice: ``fused=False`` never; ``True``
-        always (waiting for its build if needed); ``None`` when the kernel is on disk, or, for a
-        segment large enough to pay for one, once a build started in the background has put it
-        there. None: the eager update."""
-        fused, numel = group.get("fused"), seg.param.numel()
+    def _kernel(
+        self, seg: engine.Segment, grad: Tensor, group: dict, pieces: int
+    ) -> Callable[[list], int] | None:
+        """The fused kernel (see :mod:`kernels`) that runs this step's flat update, if that is
+        the choice, as ``kernel(targets) -> how many it updated`` over the step's ``pieces``
+        ``(param, grad, state)`` targets: ``fused=False`` never; ``True`` always (waiting for
+        its build or compile if needed); ``None`` when the kernel is on disk (or compiled in this
+        process), or, for a segment large enough to pay for one, once a build started in the
+        background has put it there (on the CPU; on CUDA it is compiled at once). None: the
+        eager update."""
+        fused, numel, device = group.get("fused"), seg.param.numel(), seg.param.device
         if fused is False or numel < 2:
             return None
         if fused is None and numel < engine.KERNEL_MIN_NUMEL:
             return None
-        if not kernels.available():
-            if fused is True or numel >= engine.AUTO_BUILD_NUMEL:
-                kernels.unproven()
-            return None
-        if not kernels.supports(seg.param.device):
+        if not kernels.supports(device):
             if fused is True:
-                kernels.unsupported(seg.param.device)
+                kernels.unsupported(device)
+            return None
+        if not kernels.available(device.type):
+            if fused is True or numel >= engine.AUTO_BUILD_NUMEL:
+                kernels.unproven(device.type)
             return None
         if fused is True:
             missing = kernels.WAIT
@@ -385,21 +384,54 @@ class Optimizer(torch.optim.Optimizer):
         else:
             missing = kernels.SKIP
         args = self._update_args(group, seg.step)
+        options = [value for key, value in group.items() if key != "params"]
+        plan = seg.kernel_plans.get(pieces)
+        if plan is not None and (plan[0] == options or plan[1] == _signature(group)):
+            plan[0] = options  # a new learning rate, say: the same kernel, new scalars
+            return functools.partial(plan[2], kernels.values_at(args, plan[3]))
         rule = type(self).rule
         try:
-            found = kernels.get(update, rule, seg.param, grad, seg.state, args, missing=missing)
-        except Exception as e:  # a package that will not load, ...
+            if kernels.compiled_here(device):
+                found = kernels.jit(
+                    update, rule, seg.param, grad, seg.state, args, pieces, missing=missing
+                )
+            else:
+                found = kernels.get(update, rule, seg.param, grad, seg.state, args, missing=missing)
+        except Exception as e:  # a package that will not load, a compile that fails, ...
             kernels.disable(e)
             return None
         if found is None:
             return None
         compiled, values = found
-        scalars = kernels.scalar_tensors(values, grad.device, kernels.scalar_dtype(grad.dtype))
+        if kernels.compiled_here(device):
 
-        def kernel(param: Tensor, grad: Tensor, state: dict[str, Tensor]) -> None:
-            compiled(param, grad, state, scalars)
+            def run(values: list[float], targets: list) -> int:
+                if any(param.numel() < 2 for param, _, _ in targets):
+                    return 0  # a 1-element piece: Dynamo would specialize on it; eager
+                try:
+                    return compiled(targets, values)
+                except Exception as e:
+                    kernels.disable(e)
+                    return 0
 
-        return kernel
+        else:
+            scalars = kernels.Scalars(len(values), kernels.scalar_dtype(grad.dtype))
+
+            def run(values: list[float], targets: list) -> int:
+                filled = scalars.filled(values)
+                for done, (param, grad, state) in enumerate(targets):
+                    if param.numel() < 2:
+                        return done
+                    try:
+                        compiled(param, grad, state, filled)
+                    except Exception as e:  # e.g. an input the kernel was not built for
+                        kernels.disable(e)
+                        return done
+                return len(targets)
+
+        # chosen once for these options: later steps only read the scalars' new values
+        seg.kernel_plans[pieces] = [options, _signature(group), run, kernels.split(args)[1]]
+        return functools.partial(run, values)
 
     def _step_each(self, seg: engine.Segment, group: dict) -> None:
         """The per-tensor path: the same rule, one parameter at a time."""
@@ -450,6 +482,22 @@ class Optimizer(torch.optim.Optimizer):
             hyperparameters=self.hyperparameters(group),
             coefficients=self.coefficients(group, step),
         )
+
+
+def _signature(group: dict) -> tuple:
+    """What of a group's options shapes its kernel: flags, dtypes, and which numbers are zero
+    (the numbers themselves are the kernel's runtime scalars, see ``kernels.split``)."""
+    return tuple((key, _shape(value)) for key, value in group.items() if key != "params")
+
+
+def _shape(value):
+    if isinstance(value, bool) or value is None or isinstance(value, str | torch.dtype):
+        return value
+    if isinstance(value, int | float):
+        return value == 0
+    if isinstance(value, tuple | list):
+        return tuple(map(_shape, value))
+    return (type(value).__name__, id(value))  # e.g. a tensor: never mistaken for another
 
 
 def as_real(t: Tensor) -> Tensor:

@@ -86,6 +86,10 @@ class Segment:
     uses_native: bool = False
     ptr_array: Tensor | None = None
     small_offsets: Tensor | None = None
+    # the optimizer's chosen kernel for a step of this many pieces (see Optimizer._kernel)
+    kernel_plans: dict[int, list] = field(default_factory=dict)
+    # views of the flat buffers, by (start, stop): made once per layout (see buffers_at)
+    views_at: dict[tuple[int, int], tuple[Tensor, dict[str, Tensor]]] = field(default_factory=dict)
 
     #: what :meth:`layout` returns
     MOVED, FLAT, VIEWS = 0, 1, 2
@@ -123,6 +127,18 @@ class Segment:
         self.grad_views = [self.grad[sl].view_as(p) for p, sl in zip(self.params, self.slices)]
         small = {id(p) for p in self.small_params}
         self.small_views = [v for p, v in zip(self.params, self.grad_views) if id(p) in small]
+
+    def buffers_at(self, where: slice) -> tuple[Tensor, dict[str, Tensor]]:
+        """The parameter and state buffers over ``where`` (the whole buffers, or views of them
+        made once)."""
+        if where.start == 0 and where.stop == self.param.numel():
+            return self.param, self.state
+        key = (where.start, where.stop)
+        found = self.views_at.get(key)
+        if found is None:
+            state = {n: b[where] for n, b in self.state.items()}
+            found = self.views_at[key] = (self.param[where], state)
+        return found
 
     def gradient_pieces(self) -> list[tuple[slice, Tensor]] | None:
         """For a step on gradients that are not (all) views of ``grad``: where in the flat
@@ -188,6 +204,7 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
             view.copy_(states[p][name])
             states[p][name] = view
         seg.state[name] = buf
+    seg.views_at = {}
     seg.grad = torch.zeros(seg.small, dtype=like.dtype, device=like.device)
     seg.whole_grad = False
     seg.small_views = [seg.grad[seg.slices[i]].view_as(params[i]) for i in small]

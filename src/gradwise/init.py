@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradwise import _checks
+from gradwise import checks
 
 __all__ = [
     "InitReport",
@@ -114,9 +114,9 @@ _TRUNC_STD = math.sqrt(
 # --------------------------------------------------------------------------------- helpers
 def _tensor(owner: str, tensor: object, min_dim: int = 0) -> Tensor:
     if not isinstance(tensor, Tensor):
-        _checks._fail(owner, "tensor", "a torch.Tensor", type(tensor).__name__, TypeError)
+        checks.refuse(owner, "tensor", "a torch.Tensor", type(tensor).__name__, TypeError)
     if tensor.dim() < min_dim:
-        _checks._fail(
+        checks.refuse(
             owner,
             "tensor",
             f"a tensor with at least {min_dim} dimensions (a bias has no fans: use zeros_)",
@@ -127,7 +127,7 @@ def _tensor(owner: str, tensor: object, min_dim: int = 0) -> Tensor:
 
 def _generator(owner: str, generator: object) -> torch.Generator | None:
     if generator is not None and not isinstance(generator, torch.Generator):
-        _checks._fail(owner, "generator", "a torch.Generator or None", generator, TypeError)
+        checks.refuse(owner, "generator", "a torch.Generator or None", generator, TypeError)
     return generator
 
 
@@ -189,9 +189,9 @@ def gain(nonlinearity: str, param: float | None = None) -> float:
     >>> round(gain("leaky_relu", 0.2), 6)
     1.38675
     """
-    _checks.choice("gain", "nonlinearity", nonlinearity, NONLINEARITIES)
+    checks.choice("gain", "nonlinearity", nonlinearity, NONLINEARITIES)
     if param is not None:
-        param = _checks.number("gain", "param", param)
+        param = checks.number("gain", "param", param)
     if nonlinearity in ("linear", "sigmoid") or nonlinearity.startswith("conv"):
         return 1.0
     if nonlinearity == "tanh":
@@ -249,9 +249,9 @@ def variance_scaling_(
     """
     owner = "variance_scaling_"
     _tensor(owner, tensor, min_dim=2)
-    scale = _checks.positive(owner, "scale", scale)
-    _checks.choice(owner, "mode", mode, MODES)
-    _checks.choice(owner, "distribution", distribution, DISTRIBUTIONS)
+    scale = checks.positive(owner, "scale", scale)
+    checks.choice(owner, "mode", mode, MODES)
+    checks.choice(owner, "distribution", distribution, DISTRIBUTIONS)
     _generator(owner, generator)
     if tensor.numel() == 0:
         return tensor
@@ -267,7 +267,7 @@ def xavier_uniform_(
     Glorot & Bengio (2010). ``variance_scaling_(tensor, gain², "fan_avg", "uniform")``.
     Differences: PyTorch ``xavier_uniform_``, Keras ``GlorotUniform`` (no gain there).
     """
-    g = _checks.positive("xavier_uniform_", "gain", gain)
+    g = checks.positive("xavier_uniform_", "gain", gain)
     _tensor("xavier_uniform_", tensor, min_dim=2)
     _generator("xavier_uniform_", generator)
     return variance_scaling_(tensor, g * g, "fan_avg", "uniform", generator)
@@ -281,7 +281,7 @@ def xavier_normal_(
     ``variance_scaling_(tensor, gain², "fan_avg", "normal")``.
     Differences: PyTorch ``xavier_normal_``; Keras ``GlorotNormal`` truncates at 2σ and has no gain.
     """
-    g = _checks.positive("xavier_normal_", "gain", gain)
+    g = checks.positive("xavier_normal_", "gain", gain)
     _tensor("xavier_normal_", tensor, min_dim=2)
     _generator("xavier_normal_", generator)
     return variance_scaling_(tensor, g * g, "fan_avg", "normal", generator)
@@ -290,10 +290,10 @@ def xavier_normal_(
 def _he(owner, tensor, mode, nonlinearity, a, distribution, generator) -> Tensor:
     _tensor(owner, tensor, min_dim=2)
     _generator(owner, generator)
-    _checks.choice(owner, "mode", mode, ("fan_in", "fan_out"))
-    _checks.choice(owner, "nonlinearity", nonlinearity, NONLINEARITIES)
+    checks.choice(owner, "mode", mode, ("fan_in", "fan_out"))
+    checks.choice(owner, "nonlinearity", nonlinearity, NONLINEARITIES)
     if a is not None:
-        a = _checks.number(owner, "a", a)
+        a = checks.number(owner, "a", a)
     g = gain(nonlinearity, a)
     return variance_scaling_(tensor, g * g, mode, distribution, generator)
 
@@ -365,7 +365,7 @@ def orthogonal_(
     """
     owner = "orthogonal_"
     _tensor(owner, tensor, min_dim=2)
-    g = _checks.positive(owner, "gain", gain)
+    g = checks.positive(owner, "gain", gain)
     _generator(owner, generator)
     if tensor.numel() == 0:
         return tensor
@@ -735,9 +735,9 @@ def init_model(
     """
     owner = "init_model"
     if not isinstance(model, nn.Module):
-        _checks._fail(owner, "model", "a torch.nn.Module", type(model).__name__, TypeError)
-    _checks.choice(owner, "scheme", scheme, SCHEMES)
-    _checks.choice(owner, "distribution", distribution, DISTRIBUTIONS)
+        checks.refuse(owner, "model", "a torch.nn.Module", type(model).__name__, TypeError)
+    checks.choice(owner, "scheme", scheme, SCHEMES)
+    checks.choice(owner, "distribution", distribution, DISTRIBUTIONS)
     _generator(owner, generator)
 
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYERS)]
@@ -823,11 +823,11 @@ def signal_propagation(
     that of the last layer (where the gradient is ``r``).
     """
     owner = "signal_propagation"
-    _checks.choice(owner, "activation", activation, ("relu", "tanh", "selu", "gelu", "sigmoid"))
-    _checks.choice(owner, "scheme", scheme, SCHEMES)
-    depth = _checks.integer(owner, "depth", depth, 1)
-    width = _checks.integer(owner, "width", width, 1)
-    batch = _checks.integer(owner, "batch", batch, 2)
+    checks.choice(owner, "activation", activation, ("relu", "tanh", "selu", "gelu", "sigmoid"))
+    checks.choice(owner, "scheme", scheme, SCHEMES)
+    depth = checks.integer(owner, "depth", depth, 1)
+    width = checks.integer(owner, "width", width, 1)
+    batch = checks.integer(owner, "batch", batch, 2)
     act = {"relu": nn.ReLU, "tanh": nn.Tanh, "selu": nn.SELU, "gelu": nn.GELU}.get(
         activation, nn.Sigmoid
     )
@@ -874,7 +874,7 @@ def variance_table(
     One row per run and direction (``fwd``: forward variance ratio, ``bwd``: gradient variance
     ratio), one column per ``every``-th layer (and the first and last).
     """
-    every = _checks.integer("variance_table", "every", every, 1)
+    every = checks.integer("variance_table", "every", every, 1)
     layers = sorted({*range(every, depth + 1, every), 1, depth})
     names = {"auto": "init_model", "normal": "N(0, 1)", "small": "N(0, 0.01²)"}
     head = ["activation", "init", "pass"] + [f"layer {n}" for n in layers]

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from gradwise import _checks
+from gradwise import checks
 
 __all__ = ["default_no_decay", "is_norm_layer", "l1_penalty", "l2_penalty", "param_groups"]
 
@@ -67,7 +67,7 @@ def _tensors(owner: str, params: object) -> list[Tensor]:
     if isinstance(params, Tensor):
         return [params]
     if isinstance(params, nn.Module):
-        _checks._fail(
+        checks.refuse(
             owner,
             "params",
             "a tensor or an iterable of tensors (e.g. model.parameters())",
@@ -77,10 +77,10 @@ def _tensors(owner: str, params: object) -> list[Tensor]:
     try:
         items = list(params)  # type: ignore[call-overload]
     except TypeError:
-        _checks._fail(owner, "params", "a tensor or an iterable of tensors", params, TypeError)
+        checks.refuse(owner, "params", "a tensor or an iterable of tensors", params, TypeError)
     for i, p in enumerate(items):
         if not isinstance(p, Tensor):
-            _checks._fail(owner, f"params[{i}]", "a torch.Tensor", type(p).__name__, TypeError)
+            checks.refuse(owner, f"params[{i}]", "a torch.Tensor", type(p).__name__, TypeError)
     return items
 
 
@@ -109,7 +109,7 @@ def l1_penalty(params: Tensor | Iterable[Tensor], weight: float) -> Tensor:
     >>> l1_penalty(w, 0.1)
     tensor(0.3000)
     """
-    weight = _checks.at_least("l1_penalty", "weight", weight, 0.0)
+    weight = checks.at_least("l1_penalty", "weight", weight, 0.0)
     return weight * _sum(_tensors("l1_penalty", params), lambda p: p.abs().sum())
 
 
@@ -129,7 +129,7 @@ def l2_penalty(params: Tensor | Iterable[Tensor], weight: float) -> Tensor:
     >>> l2_penalty(torch.tensor([1.0, -2.0]), 0.1)
     tensor(0.2500)
     """
-    weight = _checks.at_least("l2_penalty", "weight", weight, 0.0)
+    weight = checks.at_least("l2_penalty", "weight", weight, 0.0)
     return 0.5 * weight * _sum(_tensors("l2_penalty", params), lambda p: p.pow(2).sum())
 
 
@@ -177,10 +177,10 @@ def param_groups(
     """
     owner = "param_groups"
     if not isinstance(model, nn.Module):
-        _checks._fail(owner, "model", "a torch.nn.Module", type(model).__name__, TypeError)
-    weight_decay = _checks.at_least(owner, "weight_decay", weight_decay, 0.0)
+        checks.refuse(owner, "model", "a torch.nn.Module", type(model).__name__, TypeError)
+    weight_decay = checks.at_least(owner, "weight_decay", weight_decay, 0.0)
     if isinstance(no_decay, str):
-        _checks.choice(owner, "no_decay", no_decay, ("auto",))
+        checks.choice(owner, "no_decay", no_decay, ("auto",))
         rule: NoDecay = default_no_decay
     elif callable(no_decay):
         rule = no_decay
@@ -188,12 +188,12 @@ def param_groups(
         try:
             patterns = list(no_decay)
         except TypeError:
-            _checks._fail(
+            checks.refuse(
                 owner, "no_decay", "'auto', a callable or glob patterns", no_decay, TypeError
             )
         for i, pattern in enumerate(patterns):
             if not isinstance(pattern, str):
-                _checks._fail(owner, f"no_decay[{i}]", "a string", pattern, TypeError)
+                checks.refuse(owner, f"no_decay[{i}]", "a string", pattern, TypeError)
 
         def rule(name: str, param: Tensor, module: nn.Module) -> bool:
             return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)

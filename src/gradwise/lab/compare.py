@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.errors import ConfigError
 from gradwise.train.history import History
 from gradwise.train.run import OPTIMIZER_OPTIONS, OPTION_DEFAULTS, TrainConfig, options_given
@@ -429,12 +429,12 @@ def compare(
     elif isinstance(configs, Sequence) and not isinstance(configs, str):
         labelled = label_configs(list(configs))
     else:
-        _checks._fail(owner, "configs", "a dict of TrainConfigs or a list", configs, TypeError)
+        checks.refuse(owner, "configs", "a dict of TrainConfigs or a list", configs, TypeError)
     if not labelled:
         raise ConfigError("compare: configs is empty; give at least one configuration")
     for label, config in labelled.items():
         if not isinstance(config, TrainConfig):
-            _checks._fail(owner, f"configs[{label!r}]", "a TrainConfig", config, TypeError)
+            checks.refuse(owner, f"configs[{label!r}]", "a TrainConfig", config, TypeError)
     if data is not None:
         from gradwise.train.data import DATASETS
 
@@ -446,21 +446,21 @@ def compare(
         else:
             labelled = {k: dataclasses.replace(c, data=data) for k, c in labelled.items()}
     if isinstance(seeds, bool):
-        _checks._fail(owner, "seeds", "a number of seeds >= 1 or a list of seeds", seeds, TypeError)
+        checks.refuse(owner, "seeds", "a number of seeds >= 1 or a list of seeds", seeds, TypeError)
     if isinstance(seeds, int):
-        _checks.integer(owner, "seeds", seeds, low=1)
+        checks.integer(owner, "seeds", seeds, low=1)
         offsets = list(range(seeds))
         seed_lists = {k: [c.seed + i for i in offsets] for k, c in labelled.items()}
     else:
-        chosen = [_checks.integer(owner, "seeds[]", s, low=0) for s in seeds]
+        chosen = [checks.integer(owner, "seeds[]", s, low=0) for s in seeds]
         if not chosen:
             raise ConfigError("compare: seeds is empty; give a count >= 1 or a list of seeds")
         seed_lists = {k: list(chosen) for k in labelled}
     if jobs is None:
         jobs = default_jobs()
-    jobs = _checks.integer(owner, "jobs", jobs, low=1)
+    jobs = checks.integer(owner, "jobs", jobs, low=1)
     if target_accuracy is not None:
-        target_accuracy = _checks.in_range(
+        target_accuracy = checks.in_range(
             owner, "target_accuracy", target_accuracy, 0.0, 1.0, closed_high=True
         )
     resolved = {label: c.resolved() for label, c in labelled.items()}  # errors before any run
@@ -668,7 +668,7 @@ def grid(
 
     base = base if base is not None else TrainConfig()
     if not isinstance(base, TrainConfig):
-        _checks._fail("grid", "base", "a TrainConfig or None", base, TypeError)
+        checks.refuse("grid", "base", "a TrainConfig or None", base, TypeError)
     lists = {
         "optimizer": _choices("optimizers", optimizers),
         "lr": _choices("lrs", lrs),
@@ -691,7 +691,7 @@ def grid(
             changes["lr"] = None  # that optimizer's default unless lrs says otherwise
             changes.update(unused_by.get(choice["optimizer"], {}))
         if choice["lr"] is not None:
-            changes["lr"] = _checks.positive("grid", "lrs[]", choice["lr"])
+            changes["lr"] = checks.positive("grid", "lrs[]", choice["lr"])
         if choice["batch_size"] is not None:
             changes["batch_size"] = str(choice["batch_size"]).strip().lower()
         if choice["schedule"] is not None:
@@ -847,7 +847,7 @@ def _choices(name: str, values) -> list | None:
     if values is None:
         return None
     if isinstance(values, str | bytes) or not isinstance(values, Iterable):
-        _checks._fail("grid", name, "a list", values, TypeError)
+        checks.refuse("grid", name, "a list", values, TypeError)
     values = list(values)
     if not values:
         raise ConfigError(f"grid: {name} is empty; leave it out or give at least one value")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.errors import ConfigError
 from gradwise.train.loop import LOSSES
 
@@ -164,31 +164,31 @@ def lr_find(
     """
     owner = "lr_find"
     if not isinstance(model, nn.Module):
-        _checks._fail(owner, "model", "a torch.nn.Module", model, TypeError)
-    start_lr = _checks.positive(owner, "start_lr", start_lr)
-    end_lr = _checks.positive(owner, "end_lr", end_lr)
+        checks.refuse(owner, "model", "a torch.nn.Module", model, TypeError)
+    start_lr = checks.positive(owner, "start_lr", start_lr)
+    end_lr = checks.positive(owner, "end_lr", end_lr)
     if end_lr <= start_lr:
-        _checks._fail(owner, "end_lr", f"> start_lr ({start_lr:g})", end_lr)
-    steps = _checks.integer(owner, "steps", steps, low=5)
-    smoothing = _checks.in_range(owner, "smoothing", smoothing, 0.0, 1.0)
-    diverge = _checks.number(owner, "diverge", diverge)
+        checks.refuse(owner, "end_lr", f"> start_lr ({start_lr:g})", end_lr)
+    steps = checks.integer(owner, "steps", steps, low=5)
+    smoothing = checks.in_range(owner, "smoothing", smoothing, 0.0, 1.0)
+    diverge = checks.number(owner, "diverge", diverge)
     if diverge <= 1:
-        _checks._fail(owner, "diverge", "> 1", diverge)
-    seed = _checks.integer(owner, "seed", seed, low=0)
-    rule = _checks.choice(owner, "rule", rule, tuple(RULES))
+        checks.refuse(owner, "diverge", "> 1", diverge)
+    seed = checks.integer(owner, "seed", seed, low=0)
+    rule = checks.choice(owner, "rule", rule, tuple(RULES))
     if isinstance(loss, str):
-        loss_fn = LOSSES[_checks.choice(owner, "loss", loss, tuple(LOSSES))]
+        loss_fn = LOSSES[checks.choice(owner, "loss", loss, tuple(LOSSES))]
     elif callable(loss):
         loss_fn = loss
     else:
-        _checks._fail(owner, "loss", "'cross_entropy', 'mse' or a function", loss, TypeError)
+        checks.refuse(owner, "loss", "'cross_entropy', 'mse' or a function", loss, TypeError)
     if optimizer is None:
         from gradwise.optim import Adam
 
         optimizer = Adam(model.parameters(), lr=start_lr)
     elif not isinstance(optimizer, torch.optim.Optimizer):
         if not callable(optimizer):
-            _checks._fail(
+            checks.refuse(
                 owner, "optimizer", "an optimizer, a function params -> optimizer or None",
                 optimizer, TypeError,
             )  # fmt: skip
@@ -345,7 +345,7 @@ def _batches(data, batch_size, device: torch.device, seed: int):
         if str(batch_size).lower() == "full":
             size = n
         else:
-            size = min(_checks.integer("lr_find", "batch_size", batch_size, low=1), n)
+            size = min(checks.integer("lr_find", "batch_size", batch_size, low=1), n)
         return _tensor_batches(x.to(device), y.to(device), size, seed)
     if isinstance(data, Iterable):
         return _cycle(data, device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.optim import engine
 from gradwise.optim.base import Optimizer
 
@@ -67,10 +67,10 @@ class Adagrad(Optimizer):
         state_dtype: torch.dtype | None = None,
         eps_inside_sqrt: bool = False,
     ) -> None:
-        _checks.at_least("Adagrad", "lr_decay", lr_decay, 0.0)
-        _checks.at_least("Adagrad", "initial_accumulator_value", initial_accumulator_value, 0.0)
-        _checks.at_least("Adagrad", "eps", eps, 0.0)
-        _checks.flag("Adagrad", "eps_inside_sqrt", eps_inside_sqrt)
+        checks.at_least("Adagrad", "lr_decay", lr_decay, 0.0)
+        checks.at_least("Adagrad", "initial_accumulator_value", initial_accumulator_value, 0.0)
+        checks.at_least("Adagrad", "eps", eps, 0.0)
+        checks.flag("Adagrad", "eps_inside_sqrt", eps_inside_sqrt)
         defaults = dict(
             lr=lr,
             lr_decay=lr_decay,

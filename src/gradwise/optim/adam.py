@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.optim import engine
 from gradwise.optim.base import Optimizer
 
@@ -98,12 +98,12 @@ class Adam(Optimizer):
                 f"{name}: betas must be a pair (beta1, beta2); received betas={betas!r}"
             )
         betas = (
-            _checks.in_range(name, "betas[0]", _item(betas[0]), 0.0, 1.0),
-            _checks.in_range(name, "betas[1]", _item(betas[1]), 0.0, 1.0),
+            checks.in_range(name, "betas[0]", _item(betas[0]), 0.0, 1.0),
+            checks.in_range(name, "betas[1]", _item(betas[1]), 0.0, 1.0),
         )
-        _checks.at_least(name, "eps", eps, 0.0)
-        _checks.flag(name, "amsgrad", amsgrad)
-        _checks.flag(name, "decoupled_weight_decay", decoupled_weight_decay)
+        checks.at_least(name, "eps", eps, 0.0)
+        checks.flag(name, "amsgrad", amsgrad)
+        checks.flag(name, "decoupled_weight_decay", decoupled_weight_decay)
         defaults = dict(
             lr=lr,
             betas=betas,

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.optim import optimizer as torch_optimizer
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.optim import engine, kernels
 
 #: Arguments PyTorch accepts for choosing its implementation; gradwise's engine chooses itself.
@@ -157,11 +157,11 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         name = type(self).__name__
-        _checks.at_least(name, "lr", _as_float(name, "lr", defaults["lr"]), 0.0)
+        checks.at_least(name, "lr", _as_float(name, "lr", defaults["lr"]), 0.0)
         defaults["lr"] = _as_float(name, "lr", defaults["lr"])
-        _checks.at_least(name, "weight_decay", defaults.get("weight_decay", 0.0), 0.0)
-        _checks.at_least(name, "l1", defaults.get("l1", 0.0), 0.0)
-        _checks.flag(name, "maximize", defaults.get("maximize", False))
+        checks.at_least(name, "weight_decay", defaults.get("weight_decay", 0.0), 0.0)
+        checks.at_least(name, "l1", defaults.get("l1", 0.0), 0.0)
+        checks.flag(name, "maximize", defaults.get("maximize", False))
         state_dtype = defaults.get("state_dtype")
         if state_dtype is not None and not (
             isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point
@@ -519,4 +519,4 @@ def _as_float(owner: str, name: str, value) -> float:
                 f"received a tensor of shape {tuple(value.shape)}"
             )
         return float(value.item())
-    return _checks.number(owner, name, value)
+    return checks.number(owner, name, value)

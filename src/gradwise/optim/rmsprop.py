@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.optim import engine
 from gradwise.optim.base import Optimizer
 
@@ -85,11 +85,11 @@ class RMSprop(Optimizer):
         state_dtype: torch.dtype | None = None,
         eps_inside_sqrt: bool = False,
     ) -> None:
-        _checks.in_range("RMSprop", "alpha", alpha, 0.0, 1.0, closed_high=True)
-        _checks.at_least("RMSprop", "eps", eps, 0.0)
-        _checks.at_least("RMSprop", "momentum", momentum, 0.0)
-        _checks.flag("RMSprop", "centered", centered)
-        _checks.flag("RMSprop", "eps_inside_sqrt", eps_inside_sqrt)
+        checks.in_range("RMSprop", "alpha", alpha, 0.0, 1.0, closed_high=True)
+        checks.at_least("RMSprop", "eps", eps, 0.0)
+        checks.at_least("RMSprop", "momentum", momentum, 0.0)
+        checks.flag("RMSprop", "centered", centered)
+        checks.flag("RMSprop", "eps_inside_sqrt", eps_inside_sqrt)
         defaults = dict(
             lr=lr,
             alpha=alpha,

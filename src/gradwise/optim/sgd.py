@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.optim import engine
 from gradwise.optim.base import Optimizer
 
@@ -85,9 +85,9 @@ class SGD(Optimizer):
         l1: float = 0.0,
         state_dtype: torch.dtype | None = None,
     ) -> None:
-        _checks.at_least("SGD", "momentum", momentum, 0.0)
-        _checks.in_range("SGD", "dampening", dampening, 0.0, 1.0, closed_high=True)
-        _checks.flag("SGD", "nesterov", nesterov)
+        checks.at_least("SGD", "momentum", momentum, 0.0)
+        checks.in_range("SGD", "dampening", dampening, 0.0, 1.0, closed_high=True)
+        checks.flag("SGD", "nesterov", nesterov)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
                 "SGD: nesterov=True requires momentum > 0 and dampening = 0; "

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from gradwise import _checks
+from gradwise import checks
 
 Steps = float | torch.Tensor
 """A step count as a float, or a floating tensor of step counts."""
@@ -82,16 +82,16 @@ class Schedule:
         owner = type(self).__name__
         if isinstance(t, torch.Tensor):
             if t.dtype == torch.bool or t.is_complex():
-                _checks._fail(owner, "t", "a tensor of real step counts", t, TypeError)
+                checks.refuse(owner, "t", "a tensor of real step counts", t, TypeError)
             x = t if t.is_floating_point() else t.to(torch.float64)
             if x.numel() and not bool(((x >= 0) & torch.isfinite(x)).all()):
-                _checks._fail(owner, "t", "finite and >= 0 in every element", t)
+                checks.refuse(owner, "t", "finite and >= 0 in every element", t)
             return self._eval(x)
         if not isinstance(t, numbers.Real) or isinstance(t, bool):
-            _checks._fail(
+            checks.refuse(
                 owner, "t", "a step count (a number >= 0) or a tensor of them", t, TypeError
             )
-        return float(self._eval(_checks.at_least(owner, "t", t, 0)))
+        return float(self._eval(checks.at_least(owner, "t", t, 0)))
 
     def __mul__(self, other: Schedule) -> Schedule:
         if not isinstance(other, Schedule):
@@ -117,5 +117,5 @@ class Schedule:
 def check_schedule(owner: str, name: str, value: object) -> Schedule:
     """A :class:`Schedule` instance."""
     if not isinstance(value, Schedule):
-        _checks._fail(owner, name, "a Schedule (e.g. Cosine(1000))", value, TypeError)
+        checks.refuse(owner, name, "a Schedule (e.g. Cosine(1000))", value, TypeError)
     return value

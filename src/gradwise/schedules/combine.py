@@ -7,7 +7,7 @@ import itertools
 
 import torch
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.schedules._base import Schedule, Steps, check_schedule, maximum
 
 
@@ -36,30 +36,30 @@ class Sequence(Schedule):
     def __init__(self, segments) -> None:
         owner = "Sequence"
         if isinstance(segments, str | bytes) or not hasattr(segments, "__iter__"):
-            _checks._fail(
+            checks.refuse(
                 owner, "segments", "a list of (schedule, steps) pairs", segments, TypeError
             )
         segments = list(segments)
         if not segments:
-            _checks._fail(
+            checks.refuse(
                 owner, "segments", "a non-empty list of (schedule, steps) pairs", segments
             )
         checked = []
         for i, seg in enumerate(segments):
             if not isinstance(seg, tuple | list) or len(seg) != 2:
-                _checks._fail(owner, f"segments[{i}]", "a (schedule, steps) pair", seg, TypeError)
+                checks.refuse(owner, f"segments[{i}]", "a (schedule, steps) pair", seg, TypeError)
             schedule, steps = seg
             check_schedule(owner, f"segments[{i}][0]", schedule)
             last = i == len(segments) - 1
             if steps is not None or not last:
                 if steps is None:
-                    _checks._fail(
+                    checks.refuse(
                         owner,
                         f"segments[{i}][1]",
                         "a number of steps (only the last may be None)",
                         steps,
                     )
-                steps = _checks.integer(owner, f"segments[{i}][1]", steps, low=1)
+                steps = checks.integer(owner, f"segments[{i}][1]", steps, low=1)
             checked.append((schedule, steps))
         self.segments = tuple(checked)
         self._starts = [0, *itertools.accumulate(n for _, n in self.segments[:-1])]

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.schedules._base import Schedule, Steps, cos, full, minimum
 
 
@@ -29,7 +29,7 @@ class Constant(Schedule):
     """
 
     def __init__(self, value: float = 1.0) -> None:
-        self.value = _checks.at_least("Constant", "value", value, 0)
+        self.value = checks.at_least("Constant", "value", value, 0)
 
     def _eval(self, t: Steps) -> Steps:
         return full(t, self.value)
@@ -54,8 +54,8 @@ class StepDecay(Schedule):
     """
 
     def __init__(self, step_size: int, gamma: float = 0.1) -> None:
-        self.step_size = _checks.integer("StepDecay", "step_size", step_size, low=1)
-        self.gamma = _checks.in_range("StepDecay", "gamma", gamma, 0, 1, closed_high=True)
+        self.step_size = checks.integer("StepDecay", "step_size", step_size, low=1)
+        self.gamma = checks.in_range("StepDecay", "gamma", gamma, 0, 1, closed_high=True)
 
     def _eval(self, t: Steps) -> Steps:
         return self.gamma ** (t // self.step_size)
@@ -82,16 +82,16 @@ class MultiStepDecay(Schedule):
     def __init__(self, milestones, gamma: float = 0.1) -> None:
         owner = "MultiStepDecay"
         if isinstance(milestones, str | bytes) or not hasattr(milestones, "__iter__"):
-            _checks._fail(owner, "milestones", "a list of step counts", milestones, TypeError)
+            checks.refuse(owner, "milestones", "a list of step counts", milestones, TypeError)
         ms = tuple(
-            _checks.integer(owner, f"milestones[{i}]", m, low=1) for i, m in enumerate(milestones)
+            checks.integer(owner, f"milestones[{i}]", m, low=1) for i, m in enumerate(milestones)
         )
         if not ms:
-            _checks._fail(owner, "milestones", "a non-empty list of step counts", list(ms))
+            checks.refuse(owner, "milestones", "a non-empty list of step counts", list(ms))
         if any(b <= a for a, b in zip(ms, ms[1:])):
-            _checks._fail(owner, "milestones", "strictly increasing", list(ms))
+            checks.refuse(owner, "milestones", "strictly increasing", list(ms))
         self.milestones = ms
-        self.gamma = _checks.in_range(owner, "gamma", gamma, 0, 1, closed_high=True)
+        self.gamma = checks.in_range(owner, "gamma", gamma, 0, 1, closed_high=True)
 
     def _eval(self, t: Steps) -> Steps:
         if isinstance(t, torch.Tensor):
@@ -120,7 +120,7 @@ class ExponentialDecay(Schedule):
     """
 
     def __init__(self, gamma: float) -> None:
-        self.gamma = _checks.in_range("ExponentialDecay", "gamma", gamma, 0, 1, closed_high=True)
+        self.gamma = checks.in_range("ExponentialDecay", "gamma", gamma, 0, 1, closed_high=True)
 
     def _eval(self, t: Steps) -> Steps:
         return self.gamma**t
@@ -146,8 +146,8 @@ class Cosine(Schedule):
     """
 
     def __init__(self, total_steps: int, final: float = 0.0) -> None:
-        self.total_steps = _checks.integer("Cosine", "total_steps", total_steps, low=1)
-        self.final = _checks.in_range("Cosine", "final", final, 0, 1, closed_high=True)
+        self.total_steps = checks.integer("Cosine", "total_steps", total_steps, low=1)
+        self.final = checks.in_range("Cosine", "final", final, 0, 1, closed_high=True)
 
     def _eval(self, t: Steps) -> Steps:
         T, f = self.total_steps, self.final

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.schedules._base import Schedule, Steps, cos, full, minimum, where
 
 
@@ -45,11 +45,11 @@ class OneCycle(Schedule):
         anneal: str = "cos",
     ) -> None:
         owner = "OneCycle"
-        self.total_steps = _checks.integer(owner, "total_steps", total_steps, low=1)
-        self.pct_start = _checks.in_range(owner, "pct_start", pct_start, 0, 1, closed_high=True)
-        self.div_factor = _checks.positive(owner, "div_factor", div_factor)
-        self.final_div_factor = _checks.positive(owner, "final_div_factor", final_div_factor)
-        self.anneal = _checks.choice(owner, "anneal", anneal, ("cos", "linear"))
+        self.total_steps = checks.integer(owner, "total_steps", total_steps, low=1)
+        self.pct_start = checks.in_range(owner, "pct_start", pct_start, 0, 1, closed_high=True)
+        self.div_factor = checks.positive(owner, "div_factor", div_factor)
+        self.final_div_factor = checks.positive(owner, "final_div_factor", final_div_factor)
+        self.anneal = checks.choice(owner, "anneal", anneal, ("cos", "linear"))
 
     def _anneal(self, a: float, b: float, x: Steps) -> Steps:
         if self.anneal == "cos":

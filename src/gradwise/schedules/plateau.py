@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.errors import CheckpointError
 from gradwise.schedules._base import signature_repr
 
@@ -59,15 +59,13 @@ class Plateau:
         min_scale: float = 0.0,
     ) -> None:
         owner = "Plateau"
-        self.mode = _checks.choice(owner, "mode", mode, ("min", "max"))
-        self.factor = _checks.in_range(owner, "factor", factor, 0, 1)
-        self.patience = _checks.integer(owner, "patience", patience, low=0)
-        self.threshold = _checks.at_least(owner, "threshold", threshold, 0)
-        self.threshold_mode = _checks.choice(
-            owner, "threshold_mode", threshold_mode, ("rel", "abs")
-        )
-        self.cooldown = _checks.integer(owner, "cooldown", cooldown, low=0)
-        self.min_scale = _checks.in_range(owner, "min_scale", min_scale, 0, 1, closed_high=True)
+        self.mode = checks.choice(owner, "mode", mode, ("min", "max"))
+        self.factor = checks.in_range(owner, "factor", factor, 0, 1)
+        self.patience = checks.integer(owner, "patience", patience, low=0)
+        self.threshold = checks.at_least(owner, "threshold", threshold, 0)
+        self.threshold_mode = checks.choice(owner, "threshold_mode", threshold_mode, ("rel", "abs"))
+        self.cooldown = checks.integer(owner, "cooldown", cooldown, low=0)
+        self.min_scale = checks.in_range(owner, "min_scale", min_scale, 0, 1, closed_high=True)
         self.scale = 1.0
         self.best = math.inf if self.mode == "min" else -math.inf
         self.bad_steps = 0
@@ -86,7 +84,7 @@ class Plateau:
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            _checks._fail("Plateau", "value", "a number or a one-element tensor", value, TypeError)
+            checks.refuse("Plateau", "value", "a number or a one-element tensor", value, TypeError)
         value = float(value)
         if self.improves(value):
             self.best = value

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.errors import CheckpointError, ConfigError
 from gradwise.schedules._base import Schedule, check_schedule
 from gradwise.schedules.decay import Constant
@@ -63,7 +63,7 @@ class Scheduler:
         if not isinstance(groups, list) or not all(
             isinstance(g, Mapping) and "lr" in g for g in groups
         ):
-            _checks._fail(
+            checks.refuse(
                 owner,
                 "optimizer",
                 "an optimizer with param_groups (dicts with 'lr')",
@@ -77,16 +77,16 @@ class Scheduler:
         self.optimizer = optimizer
         self.schedule = check_schedule(owner, "schedule", schedule)
         if plateau is not None and not isinstance(plateau, Plateau):
-            _checks._fail(owner, "plateau", "a Plateau or None", plateau, TypeError)
+            checks.refuse(owner, "plateau", "a Plateau or None", plateau, TypeError)
         self.plateau = plateau
         if isinstance(min_lr, list | tuple):
             if len(min_lr) != len(groups):
-                _checks._fail(owner, "min_lr", f"a number or {len(groups)} numbers", min_lr)
+                checks.refuse(owner, "min_lr", f"a number or {len(groups)} numbers", min_lr)
             self.min_lr: float | list[float] = [
-                _checks.at_least(owner, f"min_lr[{i}]", v, 0) for i, v in enumerate(min_lr)
+                checks.at_least(owner, f"min_lr[{i}]", v, 0) for i, v in enumerate(min_lr)
             ]
         else:
-            self.min_lr = _checks.at_least(owner, "min_lr", min_lr, 0)
+            self.min_lr = checks.at_least(owner, "min_lr", min_lr, 0)
         self.base_lrs: list[float] = []
         self.t = 0
         self._apply()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.schedules._base import Schedule, Steps, check_schedule, maximum, where
 from gradwise.schedules.decay import Constant
 
@@ -28,9 +28,9 @@ class Warmup(Schedule):
     """
 
     def __init__(self, steps: int, then: Schedule = Constant(), start: float = 0.0) -> None:  # noqa: B008
-        self.steps = _checks.integer("Warmup", "steps", steps, low=1)
+        self.steps = checks.integer("Warmup", "steps", steps, low=1)
         self.then = check_schedule("Warmup", "then", then)
-        self.start = _checks.in_range("Warmup", "start", start, 0, 1, closed_high=True)
+        self.start = checks.in_range("Warmup", "start", start, 0, 1, closed_high=True)
 
     def _eval(self, t: Steps) -> Steps:
         n, s = self.steps, self.start

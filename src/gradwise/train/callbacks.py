@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from gradwise import _checks
+from gradwise import checks
 
 
 class Callback:
@@ -43,11 +43,11 @@ class EarlyStopping(Callback):
         restore_best: bool = True,
     ) -> None:
         self.monitor = monitor
-        self.patience = _checks.integer("EarlyStopping", "patience", patience, low=1)
-        self.min_delta = _checks.at_least("EarlyStopping", "min_delta", min_delta, 0.0)
-        mode = _checks.choice("EarlyStopping", "mode", mode, ("auto", "min", "max"))
+        self.patience = checks.integer("EarlyStopping", "patience", patience, low=1)
+        self.min_delta = checks.at_least("EarlyStopping", "min_delta", min_delta, 0.0)
+        mode = checks.choice("EarlyStopping", "mode", mode, ("auto", "min", "max"))
         self.mode = mode if mode != "auto" else ("min" if "loss" in monitor else "max")
-        self.restore_best = _checks.flag("EarlyStopping", "restore_best", restore_best)
+        self.restore_best = checks.flag("EarlyStopping", "restore_best", restore_best)
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch = -1
         self.wait = 0

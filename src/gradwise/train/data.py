@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.errors import DataError
 
 #: names accepted by :func:`load_dataset`
@@ -185,9 +185,9 @@ def load_dataset(
         DataError: for an unknown name (the message lists the available ones).
     """
     owner = "load_dataset"
-    seed = _checks.integer(owner, "seed", seed, 0)
-    val_fraction = _checks.in_range(owner, "val_fraction", val_fraction, 0.0, 1.0)
-    standardize = _checks.flag(owner, "standardize", standardize)
+    seed = checks.integer(owner, "seed", seed, 0)
+    val_fraction = checks.in_range(owner, "val_fraction", val_fraction, 0.0, 1.0)
+    standardize = checks.flag(owner, "standardize", standardize)
     if name not in _BUNDLED:
         hint = " (for a data file use load_file)" if isinstance(name, str) and "." in name else ""
         raise DataError(

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.errors import DataError
 from gradwise.train.data import Dataset, _assemble, _shorten
 
@@ -84,14 +84,14 @@ def load_file(
     """
     owner = "load_file"
     if target is not None and (isinstance(target, bool) or not isinstance(target, str | int)):
-        _checks._fail(owner, "target", "a column name, an index or None", target, TypeError)
-    task = _checks.choice(owner, "task", task, TASKS)
-    seed = _checks.integer(owner, "seed", seed, 0)
-    val_fraction = _checks.in_range(owner, "val_fraction", val_fraction, 0.0, 1.0)
-    test_fraction = _checks.in_range(owner, "test_fraction", test_fraction, 0.0, 1.0)
-    standardize = _checks.flag(owner, "standardize", standardize)
+        checks.refuse(owner, "target", "a column name, an index or None", target, TypeError)
+    task = checks.choice(owner, "task", task, TASKS)
+    seed = checks.integer(owner, "seed", seed, 0)
+    val_fraction = checks.in_range(owner, "val_fraction", val_fraction, 0.0, 1.0)
+    test_fraction = checks.in_range(owner, "test_fraction", test_fraction, 0.0, 1.0)
+    standardize = checks.flag(owner, "standardize", standardize)
     if n_classes is not None:
-        n_classes = _checks.integer(owner, "n_classes", n_classes, 2)
+        n_classes = checks.integer(owner, "n_classes", n_classes, 2)
 
     path = Path(path)
     if not path.exists():

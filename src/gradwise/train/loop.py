@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.errors import CheckpointError, ConfigError, GradwiseError
 from gradwise.train import checkpoint as ckpt
 from gradwise.train import distributed, native
@@ -134,13 +134,13 @@ def fit(
     it is on each rank: shard it yourself (``DistributedSampler``), with the same number of
     batches on every rank.
     """
-    _checks.integer("fit", "epochs", epochs, low=1)
-    _checks.integer("fit", "checkpoint_every", checkpoint_every, low=1)
-    _checks.choice("fit", "nan_policy", nan_policy, NAN_POLICIES)
-    _checks.choice("fit", "scheduler_interval", scheduler_interval, ("step", "epoch"))
+    checks.integer("fit", "epochs", epochs, low=1)
+    checks.integer("fit", "checkpoint_every", checkpoint_every, low=1)
+    checks.choice("fit", "nan_policy", nan_policy, NAN_POLICIES)
+    checks.choice("fit", "scheduler_interval", scheduler_interval, ("step", "epoch"))
     loss_fn = _loss(loss)
     for name in metrics:
-        _checks.choice("fit", "metrics", name, tuple(METRICS))
+        checks.choice("fit", "metrics", name, tuple(METRICS))
     dev = _device(device)
     ctx = distributed.setup(device)  # None unless started on several processes
     if ctx is not None:
@@ -361,7 +361,7 @@ class _Batches:
             if batch_size == "full":
                 self.batch_size = n
             else:
-                size = _checks.integer("fit", "batch_size", batch_size, low=1)
+                size = checks.integer("fit", "batch_size", batch_size, low=1)
                 if size > n:
                     raise ConfigError(
                         f"fit: batch_size must be at most the {what} set's size ({n}) or 'full'; "
@@ -424,7 +424,7 @@ class _Batches:
 def _loss(loss) -> Callable[[Tensor, Tensor], Tensor]:
     if callable(loss):
         return loss
-    return LOSSES[_checks.choice("fit", "loss", loss, tuple(LOSSES))]
+    return LOSSES[checks.choice("fit", "loss", loss, tuple(LOSSES))]
 
 
 def _device(device) -> torch.device:

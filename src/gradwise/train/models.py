@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from gradwise import _checks
+from gradwise import checks
 from gradwise.init import SCHEMES, init_model
 
 __all__ = ["ACTIVATIONS", "AsChannels", "cnn1d", "conv_lengths", "mlp", "n_parameters"]
@@ -37,20 +37,20 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 def _common(owner: str, activation, dropout, init, generator) -> float:
-    _checks.choice(owner, "activation", activation, tuple(ACTIVATIONS))
-    dropout = _checks.in_range(owner, "dropout", dropout, 0.0, 1.0)
-    _checks.choice(owner, "init", init, SCHEMES)
+    checks.choice(owner, "activation", activation, tuple(ACTIVATIONS))
+    dropout = checks.in_range(owner, "dropout", dropout, 0.0, 1.0)
+    checks.choice(owner, "init", init, SCHEMES)
     if generator is not None and not isinstance(generator, torch.Generator):
-        _checks._fail(owner, "generator", "a torch.Generator or None", generator, TypeError)
+        checks.refuse(owner, "generator", "a torch.Generator or None", generator, TypeError)
     return dropout
 
 
 def _sizes(owner: str, name: str, values: object) -> list[int]:
     if isinstance(values, int | bool) or not isinstance(values, Iterable):
-        _checks._fail(owner, name, "a sequence of positive integers", values, TypeError)
+        checks.refuse(owner, name, "a sequence of positive integers", values, TypeError)
     sizes = list(values)  # type: ignore[arg-type]
     for i, v in enumerate(sizes):
-        _checks.integer(owner, f"{name}[{i}]", v, 1)
+        checks.integer(owner, f"{name}[{i}]", v, 1)
     return sizes
 
 
@@ -88,8 +88,8 @@ def mlp(
     Children are named ``fc1, act1, drop1, fc2, ..., out``.
     """
     owner = "mlp"
-    in_features = _checks.integer(owner, "in_features", in_features, 1)
-    out_features = _checks.integer(owner, "out_features", out_features, 1)
+    in_features = checks.integer(owner, "in_features", in_features, 1)
+    out_features = checks.integer(owner, "out_features", out_features, 1)
     widths = _sizes(owner, "hidden", hidden)
     dropout = _common(owner, activation, dropout, init, generator)
     layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -185,16 +185,16 @@ def cnn1d(
     Children are named ``input, conv1, act1, drop1, ..., pool, flatten, out``.
     """
     owner = "cnn1d"
-    in_length = _checks.integer(owner, "in_length", in_length, 1)
-    out_features = _checks.integer(owner, "out_features", out_features, 1)
+    in_length = checks.integer(owner, "in_length", in_length, 1)
+    out_features = checks.integer(owner, "out_features", out_features, 1)
     chans = _sizes(owner, "channels", channels)
     if not chans:
-        _checks._fail(owner, "channels", "a non-empty sequence of positive integers", channels)
-    kernel_size = _checks.integer(owner, "kernel_size", kernel_size, 1)
-    stride = _checks.integer(owner, "stride", stride, 1)
-    padding = kernel_size // 2 if padding is None else _checks.integer(owner, "padding", padding, 0)
-    _checks.choice(owner, "pool", pool, ("flatten", "avg", "max"))
-    in_channels = _checks.integer(owner, "in_channels", in_channels, 1)
+        checks.refuse(owner, "channels", "a non-empty sequence of positive integers", channels)
+    kernel_size = checks.integer(owner, "kernel_size", kernel_size, 1)
+    stride = checks.integer(owner, "stride", stride, 1)
+    padding = kernel_size // 2 if padding is None else checks.integer(owner, "padding", padding, 0)
+    checks.choice(owner, "pool", pool, ("flatten", "avg", "max"))
+    in_channels = checks.integer(owner, "in_channels", in_channels, 1)
     dropout = _common(owner, activation, dropout, init, generator)
     lengths = conv_lengths(in_length, len(chans), kernel_size, stride, padding)
     if min(lengths) < 1:

@@ -21,7 +21,7 @@ from typing import Any
 import tomli_w
 import torch
 
-from gradwise import _checks, optim
+from gradwise import checks, optim
 from gradwise.errors import ConfigError, DataError
 from gradwise.regularization import l2_penalty, param_groups
 from gradwise.train import checkpoint as ckpt
@@ -155,14 +155,14 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` replaced by the dataset's, model's and optimizer's
         defaults (:data:`DATASET_DEFAULTS`, :data:`FALLBACKS`, :data:`OPTIMIZER_LR`)."""
-        _checks.choice("train", "optimizer", self.optimizer, OPTIMIZERS)
+        checks.choice("train", "optimizer", self.optimizer, OPTIMIZERS)
         refuse_unused_options(self)
         if self.data is None:
-            _checks.choice("train", "dataset", self.dataset, tuple(DATASETS))
+            checks.choice("train", "dataset", self.dataset, tuple(DATASETS))
         dataset = dict(DATASET_DEFAULTS.get(self.dataset, {})) if self.data is None else {}
         values = dataclasses.asdict(self)
         model = values["model"] or dataset.get("model", FALLBACKS["model"])
-        _checks.choice("train", "model", model, MODELS)
+        checks.choice("train", "model", model, MODELS)
         values["model"] = model
         layered = {**FALLBACKS, **dataset, **dataset.get(model, {})}
         for key in FALLBACKS:
@@ -185,26 +185,26 @@ class TrainConfig:
 
     def validate(self) -> None:
         owner = "train"
-        _checks.choice(owner, "model", self.model, MODELS)
-        _checks.choice(owner, "init", self.init, INITS)
-        _checks.choice(owner, "nan_policy", self.nan_policy, ("raise", "skip"))
-        _checks.in_range(owner, "dropout", self.dropout, 0.0, 1.0)
-        _checks.in_range(owner, "val_fraction", self.val_fraction, 0.0, 0.9, closed_high=True)
-        _checks.at_least(owner, "lr", self.lr, 0.0)
+        checks.choice(owner, "model", self.model, MODELS)
+        checks.choice(owner, "init", self.init, INITS)
+        checks.choice(owner, "nan_policy", self.nan_policy, ("raise", "skip"))
+        checks.in_range(owner, "dropout", self.dropout, 0.0, 1.0)
+        checks.in_range(owner, "val_fraction", self.val_fraction, 0.0, 0.9, closed_high=True)
+        checks.at_least(owner, "lr", self.lr, 0.0)
         for name in ("l1", "l2", "weight_decay", "momentum"):
-            _checks.at_least(owner, name, getattr(self, name), 0.0)
-        _checks.integer(owner, "epochs", self.epochs, low=1)
-        _checks.integer(owner, "early_stop", self.early_stop, low=0)
-        _checks.integer(owner, "plateau_patience", self.plateau_patience, low=0)
-        _checks.in_range(owner, "plateau_factor", self.plateau_factor, 0.0, 1.0)
+            checks.at_least(owner, name, getattr(self, name), 0.0)
+        checks.integer(owner, "epochs", self.epochs, low=1)
+        checks.integer(owner, "early_stop", self.early_stop, low=0)
+        checks.integer(owner, "plateau_patience", self.plateau_patience, low=0)
+        checks.in_range(owner, "plateau_factor", self.plateau_factor, 0.0, 1.0)
         if self.threads is not None:
-            _checks.integer(owner, "threads", self.threads, low=1)
-        if _checks.integer(owner, "seed", self.seed, low=0) >= 2**64:
-            _checks._fail(owner, "seed", "an integer in [0, 2**64)", self.seed)
-        _checks.choice(owner, "activation", self.activation, tuple(ACTIVATIONS))
-        _checks.integer(owner, "checkpoint_every", self.checkpoint_every, low=1)
-        _checks.flag(owner, "zero", self.zero)
-        _checks.integer(owner, "nproc", self.nproc, low=1)
+            checks.integer(owner, "threads", self.threads, low=1)
+        if checks.integer(owner, "seed", self.seed, low=0) >= 2**64:
+            checks.refuse(owner, "seed", "an integer in [0, 2**64)", self.seed)
+        checks.choice(owner, "activation", self.activation, tuple(ACTIVATIONS))
+        checks.integer(owner, "checkpoint_every", self.checkpoint_every, low=1)
+        checks.flag(owner, "zero", self.zero)
+        checks.integer(owner, "nproc", self.nproc, low=1)
         parse_batch_size(self.batch_size)
         if self.target is not None and self.data is None:
             raise ConfigError(
@@ -213,7 +213,7 @@ class TrainConfig:
             )
         for name in ("hidden", "channels"):
             for width in getattr(self, name):
-                _checks.integer(owner, name, width, low=1)
+                checks.integer(owner, name, width, low=1)
 
     # ---------------------------------------------------------------------------- TOML files
     def to_toml(self) -> str:

@@ -12,16 +12,19 @@ import math
 import numbers
 
 
-def _fail(owner: str, name: str, allowed: str, value: object, exc: type[Exception] = ValueError):
+def refuse(
+    owner: str, name: str, allowed: str, value: object, exc: type[Exception] = ValueError
+) -> None:
+    """Raise ``exc`` saying that ``owner``'s ``name`` must be ``allowed`` and what it received."""
     raise exc(f"{owner}: {name} must be {allowed}; received {name}={value!r}")
 
 
 def number(owner: str, name: str, value: object) -> float:
     """``value`` as a finite real number (bools refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        _fail(owner, name, "a real number", value, TypeError)
+        refuse(owner, name, "a real number", value, TypeError)
     if not math.isfinite(float(value)):
-        _fail(owner, name, "finite", value)
+        refuse(owner, name, "finite", value)
     return float(value)
 
 
@@ -29,7 +32,7 @@ def at_least(owner: str, name: str, value: object, low: float) -> float:
     """A finite number ``>= low``."""
     v = number(owner, name, value)
     if v < low:
-        _fail(owner, name, f">= {low:g}", value)
+        refuse(owner, name, f">= {low:g}", value)
     return v
 
 
@@ -37,7 +40,7 @@ def positive(owner: str, name: str, value: object) -> float:
     """A finite number ``> 0``."""
     v = number(owner, name, value)
     if v <= 0:
-        _fail(owner, name, "> 0", value)
+        refuse(owner, name, "> 0", value)
     return v
 
 
@@ -48,28 +51,28 @@ def in_range(
     v = number(owner, name, value)
     ok = low <= v <= high if closed_high else low <= v < high
     if not ok:
-        _fail(owner, name, f"in [{low:g}, {high:g}{']' if closed_high else ')'}", value)
+        refuse(owner, name, f"in [{low:g}, {high:g}{']' if closed_high else ')'}", value)
     return v
 
 
 def integer(owner: str, name: str, value: object, low: int | None = None) -> int:
     """An ``int`` (bools refused), optionally ``>= low``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        _fail(owner, name, "an integer", value, TypeError)
+        refuse(owner, name, "an integer", value, TypeError)
     if low is not None and value < low:
-        _fail(owner, name, f"an integer >= {low}", value)
+        refuse(owner, name, f"an integer >= {low}", value)
     return int(value)
 
 
 def flag(owner: str, name: str, value: object) -> bool:
     """A ``bool``."""
     if not isinstance(value, bool):
-        _fail(owner, name, "True or False", value, TypeError)
+        refuse(owner, name, "True or False", value, TypeError)
     return value
 
 
 def choice(owner: str, name: str, value: object, allowed: tuple[str, ...]) -> str:
     """One of ``allowed``."""
     if value not in allowed:
-        _fail(owner, name, "one of " + ", ".join(repr(a) for a in allowed), value)
+        refuse(owner, name, "one of " + ", ".join(repr(a) for a in allowed), value)
     return value  # type: ignore[return-value]

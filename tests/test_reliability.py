@@ -882,7 +882,7 @@ def test_property_any_option_value_is_accepted_or_refused_in_one_line(option, va
 
     def fake_run(config, out, **kwargs):  # what run() checks before it loads data
         config = config.resolved()
-        run_module._device(config.device)
+        run_module.resolve_device(config.device)
         opt = run_module.build_optimizer(config, nn.Linear(2, 2))
         run_module.build_scheduler(config, opt, 10)
         raise Reached

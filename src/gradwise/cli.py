@@ -44,7 +44,7 @@ def _rank_prefix() -> str:
     return ""
 
 
-def _friendly(fn):
+def friendly(fn):
     """Turn gradwise's input errors into one line on stderr and exit code 2."""
 
     @functools.wraps(fn)
@@ -90,7 +90,7 @@ def main() -> None:
     """
 
 
-def _csv_ints(ctx, param, value):
+def csv_ints(ctx, param, value):
     if value is None:
         return None
     try:
@@ -132,8 +132,8 @@ def train_options(fn):
             type=click.Choice(MODELS),
             help="Model builder.  [default: per dataset: mlp, cnn1d for mnist1d]",
         ),
-        click.option("--hidden", callback=_csv_ints, help="MLP hidden widths, e.g. 128,128."),
-        click.option("--channels", callback=_csv_ints, help="cnn1d channels per conv layer."),
+        click.option("--hidden", callback=csv_ints, help="MLP hidden widths, e.g. 128,128."),
+        click.option("--channels", callback=csv_ints, help="cnn1d channels per conv layer."),
         click.option(
             "--activation",
             help="relu, leaky_relu, gelu, silu, tanh, sigmoid, selu, elu.  [default: relu]",
@@ -311,7 +311,7 @@ def _run_name(config) -> str:
     help="Seconds a process waits for the others before giving up (a rank that died or hangs).  "
     "[default: 300]",
 )
-@_friendly
+@friendly
 def train(out, resume_dir, no_progress, nproc, dist_timeout, **options):
     """Train a model and write a run folder: config.toml, metrics.csv, history.jsonl,
     checkpoint.pt and curves.png.
@@ -433,7 +433,7 @@ def _launch(config, out: Path, resume: bool, nproc: int, no_progress: bool) -> N
     import dataclasses
 
     from gradwise.train import distributed
-    from gradwise.train.run import _prepare_out, parse_batch_size
+    from gradwise.train.run import parse_batch_size, prepare_out
 
     if resume:
         if nproc != config.nproc:
@@ -447,7 +447,7 @@ def _launch(config, out: Path, resume: bool, nproc: int, no_progress: bool) -> N
                 f"--batch-size is the global batch and must be at least --nproc ({nproc}); "
                 f"received --batch-size {batch_size}"
             )
-        _prepare_out(out, resolved, resume=False)  # refuses a folder that holds another run
+        prepare_out(out, resolved, resume=False)  # refuses a folder that holds another run
         args = ["train", "--config", str(out / "config.toml"), "--out", str(out)]
     if no_progress:
         args.append("--no-progress")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from gradwise.cli import _csv_ints, _friendly, config_from_options, train_options
+from gradwise.cli import config_from_options, csv_ints, friendly, train_options
 from gradwise.errors import ConfigError
 
 
@@ -108,7 +108,7 @@ def _run_folder(kind: str, config) -> Path:
     type=click.Path(file_okay=False),
     help="Folder for lr_find.png and lr_find.csv.  [default: runs/lr-find-<dataset>-<time>]",
 )
-@_friendly
+@friendly
 def lr_find_command(start_lr, end_lr, steps, rule, out, **options):
     """Find a learning rate: the range test.
 
@@ -122,7 +122,7 @@ def lr_find_command(start_lr, end_lr, steps, rule, out, **options):
     import torch
 
     from gradwise.lab.lr_find import lr_find
-    from gradwise.lab.plots import _lr_text
+    from gradwise.lab.plots import lr_text
     from gradwise.regularization import l2_penalty
     from gradwise.train.run import build_data, build_model, build_optimizer, parse_batch_size
 
@@ -160,20 +160,20 @@ def lr_find_command(start_lr, end_lr, steps, rule, out, **options):
     table.add_column(style="bold")
     table.add_column()
     table.add_row("setup", title)
-    table.add_row("range", f"{_lr_text(start_lr)} to {_lr_text(end_lr)}, {len(result.lrs)} steps")
+    table.add_row("range", f"{lr_text(start_lr)} to {lr_text(end_lr)}, {len(result.lrs)} steps")
     table.add_row("stopped", result.stopped)
     if result.suggestion is not None:
         table.add_row(
-            "suggested lr", f"[bold green]{_lr_text(result.suggestion)}[/]  ({result.rule_text})"
+            "suggested lr", f"[bold green]{lr_text(result.suggestion)}[/]  ({result.rule_text})"
         )
     else:
         table.add_row("suggested lr", "none: the loss never fell; widen the range or add --steps")
     if result.min_loss_lr is not None:
         table.add_row(
-            "loss minimum at", f"{_lr_text(result.min_loss_lr)} (near the edge of stability)"
+            "loss minimum at", f"{lr_text(result.min_loss_lr)} (near the edge of stability)"
         )
     if result.steepest_lr is not None:
-        table.add_row("steepest descent at", _lr_text(result.steepest_lr))
+        table.add_row("steepest descent at", lr_text(result.steepest_lr))
     table.add_row("plot", str(folder / "lr_find.png"))
     _console().print(table)
     if result.suggestion is not None:
@@ -181,7 +181,7 @@ def lr_find_command(start_lr, end_lr, steps, rule, out, **options):
         for flag in ("--start-lr", "--end-lr", "--steps", "--rule", "--out"):
             line = _drop_option(line, flag)
         line = _drop_option(line, "--lr")
-        click.echo(f"train with it:  {line} --lr {_lr_text(result.suggestion)}")
+        click.echo(f"train with it:  {line} --lr {lr_text(result.suggestion)}")
 
 
 def _drop_option(line: str, flag: str) -> str:
@@ -246,7 +246,7 @@ def _drop_option(line: str, flag: str) -> str:
     help="Report folder.  [default: runs/compare-<dataset>-<time>]",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@_friendly
+@friendly
 def compare_command(
     optimizers,
     lrs,
@@ -444,7 +444,7 @@ def _print_comparison(result, folder: Path) -> None:
 @click.option("--steps", type=int, default=1000, show_default=True, help="Steps to draw.")
 @click.option(
     "--plateau-at",
-    callback=_csv_ints,
+    callback=csv_ints,
     help="Steps at which a reduce-on-plateau cut happens, e.g. 400,700 (to see what cuts do).",
 )
 @click.option(
@@ -463,7 +463,7 @@ def _print_comparison(result, folder: Path) -> None:
     show_default=True,
     help="PNG to write.",
 )
-@_friendly
+@friendly
 def schedule_command(texts, steps, plateau_at, factor, base_lr, log_scale, out):
     """Plot learning-rate schedules before training, and print a few values.
 
@@ -489,7 +489,7 @@ def schedule_command(texts, steps, plateau_at, factor, base_lr, log_scale, out):
       gradwise schedule "warmup:100,cosine:900" --plateau-at 400,700 --steps 1000 --out lr.png
       gradwise schedule "step:300:0.5" "exp:0.998" "cosine" --steps 1000
     """
-    from gradwise.lab.plots import _lr_text, plot_schedule
+    from gradwise.lab.plots import lr_text, plot_schedule
 
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1; received --steps {steps}")
@@ -510,7 +510,7 @@ def schedule_command(texts, steps, plateau_at, factor, base_lr, log_scale, out):
             curves.append((f"{text} + plateau cuts at {at} (x{factor:g})", rates))
     xs = list(range(steps + 1))
     title = "Learning-rate schedule" + ("s" if len(texts) > 1 else f": {texts[0]}")
-    title += f"  (base lr {_lr_text(base_lr)})"
+    title += f"  (base lr {lr_text(base_lr)})"
     path = plot_schedule(xs, curves, out, title=title, cuts=cuts, log=log_scale)
 
     from rich.table import Table

@@ -664,7 +664,7 @@ def grid(
         >>> list(grid(batch_sizes=["full", 1, 64]))
         ['batch full', 'batch 1', 'batch 64']
     """
-    from gradwise.lab.plots import _lr_text
+    from gradwise.lab.plots import lr_text
 
     base = base if base is not None else TrainConfig()
     if not isinstance(base, TrainConfig):
@@ -704,7 +704,7 @@ def grid(
         config = dataclasses.replace(base, **changes)
         resolved = config.resolved()
         if show_opt:
-            parts.append(f"{resolved.optimizer} lr={_lr_text(resolved.lr)}")
+            parts.append(f"{resolved.optimizer} lr={lr_text(resolved.lr)}")
         if varies["batch_size"]:
             parts.append(f"batch {resolved.batch_size}")
         if varies["schedule"]:
@@ -722,7 +722,7 @@ def grid(
 
 def label_configs(configs: list[TrainConfig]) -> dict[str, TrainConfig]:
     """Label configurations by the settings that tell them apart (``"adam lr=1e-3 batch 64"``)."""
-    from gradwise.lab.plots import _lr_text
+    from gradwise.lab.plots import lr_text
 
     resolved = [c.resolved() for c in configs]
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("extra",)]
@@ -731,7 +731,7 @@ def label_configs(configs: list[TrainConfig]) -> dict[str, TrainConfig]:
     for config, r in zip(configs, resolved):
         parts = []
         if not differ or "optimizer" in differ or "lr" in differ:
-            parts.append(f"{r.optimizer} lr={_lr_text(r.lr)}")
+            parts.append(f"{r.optimizer} lr={lr_text(r.lr)}")
         for name in differ:
             if name in ("optimizer", "lr"):
                 continue

@@ -113,7 +113,7 @@ def _save(fig, path: str | Path, dpi: int = 100) -> Path:
     return path
 
 
-def _lr_text(lr: float) -> str:
+def lr_text(lr: float) -> str:
     """A rate written short: ``1e-3``, ``3e-4``, ``0.05``, ``0.1``."""
     if lr == 0:
         return "0"
@@ -145,16 +145,16 @@ def plot_lr_find(result, path: str | Path, title: str = "") -> Path:
         bottom = min(min(losses), min(smoothed))
         ax.set_ylim(bottom - 0.05 * (top - bottom), top)
     if result.min_loss_lr is not None:
-        label = f"minimum of smoothed loss: lr = {_lr_text(result.min_loss_lr)}"
+        label = f"minimum of smoothed loss: lr = {lr_text(result.min_loss_lr)}"
         ax.plot([result.min_loss_lr], [on_curve(result.min_loss_lr)], "s", color="tab:gray",
                 ms=7, label=label)  # fmt: skip
     if result.steepest_lr is not None and result.rule != "steepest":
         ax.plot([result.steepest_lr], [on_curve(result.steepest_lr)], "^", color="tab:purple",
-                ms=7, label=f"steepest descent: lr = {_lr_text(result.steepest_lr)}")  # fmt: skip
+                ms=7, label=f"steepest descent: lr = {lr_text(result.steepest_lr)}")  # fmt: skip
     if result.suggestion is not None:
         ax.axvline(result.suggestion, color="tab:red", ls="--", lw=1)
         ax.plot([result.suggestion], [on_curve(result.suggestion)], "o", color="tab:red", ms=9,
-                label=f"suggestion: lr = {_lr_text(result.suggestion)}")  # fmt: skip
+                label=f"suggestion: lr = {lr_text(result.suggestion)}")  # fmt: skip
     ax.set(xlabel="learning rate (log scale)", ylabel="training loss")
     ax.set_title(
         (title + "\n" if title else "")

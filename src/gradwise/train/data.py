@@ -147,7 +147,7 @@ class Dataset:
             counts = torch.bincount(self.y_train, minlength=self.n_classes).tolist()
             names = self.class_names or tuple(str(i) for i in range(self.n_classes))
             shown = ", ".join(f"{n}: {c}" for n, c in zip(names, counts, strict=True))
-            lines.append(f"  train rows per class: {_shorten(shown, 200)}")
+            lines.append(f"  train rows per class: {shorten(shown, 200)}")
         scaled = bool((self.std != 1).any() or (self.mean != 0).any())
         lines.append(
             "  features standardized with the training mean and std"
@@ -194,7 +194,7 @@ def load_dataset(
             f"unknown dataset {name!r}{hint}; available datasets: {', '.join(DATASETS)}"
         )
     raw = _BUNDLED[name]()
-    return _assemble(
+    return assemble(
         name,
         raw.task,
         raw.x,
@@ -331,7 +331,7 @@ _BUNDLED: dict[str, Callable[[], _Raw]] = {
 }
 
 
-def _shorten(s: str, n: int) -> str:
+def shorten(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
@@ -375,7 +375,7 @@ def _holdout(
     return keep, held
 
 
-def _assemble(
+def assemble(
     name: str,
     task: str,
     x: np.ndarray,

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from gradwise import checks
 from gradwise.errors import DataError
-from gradwise.train.data import Dataset, _assemble, _shorten
+from gradwise.train.data import Dataset, assemble, shorten
 
 #: values of ``task`` accepted by :func:`load_file`
 TASKS: tuple[str, ...] = ("auto", "classification", "regression")
@@ -115,7 +115,7 @@ def load_file(
         parts = _read_arrays(str(path), _read_npz(path) if suffix == ".npz" else _read_pt(path))
     task, ys, n_classes, class_names = _targets(str(path), parts, task, n_classes)
     x = parts.x
-    return _assemble(
+    return assemble(
         path.stem,
         task,
         x["train"],
@@ -177,7 +177,7 @@ def _read_csv(path: Path, delimiter: str, target: str | int) -> _Parts:
         )
     if all(_is_number(h) for h in header):
         raise DataError(
-            f"{path}: the first row {_shorten(','.join(header), 60)!r} looks like data; add a "
+            f"{path}: the first row {shorten(','.join(header), 60)!r} looks like data; add a "
             "header row naming the columns"
         )
     if "" in header:
@@ -199,7 +199,7 @@ def _read_csv(path: Path, delimiter: str, target: str | int) -> _Parts:
     if isinstance(target, str) and target not in header:
         raise DataError(
             f"{path}: no target column {target!r}; the columns are: "
-            f"{_shorten(', '.join(header), 300)}"
+            f"{shorten(', '.join(header), 300)}"
         )
     if isinstance(target, int) and not -len(header) <= target < len(header):
         raise DataError(
@@ -480,4 +480,4 @@ def _count(n: int, noun: str) -> str:
 
 def _first_line(e: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()  # no terminal colors
-    return _shorten(text[0], 160) if text else ""
+    return shorten(text[0], 160) if text else ""

@@ -141,7 +141,7 @@ def fit(
     loss_fn = _loss(loss)
     for name in metrics:
         checks.choice("fit", "metrics", name, tuple(METRICS))
-    dev = _device(device)
+    dev = resolve_device(device)
     ctx = distributed.setup(device)  # None unless started on several processes
     if ctx is not None:
         dev = ctx.device
@@ -427,7 +427,7 @@ def _loss(loss) -> Callable[[Tensor, Tensor], Tensor]:
     return LOSSES[checks.choice("fit", "loss", loss, tuple(LOSSES))]
 
 
-def _device(device) -> torch.device:
+def resolve_device(device) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -30,7 +30,7 @@ from gradwise.train.callbacks import EarlyStopping
 from gradwise.train.data import DATASETS, Dataset, load_dataset
 from gradwise.train.files import load_file
 from gradwise.train.history import History
-from gradwise.train.loop import _device, evaluate, fit
+from gradwise.train.loop import evaluate, fit, resolve_device
 from gradwise.train.models import ACTIVATIONS, cnn1d, conv_lengths, mlp
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
@@ -409,7 +409,7 @@ def run(
     """
     config = config.resolved()
     started = time.perf_counter()
-    _device(config.device)  # refuse a bad device before anything is loaded or written
+    resolve_device(config.device)  # refuse a bad device before anything is loaded or written
     ctx = distributed.setup(config.device)
     config = dataclasses.replace(config, nproc=ctx.world_size if ctx is not None else 1)
     main = ctx is None or ctx.is_main
@@ -509,13 +509,13 @@ RUN_FILES = (ckpt.CURRENT, ckpt.PREVIOUS, "metrics.csv", "history.jsonl", "curve
 
 
 def _prepare_run_folder(out: Path, config: TrainConfig, resume: bool) -> bool:
-    """:func:`_prepare_out`; whether there is a checkpoint to resume from (a run stopped before
+    """:func:`prepare_out`; whether there is a checkpoint to resume from (a run stopped before
     its first checkpoint has nothing to lose: it starts over)."""
-    _prepare_out(out, config, resume)
+    prepare_out(out, config, resume)
     return resume and ckpt.exists(out)
 
 
-def _prepare_out(out: Path, config: TrainConfig, resume: bool) -> None:
+def prepare_out(out: Path, config: TrainConfig, resume: bool) -> None:
     """Check the run folder can be written, and never overwrite another run's files."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {out} is a file, not a folder; choose another --out")

@@ -27,6 +27,7 @@ from gradwise.init import (
     xavier_uniform_,
     zeros_,
 )
+from gradwise.init.scaling import TRUNC_STD
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -79,7 +80,7 @@ def test_variance_scaling_std(mode, distribution):
     if distribution == "uniform":
         assert std * math.sqrt(3) * 0.999 < bound <= std * math.sqrt(3)
     elif distribution == "truncated_normal":
-        sigma = std / init._TRUNC_STD
+        sigma = std / TRUNC_STD
         assert 1.99 * sigma < bound <= 2 * sigma
     else:  # untruncated: a 5e5-sample normal reaches beyond 4 std
         assert bound > 4 * std
@@ -92,7 +93,7 @@ def test_truncated_normal_constant():
     z = torch.linspace(-2, 2, 200001, dtype=torch.float64)
     pdf = torch.exp(-z * z / 2)
     var = torch.trapezoid(z * z * pdf, z) / torch.trapezoid(pdf, z)
-    trunc_std = init._TRUNC_STD
+    trunc_std = TRUNC_STD
     assert trunc_std == pytest.approx(math.sqrt(var.item()), rel=1e-9)
 
 

@@ -697,7 +697,17 @@ def test_text_round_trip(segments, last):
 
 @pytest.mark.parametrize(
     "module",
-    ["__init__", "decay", "warmup", "onecycle", "combine", "plateau", "scheduler", "language"],
+    [
+        "__init__",
+        "base",
+        "decay",
+        "warmup",
+        "onecycle",
+        "combine",
+        "plateau",
+        "scheduler",
+        "language",
+    ],
 )
 def test_docstring_examples(module):
     mod = importlib.import_module(

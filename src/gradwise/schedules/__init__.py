@@ -16,8 +16,8 @@ Example::
 Text form for the command line: :func:`parse` (``"warmup:100,cosine:900"``) and :func:`describe`.
 """
 
-from gradwise.schedules._base import Schedule
-from gradwise.schedules.combine import Product, Sequence
+from gradwise.schedules.base import Product, Schedule
+from gradwise.schedules.combine import Sequence
 from gradwise.schedules.decay import Constant, Cosine, ExponentialDecay, MultiStepDecay, StepDecay
 from gradwise.schedules.language import FORMS, describe, parse
 from gradwise.schedules.onecycle import OneCycle

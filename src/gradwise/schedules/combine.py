@@ -1,4 +1,4 @@
-"""Schedules run one after another, and schedules multiplied together."""
+"""Schedules run one after another (:class:`Sequence`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import itertools
 import torch
 
 from gradwise import checks
-from gradwise.schedules._base import Schedule, Steps, check_schedule, maximum
+from gradwise.schedules.base import Schedule, Steps, check_schedule, maximum
 
 
 class Sequence(Schedule):
@@ -64,40 +64,15 @@ class Sequence(Schedule):
         self.segments = tuple(checked)
         self._starts = [0, *itertools.accumulate(n for _, n in self.segments[:-1])]
 
-    def _eval(self, t: Steps) -> Steps:
+    def evaluate(self, t: Steps) -> Steps:
         schedules = [s for s, _ in self.segments]
         if not isinstance(t, torch.Tensor):
             k = bisect.bisect_right(self._starts, t) - 1
-            return schedules[k]._eval(t - self._starts[k])
-        out = schedules[0]._eval(t)
+            return schedules[k].evaluate(t - self._starts[k])
+        out = schedules[0].evaluate(t)
         for schedule, start in zip(schedules[1:], self._starts[1:]):
-            out = torch.where(t >= start, schedule._eval(maximum(t - start, 0.0)), out)
+            out = torch.where(t >= start, schedule.evaluate(maximum(t - start, 0.0)), out)
         return out
 
     def __repr__(self) -> str:
         return f"Sequence([{', '.join(f'({s!r}, {n!r})' for s, n in self.segments)}])"
-
-
-class Product(Schedule):
-    """The product of two schedules at the same step (also written ``a * b``).
-
-    ::
-
-        m(t) = a(t) · b(t)
-
-    Differences: PyTorch's ``ChainedScheduler`` multiplies recursive schedulers' updates; Keras
-    has no product.
-
-    Example::
-
-        >>> p = Product(StepDecay(10, gamma=0.5), Warmup(4))
-        >>> p(2), p(12)
-        (0.5, 0.5)
-    """
-
-    def __init__(self, a: Schedule, b: Schedule) -> None:
-        self.a = check_schedule("Product", "a", a)
-        self.b = check_schedule("Product", "b", b)
-
-    def _eval(self, t: Steps) -> Steps:
-        return self.a._eval(t) * self.b._eval(t)

@@ -8,7 +8,7 @@ import math
 import torch
 
 from gradwise import checks
-from gradwise.schedules._base import Schedule, Steps, cos, full, minimum
+from gradwise.schedules.base import Schedule, Steps, cos, full, minimum
 
 
 class Constant(Schedule):
@@ -31,7 +31,7 @@ class Constant(Schedule):
     def __init__(self, value: float = 1.0) -> None:
         self.value = checks.at_least("Constant", "value", value, 0)
 
-    def _eval(self, t: Steps) -> Steps:
+    def evaluate(self, t: Steps) -> Steps:
         return full(t, self.value)
 
 
@@ -57,7 +57,7 @@ class StepDecay(Schedule):
         self.step_size = checks.integer("StepDecay", "step_size", step_size, low=1)
         self.gamma = checks.in_range("StepDecay", "gamma", gamma, 0, 1, closed_high=True)
 
-    def _eval(self, t: Steps) -> Steps:
+    def evaluate(self, t: Steps) -> Steps:
         return self.gamma ** (t // self.step_size)
 
 
@@ -93,7 +93,7 @@ class MultiStepDecay(Schedule):
         self.milestones = ms
         self.gamma = checks.in_range(owner, "gamma", gamma, 0, 1, closed_high=True)
 
-    def _eval(self, t: Steps) -> Steps:
+    def evaluate(self, t: Steps) -> Steps:
         if isinstance(t, torch.Tensor):
             edges = torch.tensor(self.milestones, dtype=t.dtype, device=t.device)
             passed = torch.searchsorted(edges, t.contiguous(), right=True).to(t.dtype)
@@ -122,7 +122,7 @@ class ExponentialDecay(Schedule):
     def __init__(self, gamma: float) -> None:
         self.gamma = checks.in_range("ExponentialDecay", "gamma", gamma, 0, 1, closed_high=True)
 
-    def _eval(self, t: Steps) -> Steps:
+    def evaluate(self, t: Steps) -> Steps:
         return self.gamma**t
 
 
@@ -149,6 +149,6 @@ class Cosine(Schedule):
         self.total_steps = checks.integer("Cosine", "total_steps", total_steps, low=1)
         self.final = checks.in_range("Cosine", "final", final, 0, 1, closed_high=True)
 
-    def _eval(self, t: Steps) -> Steps:
+    def evaluate(self, t: Steps) -> Steps:
         T, f = self.total_steps, self.final
         return f + (1 - f) * (1 + cos(math.pi * minimum(t, T) / T)) / 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gradwise.errors import ConfigError
-from gradwise.schedules._base import Schedule
+from gradwise.schedules.base import Schedule
 from gradwise.schedules.combine import Sequence
 from gradwise.schedules.decay import (
     Constant,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from gradwise import checks
-from gradwise.schedules._base import Schedule, Steps, cos, full, minimum, where
+from gradwise.schedules.base import Schedule, Steps, cos, full, minimum, where
 
 
 class OneCycle(Schedule):
@@ -56,7 +56,7 @@ class OneCycle(Schedule):
             return b + (a - b) * (1 + cos(math.pi * x)) / 2
         return a + (b - a) * x
 
-    def _eval(self, t: Steps) -> Steps:
+    def evaluate(self, t: Steps) -> Steps:
         lo = 1 / self.div_factor
         end = lo / self.final_div_factor
         peak = self.pct_start * self.total_steps - 1

@@ -9,7 +9,7 @@ import torch
 
 from gradwise import checks
 from gradwise.errors import CheckpointError
-from gradwise.schedules._base import signature_repr
+from gradwise.schedules.base import signature_repr
 
 _STATE_KEYS = ("scale", "best", "bad_steps", "cooldown_left")
 

@@ -8,7 +8,7 @@ import torch
 
 from gradwise import checks
 from gradwise.errors import CheckpointError, ConfigError
-from gradwise.schedules._base import Schedule, check_schedule
+from gradwise.schedules.base import Schedule, check_schedule
 from gradwise.schedules.decay import Constant
 from gradwise.schedules.plateau import Plateau
 

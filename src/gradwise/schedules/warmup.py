@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gradwise import checks
-from gradwise.schedules._base import Schedule, Steps, check_schedule, maximum, where
+from gradwise.schedules.base import Schedule, Steps, check_schedule, maximum, where
 from gradwise.schedules.decay import Constant
 
 
@@ -32,10 +32,10 @@ class Warmup(Schedule):
         self.then = check_schedule("Warmup", "then", then)
         self.start = checks.in_range("Warmup", "start", start, 0, 1, closed_high=True)
 
-    def _eval(self, t: Steps) -> Steps:
+    def evaluate(self, t: Steps) -> Steps:
         n, s = self.steps, self.start
         return where(
             t < n,
             lambda: s + (1 - s) * t / n,
-            lambda: self.then._eval(maximum(t - n, 0.0)),
+            lambda: self.then.evaluate(maximum(t - n, 0.0)),
         )

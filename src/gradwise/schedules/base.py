@@ -1,5 +1,6 @@
-"""The ``Schedule`` base class and the few math helpers that let one formula serve a Python
-number and a tensor of steps alike."""
+"""The ``Schedule`` base class, :class:`Product` (what ``a * b`` builds, so it lives beside the
+operator), and the few math helpers that let one formula serve a Python number and a tensor of
+steps alike."""
 
 from __future__ import annotations
 
@@ -71,11 +72,13 @@ class Schedule:
     keeps its dtype). There is no hidden state: ``schedule(t)`` is the same whenever it is
     asked. ``a * b`` is ``Product(a, b)``.
 
-    Subclasses implement ``_eval(t)`` once, for ``t`` a float or a floating tensor, with the
+    Subclasses implement :meth:`evaluate` once, for ``t`` a float or a floating tensor, with the
     helpers of this module where the two differ.
     """
 
-    def _eval(self, t: Steps) -> Steps:  # pragma: no cover - abstract
+    def evaluate(self, t: Steps) -> Steps:  # pragma: no cover - abstract
+        """The multiplier at ``t`` (a float or a floating tensor of steps >= 0), without the
+        checks and conversions of calling the schedule: what schedules built from others call."""
         raise NotImplementedError
 
     def __call__(self, t):
@@ -86,18 +89,16 @@ class Schedule:
             x = t if t.is_floating_point() else t.to(torch.float64)
             if x.numel() and not bool(((x >= 0) & torch.isfinite(x)).all()):
                 checks.refuse(owner, "t", "finite and >= 0 in every element", t)
-            return self._eval(x)
+            return self.evaluate(x)
         if not isinstance(t, numbers.Real) or isinstance(t, bool):
             checks.refuse(
                 owner, "t", "a step count (a number >= 0) or a tensor of them", t, TypeError
             )
-        return float(self._eval(checks.at_least(owner, "t", t, 0)))
+        return float(self.evaluate(checks.at_least(owner, "t", t, 0)))
 
     def __mul__(self, other: Schedule) -> Schedule:
         if not isinstance(other, Schedule):
             return NotImplemented
-        from gradwise.schedules.combine import Product
-
         return Product(self, other)
 
     def _key(self) -> tuple:
@@ -119,3 +120,28 @@ def check_schedule(owner: str, name: str, value: object) -> Schedule:
     if not isinstance(value, Schedule):
         checks.refuse(owner, name, "a Schedule (e.g. Cosine(1000))", value, TypeError)
     return value
+
+
+class Product(Schedule):
+    """The product of two schedules at the same step (also written ``a * b``).
+
+    ::
+
+        m(t) = a(t) · b(t)
+
+    Differences: PyTorch's ``ChainedScheduler`` multiplies recursive schedulers' updates; Keras
+    has no product.
+
+    Example::
+
+        >>> p = Product(StepDecay(10, gamma=0.5), Warmup(4))
+        >>> p(2), p(12)
+        (0.5, 0.5)
+    """
+
+    def __init__(self, a: Schedule, b: Schedule) -> None:
+        self.a = check_schedule("Product", "a", a)
+        self.b = check_schedule("Product", "b", b)
+
+    def evaluate(self, t: Steps) -> Steps:
+        return self.a.evaluate(t) * self.b.evaluate(t)

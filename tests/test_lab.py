@@ -18,11 +18,12 @@ from torch import nn
 
 from gradwise import optim
 from gradwise.cli import main
-from gradwise.cli_lab import schedule_rates
+from gradwise.cli.schedule import schedule_rates
 from gradwise.errors import ConfigError
 from gradwise.lab import Comparison, compare, grid, lr_find
 from gradwise.lab.compare import mean_std, parse_regularizer, parse_schedule_choice, slug
-from gradwise.lab.lr_find import suggest, zero_lag_smooth
+from gradwise.lab.lr_find import suggest
+from gradwise.lab.smoothing import zero_lag_smooth
 from gradwise.train.history import History
 from gradwise.train.run import TrainConfig
 

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from gradwise import checks
 from gradwise.errors import ConfigError
+from gradwise.lab.smoothing import MovingAverage, zero_lag_smooth
 from gradwise.train.loop import LOSSES
 
 #: the suggestion rules of :func:`lr_find`, as written on its plot
@@ -206,7 +207,7 @@ def lr_find(
     try:
         torch.manual_seed(seed)
         model.train()
-        avg = 0.0
+        running = MovingAverage(smoothing)
         for i in range(steps):
             lr = start_lr * (end_lr / start_lr) ** (i / (steps - 1))
             for group, ratio in zip(optimizer.param_groups, ratios):
@@ -222,8 +223,7 @@ def lr_find(
                 break
             batch_loss.backward()
             optimizer.step()
-            avg = smoothing * avg + (1 - smoothing) * value
-            smooth = avg / (1 - smoothing ** (i + 1))
+            smooth = running.add(value)
             lrs.append(lr)
             losses.append(value)
             if smooth < best:
@@ -251,26 +251,6 @@ def lr_find(
     return LRFindResult(
         lrs, losses, smoothed, suggestion, min_loss_lr, steepest_lr, stopped, rule=rule
     )
-
-
-def zero_lag_smooth(values: list[float], beta: float) -> list[float]:
-    """The bias-corrected moving average run forward, then backward over the result.
-
-    One pass of ``avg_i = β · avg_{i−1} + (1 − β) · x_i`` lags ``β / (1 − β)`` steps behind the
-    data (9 steps for β = 0.9, about 0.7 decade of rate in a 100-step test over 8 decades); the
-    backward pass cancels that lag, so features of the curve stay at the rates where they happened.
-    """
-    if not values:
-        return []
-
-    def ema(xs):
-        out, avg = [], 0.0
-        for i, v in enumerate(xs, start=1):
-            avg = beta * avg + (1 - beta) * v
-            out.append(avg / (1 - beta**i))
-        return out
-
-    return ema(ema(values)[::-1])[::-1]
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, float | None]:

@@ -250,7 +250,7 @@ class _Trainer:
             return None
         from gradwise.optim import kernels
 
-        return bool(kernels._loaded)
+        return bool(kernels.loaded())
 
 
 def _wait_for_kernel_builds(log: Callable[[str], None], timeout_s: float = 600) -> None:

@@ -411,6 +411,11 @@ def building() -> bool:
     return bool(_building)
 
 
+def loaded() -> int:
+    """How many kernels this process has loaded or compiled."""
+    return len(_loaded)
+
+
 def wait_for_builds(timeout_s: float | None = None) -> None:
     """Wait for the kernel builds running in child processes (a benchmark that times the steady
     state calls it); a build still running after ``timeout_s`` is left running."""

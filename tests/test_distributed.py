@@ -34,10 +34,11 @@ from torch import nn
 
 import gradwise.optim as go
 from gradwise.train import checkpoint as ckpt
+from gradwise.train.config import TrainConfig
 from gradwise.train.data import load_dataset
 from gradwise.train.loop import fit
 from gradwise.train.models import mlp
-from gradwise.train.run import TrainConfig, run
+from gradwise.train.run import run
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),

@@ -43,8 +43,9 @@ from gradwise.cli import main as cli
 from gradwise.errors import CheckpointError
 from gradwise.train import checkpoint as ckpt
 from gradwise.train import run as run_module
-from gradwise.train.loop import Diverged, SkippedStepWarning, fit
-from gradwise.train.run import TrainConfig
+from gradwise.train.config import TrainConfig
+from gradwise.train.faults import Diverged, SkippedStepWarning
+from gradwise.train.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
@@ -1306,7 +1307,7 @@ NAN_CASES: list[tuple[str, Callable]] = [
 ]
 
 
-@pytest.mark.filterwarnings("ignore::gradwise.train.loop.SkippedStepWarning")
+@pytest.mark.filterwarnings("ignore::gradwise.train.faults.SkippedStepWarning")
 @pytest.mark.parametrize(("name", "check"), NAN_CASES, ids=[c[0] for c in NAN_CASES])
 def test_numerical_faults(name, check, tmp_path):
     check(tmp_path)

@@ -15,8 +15,9 @@ from gradwise.errors import CheckpointError, ConfigError
 from gradwise.schedules import Cosine, Plateau, Scheduler, Warmup
 from gradwise.train import checkpoint as ckpt
 from gradwise.train.callbacks import EarlyStopping
+from gradwise.train.faults import Diverged
 from gradwise.train.history import History
-from gradwise.train.loop import Diverged, evaluate, fit
+from gradwise.train.loop import evaluate, fit
 
 
 def blobs(n=240, seed=0):
@@ -424,13 +425,13 @@ def test_regression_with_mse():
 
 @pytest.mark.parametrize("fold", [1, 7, 1 << 20])
 def test_train_accuracy_count_is_the_same_however_it_is_folded(fold, monkeypatch):
-    from gradwise.train import loop
+    from gradwise.train import record
 
-    monkeypatch.setattr(loop._Correct, "FOLD", fold)
+    monkeypatch.setattr(record.Correct, "FOLD", fold)
     gen = torch.Generator().manual_seed(0)
     outs = [torch.randn(n, 4, generator=gen) for n in (3, 5, 2, 6)]
     labels = [torch.randint(0, 4, (len(o),), generator=gen) for o in outs]
-    correct = loop._Correct(torch.device("cpu"))
+    correct = record.Correct(torch.device("cpu"))
     assert int(correct.total()) == 0
     for o, y in zip(outs, labels):
         correct.add(o, y)
@@ -483,12 +484,12 @@ def test_native_step_record_gives_the_history_the_python_path_gives(monkeypatch)
 def test_epoch_loss_values_mix_native_floats_and_tensors_in_order():
     """An epoch's losses may mix the native record's floats with detached tensors (steps the
     native call could not read): read back in step order, tensors in one stack."""
-    from gradwise.train.loop import _loss_values
+    from gradwise.train.record import loss_values
 
     losses = [0.5, torch.tensor(0.25), 2.0, torch.tensor(4.0), torch.tensor(0.125)]
-    assert _loss_values(losses) == [0.5, 0.25, 2.0, 4.0, 0.125]
-    assert _loss_values([1.5, 2.5]) == [1.5, 2.5]
-    assert _loss_values([]) == []
+    assert loss_values(losses) == [0.5, 0.25, 2.0, 4.0, 0.125]
+    assert loss_values([1.5, 2.5]) == [1.5, 2.5]
+    assert loss_values([]) == []
 
 
 @pytest.mark.parametrize(
@@ -502,7 +503,8 @@ def test_an_option_the_optimizer_would_ignore_is_refused(optimizer, option, valu
     with a one-line error naming it (never trained as if it had not been given); one it uses is
     what it trains with."""
     from gradwise.errors import ConfigError
-    from gradwise.train.run import OPTIMIZER_OPTIONS, TrainConfig, build_optimizer
+    from gradwise.train.config import OPTIMIZER_OPTIONS, TrainConfig
+    from gradwise.train.run import build_optimizer
 
     config = TrainConfig(optimizer=optimizer, **{option: value})
     if optimizer not in OPTIMIZER_OPTIONS[option]:

@@ -40,7 +40,14 @@ from torch import Tensor, nn
 
 from gradwise import checks
 
-__all__ = ["default_no_decay", "is_norm_layer", "l1_penalty", "l2_penalty", "param_groups"]
+__all__ = [
+    "default_no_decay",
+    "is_norm_layer",
+    "l1_penalty",
+    "l2_penalty",
+    "param_groups",
+    "weight_params",
+]
 
 _NORM_LAYERS = tuple(
     c
@@ -198,6 +205,27 @@ def param_groups(
         def rule(name: str, param: Tensor, module: nn.Module) -> bool:
             return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
+    decay, spare = _split(model, rule)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": spare, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def weight_params(model: nn.Module) -> list[Tensor]:
+    """The parameters of ``model`` that count as weights: those :func:`default_no_decay` does not
+    spare (the group :func:`param_groups` decays), each once, in registration order. What weight
+    decay, ``l1=`` and an L1/L2 penalty apply to."""
+    if not isinstance(model, nn.Module):
+        what = type(model).__name__
+        checks.refuse("weight_params", "model", "a torch.nn.Module", what, TypeError)
+    return _split(model, default_no_decay)[0]
+
+
+def _split(model: nn.Module, rule: NoDecay) -> tuple[list[Tensor], list[Tensor]]:
+    """``model``'s parameters as (decayed, spared) per ``rule``; a shared one once, where first
+    registered."""
     decay: list[Tensor] = []
     spare: list[Tensor] = []
     seen: set[int] = set()
@@ -208,8 +236,4 @@ def param_groups(
             seen.add(id(param))
             name = f"{module_name}.{param_name}" if module_name else param_name
             (spare if rule(name, param, module) else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": spare, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
+    return decay, spare

@@ -2,9 +2,10 @@
 
 from gradwise.train.callbacks import Callback, EarlyStopping
 from gradwise.train.data import DATASETS, Dataset, load_dataset
+from gradwise.train.faults import Diverged
 from gradwise.train.files import load_file
 from gradwise.train.history import History
-from gradwise.train.loop import Diverged, evaluate, fit
+from gradwise.train.loop import evaluate, fit
 from gradwise.train.models import cnn1d, mlp
 
 __all__ = [

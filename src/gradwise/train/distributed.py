@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import datetime
 import gc
 import logging
@@ -164,14 +165,23 @@ def device_for(device: str | torch.device, local_rank: int) -> torch.device:
         ) from None
 
 
+#: this process's place in the group it joined, and that group, made by the first :func:`setup`
+#: (the ``gradwise train`` command, :func:`gradwise.train.run.run` and ``fit`` each ask for it)
+_joined: tuple[Context, object] | None = None
+
+
 def setup(device: str | torch.device = "auto") -> Context | None:
     """Join the launcher's process group and return this rank's :class:`Context` (its
     ``device``: ``device`` as :func:`device_for` maps it); ``None`` when not launched on several
     processes. The backend is gloo, and NCCL for CUDA tensors where CUDA is available
-    (``"cpu:gloo,cuda:nccl"``). Idempotent: a group that exists (made here or by the caller) is
-    used as it is."""
+    (``"cpu:gloo,cuda:nccl"``). The group is joined once: a later call returns the same place
+    in it (with its own ``device``), and a group made by the caller is used as it is."""
+    global _joined
     if not launched():
         return None
+    if _joined is not None and _initialized() and _joined[1] is torch.distributed.group.WORLD:
+        ctx = _joined[0]
+        return dataclasses.replace(ctx, device=device_for(device, ctx.local_rank))
     if not torch.distributed.is_available():
         raise ConfigError("this PyTorch build has no torch.distributed; train on one process")
     timeout = timeout_seconds()
@@ -197,7 +207,7 @@ def setup(device: str | torch.device = "auto") -> Context | None:
                 "rendezvous options (--nnodes, --rdzv-endpoint) and that every node can reach it"
             ) from None
         atexit.register(cleanup)
-    return Context(
+    ctx = Context(
         rank=torch.distributed.get_rank(),
         world_size=torch.distributed.get_world_size(),
         local_rank=local_rank,
@@ -205,6 +215,18 @@ def setup(device: str | torch.device = "auto") -> Context | None:
         backend=backend,
         timeout=timeout,
     )
+    _joined = (ctx, torch.distributed.group.WORLD)
+    return ctx
+
+
+def check_global_batch(owner: str, size: int, world_size: int, received) -> None:
+    """Refuse a global batch of ``size`` rows smaller than the number of processes (a rank would
+    get none); ``received`` is the batch size as the caller was given it."""
+    if size < world_size:
+        raise ConfigError(
+            f"{owner}: batch_size is the global batch and must be at least the number of "
+            f"processes ({world_size}); received batch_size={received}"
+        )
 
 
 def barrier() -> None:
@@ -217,6 +239,8 @@ def cleanup() -> None:
     """Leave the process group if one is joined (safe to call twice; :func:`setup` registers it
     to run at exit). Unreachable DDP and ZeRO objects, which hold the group, are collected
     first: a gloo group that outlives the interpreter's shutdown can abort the process."""
+    global _joined
+    _joined = None
     if _initialized():
         gc.collect()
         with contextlib.suppress(RuntimeError, ValueError):  # a group already torn down

@@ -1,13 +1,15 @@
-"""``fit()``: batch, stochastic and mini-batch gradient descent on any ``nn.Module``."""
+"""``fit()``: batch, stochastic and mini-batch gradient descent on any ``nn.Module``.
+
+The loop itself is here; its parts each have their module: the batches
+(:mod:`~gradwise.train.batches`), the record of the steps (:mod:`~gradwise.train.record`), the
+NaN/inf policy (:mod:`~gradwise.train.faults`), the checkpoints (:mod:`~gradwise.train.resume`)
+and the process group (:mod:`~gradwise.train.distributed`, through :class:`_Processes`).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import math
-import operator
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,43 +19,21 @@ import torch
 from torch import Tensor, nn
 
 from gradwise import checks
-from gradwise.errors import CheckpointError, ConfigError, GradwiseError
-from gradwise.train import checkpoint as ckpt
-from gradwise.train import distributed, native
+from gradwise.errors import ConfigError
+from gradwise.train import distributed
+from gradwise.train.batches import Batches
 from gradwise.train.callbacks import Callback
+from gradwise.train.faults import Faults
 from gradwise.train.history import History
 from gradwise.train.progress import Progress
-
-_GRAD = operator.attrgetter("grad")
+from gradwise.train.record import NONFINITE, UNRECORDED, EpochRecord, right_predictions
+from gradwise.train.resume import FitCheckpoints
 
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cross_entropy": nn.functional.cross_entropy,
     "mse": nn.functional.mse_loss,
 }
 NAN_POLICIES = ("raise", "skip")
-
-
-class Diverged(GradwiseError, FloatingPointError):
-    """The loss, a gradient or a parameter became NaN or infinite.
-
-    ``step`` is the optimizer step at fault (1-based), ``where`` what held the value (``"the
-    loss"``, ``"the gradient of <name>"`` or ``"parameter <name>"``).
-    """
-
-    def __init__(self, message: str, step: int | None = None, where: str | None = None) -> None:
-        super().__init__(message)
-        self.step, self.where = step, where
-
-
-class SkippedStepWarning(RuntimeWarning):
-    """A step was dropped because its loss or a gradient was NaN or infinite (``"skip"``)."""
-
-
-#: ``nan_policy="skip"`` warns for this many skipped steps per ``fit()``, then only counts them
-SKIP_WARNINGS = 5
-#: ``nan_policy="skip"`` raises :class:`Diverged` after an epoch's worth of steps in a row were
-#: skipped, and at least this many: the run cannot recover
-MIN_SKIPS_IN_A_ROW = 10
 
 
 @dataclass
@@ -121,7 +101,7 @@ def fit(
     ``history.skipped_steps``, warned with :class:`SkippedStepWarning`) without touching optimizer
     or scheduler state. Parameters that became NaN or infinite (an overflowing learning rate), or
     an epoch's worth of skipped steps in a row, are :class:`Diverged` under either policy; NaN or
-    infinite weights are never written to a checkpoint.
+    infinite weights are never written to a checkpoint (:mod:`gradwise.train.faults`).
     ``penalty()`` (e.g. an L1/L2 term from :mod:`gradwise.regularization`) is added to the
     training loss of every step; ``extra_state`` is stored in each checkpoint.
 
@@ -153,149 +133,51 @@ def fit(
     elif not isinstance(optimizer, torch.optim.Optimizer):
         optimizer = optimizer(model.parameters())
     callbacks = list(callbacks)
-    data = _Batches(train, batch_size, dev, "train")
-    val_data = _Batches(val, "full", dev, "val") if val is not None else None
-    if ctx is not None and data.loader is None and data.batch_size < ctx.world_size:
-        raise ConfigError(
-            f"fit: batch_size is the global batch and must be at least the number of processes "
-            f"({ctx.world_size}); received batch_size={batch_size}"
-        )
+    data = Batches(train, batch_size, dev, "train")
+    val_data = Batches(val, "full", dev, "val") if val is not None else None
+    if ctx is not None and data.loader is None:
+        distributed.check_global_batch("fit", data.batch_size, ctx.world_size, batch_size)
 
     history = History()
     shuffle = torch.Generator().manual_seed(seed)
+    checkpoints = FitCheckpoints(checkpoint_dir, checkpoint_every, ctx, extra_state)
     start_epoch, step = 0, 0
     if resume:
-        if checkpoint_dir is None:
-            raise ConfigError("fit: resume=True needs checkpoint_dir; received checkpoint_dir=None")
-        # distributed: rank 0 reads it and every rank gets its copy (no shared disk needed)
-        payload = distributed.from_main(_load_latest, checkpoint_dir)
-        start_epoch, step, history = _restore(
-            payload, model, optimizer, scheduler, shuffle, callbacks
+        start_epoch, step, history = checkpoints.resume(
+            model, optimizer, scheduler, shuffle, callbacks
         )
-        if ctx is not None:
-            distributed.restore_rng(payload, ctx)
     else:
         torch.manual_seed(seed)
     state = TrainState(model, optimizer, scheduler, history, start_epoch, step)
     for cb in callbacks:
         cb.on_fit_start(state)
 
-    rank_rng: dict = {}  # distributed: every rank's random state, gathered at each checkpoint
-
-    def payload(next_epoch: int) -> dict:
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "epoch": next_epoch,
-            "step": state.step,
-            "history": history.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), **rank_rng},
-            "callbacks": [cb.state_dict() for cb in callbacks],
-            "extra": extra_state or {},
-        }
-
     params = [p for group in optimizer.param_groups for p in group["params"]]
     names = {id(p): n for n, p in model.named_parameters()}
-    faults = _Faults(nan_policy, history, params, names, data.steps_per_epoch, ctx is None)
-    unsaved = None  # a copy of the last finished epoch's checkpoint while it is not on disk
-    track_accuracy = "accuracy" in metrics
-    clock_base = history.wall_time
-    started = time.perf_counter()
-    shard = forward = fault = None
-    dropout = contextlib.nullcontext()
-    if ctx is not None:
-        distributed.check_optimizer(optimizer)
-        forward, shard = distributed.wrap(model, ctx), distributed.Shard(ctx)
-        dropout = distributed.GlobalDropout(model, shard)  # the global batch's masks
-        fault = distributed.fault_hook(ctx)
-        progress = progress and ctx.is_main
-    bar = Progress(enabled=progress, epochs=epochs, steps_per_epoch=data.steps_per_epoch)
+    faults = Faults(nan_policy, history, params, names, data.steps_per_epoch)
+    loop = _Loop(
+        state,
+        data,
+        val_data,
+        loss_fn,
+        metrics,
+        shuffle,
+        callbacks,
+        faults,
+        checkpoints,
+        penalty=penalty,
+        monitor=monitor,
+        scheduler_interval=scheduler_interval,
+    )
+    processes = _Processes(ctx, model, optimizer, dev)
+    bar = Progress(
+        enabled=progress and processes.main, epochs=epochs, steps_per_epoch=data.steps_per_epoch
+    )
     try:
-        with bar, dropout:
-            for epoch in range(start_epoch, epochs):
-                state.epoch = epoch
-                if fault is not None:
-                    fault(epoch)
-                model.train()
-                correct = _Correct(dev)
-                tally = correct if track_accuracy else None
-                sizes: list[int] = []
-                losses: list[Tensor | float] = []  # floats from the native record
-                lrs: list[float] = []
-                bar.start_epoch(epoch)
-                for batch, (xb, yb) in enumerate(data.epoch(shuffle, shard), 1):
-                    optimizer.zero_grad(set_to_none=False)
-                    if shard is None:
-                        out = model(xb)
-                        batch_loss = loss_fn(out, yb)
-                    else:  # DDP; the loss weighted so that its gradient average is the batch's
-                        out = forward(xb)
-                        batch_loss = shard.loss(loss_fn, out, yb)
-                    if penalty is not None:
-                        batch_loss = batch_loss + penalty()
-                    batch_loss.backward()
-                    # the NaN/inf guard of the loss and every gradient; on the CPU it also
-                    # records the loss (and counts the right predictions) in the same call
-                    kept = faults.check_step(batch_loss, out, yb, losses, tally)
-                    if kept == _Faults.NONFINITE:
-                        faults.at(state.step + 1, epoch + 1, batch)
-                        if faults.loss(batch_loss) or faults.gradients(batch_loss):
-                            continue
-                        kept = _Faults.UNRECORDED
-                    optimizer.step()
-                    state.step += 1
-                    faults.consecutive = 0
-                    lr = optimizer.param_groups[0]["lr"]
-                    if scheduler is not None and scheduler_interval == "step":
-                        _scheduler_step(scheduler)
-                    if kept == _Faults.UNRECORDED:
-                        losses.append(batch_loss.detach())
-                    lrs.append(lr)
-                    sizes.append(yb.shape[0])  # (``len`` of a tensor runs Python code)
-                    if track_accuracy and kept != _Faults.COUNTED:
-                        correct.add(out, yb)
-                    if bar.enabled:
-                        bar.advance(batch_loss, lr)
-                if ctx is None:
-                    row = _epoch_row(history, epoch, state.step, losses, lrs, sizes)
-                    if track_accuracy and sizes:
-                        row["train_accuracy"] = float(correct.total()) / sum(sizes)
-                else:  # summed over the ranks: the same row on every rank
-                    right = correct.total() if track_accuracy else None
-                    losses, sizes, right = distributed.reduce_epoch(losses, sizes, right, dev)
-                    row = _epoch_row(history, epoch, state.step, losses, lrs, sizes)
-                    if right is not None and sum(sizes):
-                        row["train_accuracy"] = right / sum(sizes)
-                if val_data is not None:
-                    row.update(evaluate(model, val_data, loss_fn, metrics, prefix="val_"))
-                row["lr"] = optimizer.param_groups[0]["lr"]
-                row["elapsed"] = clock_base + time.perf_counter() - started
-                history.epochs.append(row)
-                if scheduler is not None:
-                    _scheduler_epoch_end(scheduler, row, monitor, scheduler_interval)
-                for cb in callbacks:
-                    cb.on_epoch_end(state)
-                bar.end_epoch(row)
-                faults.parameters(state.step)  # never checkpoint NaN/inf weights
-                last = epoch + 1 == epochs or state.stop is not None
-                due = (epoch + 1) % checkpoint_every == 0 or last
-                if checkpoint_dir is not None and ctx is not None:
-                    rank_rng = distributed.prepare_checkpoint(optimizer)  # on every rank
-                if checkpoint_dir is not None and (ctx is None or ctx.is_main):
-                    if due:
-                        ckpt.save(payload(epoch + 1), checkpoint_dir)
-                        unsaved = None
-                    else:
-                        unsaved = copy.deepcopy(payload(epoch + 1))
-                if checkpoint_dir is not None and ctx is not None and due:
-                    distributed.barrier()  # on disk before any rank starts the next epoch
-                if state.stop is not None:
-                    history.stopped = state.stop
-                    break
+        with bar, processes.dropout:
+            loop.run(start_epoch, epochs, processes, bar)
     except KeyboardInterrupt:
-        if unsaved is not None:
-            ckpt.save(unsaved, checkpoint_dir)
+        checkpoints.interrupted()
         raise
     except RuntimeError as e:
         if ctx is not None and distributed.is_comm_failure(e):
@@ -304,13 +186,144 @@ def fit(
     return history
 
 
+class _Processes:
+    """fit()'s side of the process group: in a distributed run (``ctx``) the model's DDP
+    wrapper, this rank's share of each batch and its loss weight, the global batch's dropout
+    masks, the epochs' sums over the ranks; in one process, the model as it is."""
+
+    def __init__(self, ctx, model: nn.Module, optimizer, device: torch.device) -> None:
+        self.ctx, self.model, self.device = ctx, model, device
+        self.forward = model
+        self.shard: distributed.Shard | None = None
+        self.dropout: Any = contextlib.nullcontext()
+        self.fault_hook = None
+        self.main = ctx is None or ctx.is_main
+        if ctx is not None:
+            distributed.check_optimizer(optimizer)
+            self.forward, self.shard = distributed.wrap(model, ctx), distributed.Shard(ctx)
+            self.dropout = distributed.GlobalDropout(model, self.shard)  # the global batch's
+            self.fault_hook = distributed.fault_hook(ctx)
+
+    def reduce(self):
+        """What sums an epoch's record over the ranks (None in one process)."""
+        if self.ctx is None:
+            return None
+        return lambda losses, sizes, right: distributed.reduce_epoch(
+            losses, sizes, right, self.device
+        )
+
+
+class _Loop:
+    """The epochs of one ``fit()``: the steps of each, then its row, scheduler, callbacks,
+    parameter check and checkpoint."""
+
+    def __init__(
+        self,
+        state: TrainState,
+        data: Batches,
+        val_data: Batches | None,
+        loss_fn,
+        metrics,
+        shuffle: torch.Generator,
+        callbacks: list,
+        faults: Faults,
+        checkpoints: FitCheckpoints,
+        *,
+        penalty,
+        monitor: str,
+        scheduler_interval: str,
+    ) -> None:
+        self.state, self.data, self.val_data = state, data, val_data
+        self.loss_fn, self.metrics, self.shuffle = loss_fn, metrics, shuffle
+        self.callbacks, self.faults, self.checkpoints = callbacks, faults, checkpoints
+        self.penalty, self.monitor, self.interval = penalty, monitor, scheduler_interval
+        self.clock_base = state.history.wall_time
+        self.started = time.perf_counter()
+
+    def run(self, start_epoch: int, epochs: int, processes: _Processes, bar: Progress) -> None:
+        state = self.state
+        for epoch in range(start_epoch, epochs):
+            state.epoch = epoch
+            if processes.fault_hook is not None:
+                processes.fault_hook(epoch)
+            record = self._train_epoch(epoch, processes, bar)
+            self._end_epoch(epoch, record, processes, bar, last=epoch + 1 == epochs)
+            if state.stop is not None:
+                state.history.stopped = state.stop
+                break
+
+    def _train_epoch(self, epoch: int, processes: _Processes, bar: Progress) -> EpochRecord:
+        """One epoch's steps (a step with NaN/inf is dropped or raises, per the policy)."""
+        state, faults = self.state, self.faults
+        model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
+        loss_fn, penalty, shard = self.loss_fn, self.penalty, processes.shard
+        step_scheduler = scheduler is not None and self.interval == "step"
+        model.train()
+        record = EpochRecord(
+            faults.params,
+            processes.device,
+            "accuracy" in self.metrics,
+            native=faults.native and processes.ctx is None,
+        )
+        bar.start_epoch(epoch)
+        for batch, (xb, yb) in enumerate(self.data.epoch(self.shuffle, shard), 1):
+            optimizer.zero_grad(set_to_none=False)
+            out = processes.forward(xb)
+            # DDP: the loss weighted so that the ranks' gradient average is the batch's
+            batch_loss = loss_fn(out, yb) if shard is None else shard.loss(loss_fn, out, yb)
+            if penalty is not None:
+                batch_loss = batch_loss + penalty()
+            batch_loss.backward()
+            # the NaN/inf guard of the loss and every gradient; on the CPU the native record
+            # also records the loss (and counts the right predictions) in the same call
+            kept = record.check(batch_loss, out, yb)
+            if kept is None:
+                kept = UNRECORDED if faults.all_finite(batch_loss.detach()) else NONFINITE
+            if kept == NONFINITE:
+                if faults.at_fault(batch_loss, state.step + 1, epoch + 1, batch):
+                    continue
+                kept = UNRECORDED
+            optimizer.step()
+            state.step += 1
+            faults.stepped()
+            lr = optimizer.param_groups[0]["lr"]
+            if step_scheduler:
+                _scheduler_step(scheduler)
+            record.add(kept, batch_loss, out, yb, lr)
+            if bar.enabled:
+                bar.advance(batch_loss, lr)
+        return record
+
+    def _end_epoch(
+        self, epoch: int, record: EpochRecord, processes: _Processes, bar: Progress, last: bool
+    ) -> None:
+        state = self.state
+        history, optimizer, scheduler = state.history, state.optimizer, state.scheduler
+        row = record.row(history, epoch, state.step, processes.reduce())
+        if self.val_data is not None:
+            row.update(
+                evaluate(state.model, self.val_data, self.loss_fn, self.metrics, prefix="val_")
+            )
+        row["lr"] = optimizer.param_groups[0]["lr"]
+        row["elapsed"] = self.clock_base + time.perf_counter() - self.started
+        history.epochs.append(row)
+        if scheduler is not None:
+            _scheduler_epoch_end(scheduler, row, self.monitor, self.interval)
+        for cb in self.callbacks:
+            cb.on_epoch_end(state)
+        bar.end_epoch(row)
+        self.faults.parameters(state.step)  # never checkpoint NaN/inf weights
+        last = last or state.stop is not None
+        self.checkpoints.end_epoch(state, self.shuffle, self.callbacks, last)
+
+
 def evaluate(model: nn.Module, data, loss_fn, metrics=("accuracy",), prefix: str = "") -> dict:
     """Mean loss and metrics of ``model`` on ``data`` (``(x, y)`` or batches), in eval mode."""
     if isinstance(loss_fn, str):
         loss_fn = _loss(loss_fn)
-    if not isinstance(data, _Batches):
+    if not isinstance(data, Batches):
         device = next(model.parameters()).device
-        data = _Batches(data, "full", device, "data")
+        data = Batches(data, "full", device, "data")
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -330,95 +343,10 @@ def evaluate(model: nn.Module, data, loss_fn, metrics=("accuracy",), prefix: str
 
 
 METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "accuracy": lambda out, y: (out.argmax(1) == y).float().mean(),
+    "accuracy": lambda out, y: right_predictions(out, y).float().mean(),
     "mae": lambda out, y: (out - y).abs().mean(),
     "rmse": lambda out, y: ((out - y) ** 2).mean().sqrt(),
 }
-
-
-# --------------------------------------------------------------------------------- internals
-
-
-class _Batches:
-    """Batches of in-memory ``(x, y)`` tensors (sliced after a shuffle per epoch) or a loader's."""
-
-    def __init__(self, data, batch_size, device: torch.device, what: str) -> None:
-        self.loader = None
-        if (
-            isinstance(data, tuple | list)
-            and len(data) == 2
-            and all(isinstance(t, Tensor) for t in data)
-        ):
-            x, y = data
-            if len(x) != len(y):
-                raise ConfigError(
-                    f"fit: {what} x and y must have the same length; received {len(x)} and {len(y)}"
-                )
-            if len(x) == 0:
-                raise ConfigError(f"fit: {what} set is empty")
-            self.x, self.y = x.to(device), y.to(device)
-            n = len(x)
-            if batch_size == "full":
-                self.batch_size = n
-            else:
-                size = checks.integer("fit", "batch_size", batch_size, low=1)
-                if size > n:
-                    raise ConfigError(
-                        f"fit: batch_size must be at most the {what} set's size ({n}) or 'full'; "
-                        f"received batch_size={size}"
-                    )
-                self.batch_size = size
-            self.steps_per_epoch = math.ceil(n / self.batch_size)
-        elif isinstance(data, Iterable):
-            self.loader, self.device = data, device
-            try:
-                self.steps_per_epoch = len(data)
-            except TypeError:
-                self.steps_per_epoch = None
-        else:
-            raise ConfigError(
-                f"fit: {what} must be an (x, y) pair of tensors or an iterable of batches; "
-                f"received {type(data).__name__}"
-            )
-
-    def epoch(self, generator: torch.Generator, shard: distributed.Shard | None = None):
-        if self.loader is not None:
-            for xb, yb in self.loader:
-                yield xb.to(self.device), yb.to(self.device)
-            return
-        if shard is not None:
-            yield from self._shards(generator, shard)
-            return
-        n, bs = len(self.x), self.batch_size
-        if bs >= n:
-            yield self.x, self.y
-            return
-        order = torch.randperm(n, generator=generator).to(self.x.device)
-        xs, ys = self.x[order], self.y[order]
-        for i in range(0, n, bs):
-            yield xs[i : i + bs], ys[i : i + bs]
-
-    def _shards(self, generator: torch.Generator, shard: distributed.Shard):
-        """This rank's rows of each global batch: the same permutation as :meth:`epoch`."""
-        n, bs = len(self.x), self.batch_size
-        if bs >= n:
-            start, stop = shard.split(n)
-            yield self.x[start:stop], self.y[start:stop]
-            return
-        order = torch.randperm(n, generator=generator).to(self.x.device)
-        for i in range(0, n, bs):
-            batch = order[i : i + bs]
-            start, stop = shard.split(len(batch))
-            mine = batch[start:stop]
-            yield self.x[mine], self.y[mine]
-
-    def chunks(self, size: int):
-        if self.loader is not None:
-            for xb, yb in self.loader:
-                yield xb.to(self.device), yb.to(self.device)
-            return
-        for i in range(0, len(self.x), size):
-            yield self.x[i : i + size], self.y[i : i + size]
 
 
 def _loss(loss) -> Callable[[Tensor, Tensor], Tensor]:
@@ -441,201 +369,6 @@ def resolve_device(device) -> torch.device:
     return dev
 
 
-def _first_nonfinite(tensors: list[Tensor | None]) -> int | None:
-    """Index of the first tensor holding a NaN or an infinity (``None`` entries skipped).
-
-    Screened with one multi-tensor kernel (the one ``GradScaler`` uses, scaling by exactly 1);
-    only when it finds something are the tensors looked at one by one.
-    """
-    present = [t.detach() for t in tensors if t is not None]
-    if not present or _all_finite(present):
-        return None
-    for i, t in enumerate(tensors):
-        if t is not None and not bool(torch.isfinite(t).all()):
-            return i
-    return None
-
-
-def _nonfinite_grad(params: list[Tensor]) -> int | None:
-    """Index of the first parameter whose gradient holds a NaN or an infinity, else None."""
-    return _first_nonfinite([p.grad for p in params])
-
-
-def _all_finite(tensors: list[Tensor]) -> bool:
-    device = tensors[0].device
-    found = torch.zeros(1, device=device, dtype=torch.float32)  # the kernel's dtype, whatever
-    one = torch.ones(1, device=device, dtype=torch.float32)  # torch's default dtype is
-    if all(t.is_floating_point() for t in tensors):
-        try:
-            torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
-            return not bool(found)
-        except RuntimeError:  # several devices: one tensor at a time
-            pass
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
-class _Correct:
-    """An epoch's count of correct training predictions, reduced in batches of batches.
-
-    Each step's outputs are kept (detached) and their argmax taken once per ``FOLD`` elements,
-    not once per step: on a small model the per-step argmax cost ~6 µs of a 0.4 ms step."""
-
-    FOLD = 1 << 20  # elements of kept outputs (4 MiB in float32) before they are reduced
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.outputs: list[Tensor] = []
-        self.labels: list[Tensor] = []
-        self.kept = 0
-        self.count: Tensor | None = None
-        #: the count of :meth:`_Faults.check_step`'s native calls (CPU), which add to it in place
-        self.counted = torch.zeros((), dtype=torch.int64)
-
-    def add(self, out: Tensor, labels: Tensor) -> None:
-        self.outputs.append(out.detach())
-        self.labels.append(labels)
-        self.kept += out.numel()
-        if self.kept >= self.FOLD:
-            self._fold()
-
-    def _fold(self) -> None:
-        if self.outputs:
-            right = (torch.cat(self.outputs).argmax(1) == torch.cat(self.labels)).sum()
-            self.count = right if self.count is None else self.count + right
-            self.outputs, self.labels, self.kept = [], [], 0
-
-    def total(self) -> Tensor:
-        """The count so far, a 0-d tensor on the outputs' device (zero when nothing was seen)."""
-        self._fold()
-        if self.count is None:
-            return self.counted.to(self.device)
-        return self.count + self.counted.to(self.count.device)
-
-
-class _Faults:
-    """Checks for NaN / inf in the loss, the gradients and the parameters, and the policy."""
-
-    #: what :meth:`check_step` answers: NaN/inf found (nothing recorded); all finite, and the
-    #: step's loss not recorded / recorded / recorded and its right predictions counted
-    NONFINITE, UNRECORDED, RECORDED, COUNTED = 0, 1, 2, 3
-
-    def __init__(
-        self, policy, history: History, params: list[Tensor], names: dict, per_epoch, record=True
-    ):
-        self.policy, self.history, self.params, self.names = policy, history, params, names
-        #: ``"skip"`` gives up after this many skipped steps in a row: the run has diverged
-        self.limit = max(MIN_SKIPS_IN_A_ROW, per_epoch or 0)
-        self.warned = self.consecutive = 0
-        device = params[0].device if params else torch.device("cpu")
-        flag = dict(device=device, dtype=torch.float32)  # what the kernel takes, always
-        self.found, self.one = torch.zeros(1, **flag), torch.ones(1, **flag)
-        self.step = self.epoch = self.batch = 0
-        # the native helpers serve CPU parameters (once they are built)
-        self.native = device.type == "cpu" and bool(params)
-        self.recording = record
-
-    def at(self, step: int, epoch: int, batch: int) -> None:
-        """The step about to be taken (1-based) and where it is: epoch and batch, 1-based."""
-        self.step, self.epoch, self.batch = step, epoch, batch
-
-    @property
-    def place(self) -> str:
-        return f"step {self.step} (epoch {self.epoch}, batch {self.batch})"
-
-    def _name(self, i: int) -> str:
-        return self.names.get(id(self.params[i]), f"parameter {i}")
-
-    def check_step(self, loss: Tensor, out, labels, losses: list, tally: _Correct | None) -> int:
-        """Whether the loss and every gradient are finite, and what of the step was recorded.
-
-        With the native helper (CPU parameters, one process): one call checks them, appends the
-        loss's value to ``losses`` and, given ``tally``, adds the batch's right predictions to
-        it (``COUNTED``, or ``RECORDED`` where ``out``/``labels`` are not class scores and
-        indices). Otherwise ``UNRECORDED`` (the caller records) or ``NONFINITE``."""
-        helpers = native.helpers() if self.native and self.recording else None
-        if helpers is not None:
-            right = tally.counted if tally is not None else None
-            answer = helpers.record(self.params, loss, out, labels, right, losses)
-            if answer >= 0:
-                return answer
-        return self.UNRECORDED if self.all_finite(loss.detach()) else self.NONFINITE
-
-    def all_finite(self, loss: Tensor) -> bool:
-        """Whether the loss and every gradient are finite: one native call (CPU), else one
-        multi-tensor kernel and one sync."""
-        helpers = native.helpers() if self.native else None
-        if helpers is not None:
-            answer = helpers.all_finite(self.params, loss)
-            if answer >= 0:
-                return answer == 1
-        tensors = [loss]
-        tensors += [g for g in map(_GRAD, self.params) if g is not None]
-        try:  # (a per-step device comparison of every tensor would cost more than the kernel)
-            torch._amp_foreach_non_finite_check_and_unscale_(tensors, self.found, self.one)
-        except RuntimeError:  # tensors on several devices (or of a dtype the kernel refuses)
-            self.found.zero_()
-            return _first_nonfinite(tensors) is None
-        if not bool(self.found):
-            return True
-        self.found.zero_()  # stays zero while everything is finite
-        return False
-
-    def loss(self, loss: Tensor) -> bool:
-        """A non-finite loss: overflowed parameters, or raise / skip per policy (True)."""
-        if bool(torch.isfinite(loss.detach())):
-            return False
-        self.parameters(self.step - 1)
-        self._handle("the loss", f"the loss is {float(loss.detach())} at {self.place}")
-        return True
-
-    def gradients(self, loss: Tensor) -> bool:
-        """Whether a gradient is non-finite (then raise, or count the step as skipped)."""
-        bad = _nonfinite_grad(self.params)
-        if bad is None:
-            return False
-        where = f"the gradient of {self._name(bad)}"
-        value = float(loss.detach())
-        self._handle(where, f"{where} holds NaN or inf at {self.place} (loss {value:.4g})")
-        return True
-
-    def parameters(self, step: int) -> None:
-        """Raise :class:`Diverged` (whatever the policy) if a parameter is NaN or infinite."""
-        bad = _first_nonfinite(self.params)
-        if bad is None:
-            return
-        name = self._name(bad)
-        raise Diverged(
-            f"training diverged: parameter {name} holds NaN or inf after step {step} (the update "
-            "overflowed); lower the learning rate",
-            step,
-            f"parameter {name}",
-        )
-
-    def _handle(self, where: str, message: str) -> None:
-        if self.policy == "raise":
-            raise Diverged(
-                f"training diverged: {message}; lower the learning rate, or set nan_policy to "
-                "'skip' to drop such steps",
-                self.step,
-                where,
-            )
-        self.history.skipped_steps += 1
-        self.consecutive += 1
-        if self.consecutive >= self.limit:
-            raise Diverged(
-                f"training diverged: {self.consecutive} steps in a row had a NaN or inf loss or "
-                f"gradient (nan_policy='skip'), the last: {message}; lower the learning rate",
-                self.step,
-                where,
-            )
-        if self.warned < SKIP_WARNINGS:
-            self.warned += 1
-            more = (
-                "; further skipped steps are only counted" if self.warned == SKIP_WARNINGS else ""
-            )
-            warnings.warn(f"step skipped: {message}{more}", SkippedStepWarning, stacklevel=4)
-
-
 def _scheduler_step(scheduler) -> None:
     if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step()
@@ -650,52 +383,3 @@ def _scheduler_epoch_end(scheduler, row: dict, monitor: str, interval: str) -> N
         scheduler.step()
     if getattr(scheduler, "plateau", None) is not None:
         scheduler.report(value)
-
-
-def _epoch_row(history, epoch, step, losses, lrs, sizes):
-    """Append the epoch's steps to the history; its row: the mean train loss."""
-    values = _loss_values(losses)
-    first_step = step - len(values) + 1
-    for i, (value, lr) in enumerate(zip(values, lrs)):
-        history.steps.append({"step": first_step + i, "epoch": epoch + 1, "loss": value, "lr": lr})
-    seen = sum(sizes)
-    row = {"epoch": epoch + 1, "step": step}
-    row["train_loss"] = sum(v * n for v, n in zip(values, sizes)) / seen if seen else math.nan
-    return row
-
-
-def _loss_values(losses: list) -> list[float]:
-    """The epoch's step losses as floats: those the native record kept already are; tensors
-    (detached losses) are read with one stack, one device sync."""
-    tensors = [v for v in losses if isinstance(v, Tensor)]
-    if not tensors:
-        return losses
-    read = iter(torch.stack(tensors).tolist())
-    return [next(read) if isinstance(v, Tensor) else v for v in losses]
-
-
-def _load_latest(folder) -> dict:
-    return ckpt.load_latest(folder)[0]
-
-
-def _restore(payload, model, optimizer, scheduler, shuffle, callbacks):
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(
-            f"the checkpoint was written for a different model and cannot be resumed ({first})"
-        ) from None
-    try:
-        optimizer.load_state_dict(payload["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(
-            f"the checkpoint's optimizer state does not fit this optimizer ({e})"
-        ) from None
-    if scheduler is not None and payload.get("scheduler") is not None:
-        scheduler.load_state_dict(payload["scheduler"])
-    torch.set_rng_state(payload["rng"]["torch"])
-    shuffle.set_state(payload["rng"]["shuffle"])
-    for cb, st in zip(callbacks, payload.get("callbacks", [])):
-        cb.load_state_dict(st)
-    return int(payload["epoch"]), int(payload["step"]), History.from_state_dict(payload["history"])

@@ -1,0 +1,97 @@
+"""The batches ``fit()`` trains on: in-memory ``(x, y)`` tensors, sliced after a seeded shuffle
+each epoch (and split among the processes of a distributed run), or a user's loader as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from gradwise import checks
+from gradwise.errors import ConfigError
+from gradwise.train import distributed
+
+
+class Batches:
+    """Batches of in-memory ``(x, y)`` tensors (sliced after a shuffle per epoch) or a loader's."""
+
+    def __init__(self, data, batch_size, device: torch.device, what: str) -> None:
+        self.loader = None
+        if (
+            isinstance(data, tuple | list)
+            and len(data) == 2
+            and all(isinstance(t, Tensor) for t in data)
+        ):
+            x, y = data
+            if len(x) != len(y):
+                raise ConfigError(
+                    f"fit: {what} x and y must have the same length; received {len(x)} and {len(y)}"
+                )
+            if len(x) == 0:
+                raise ConfigError(f"fit: {what} set is empty")
+            self.x, self.y = x.to(device), y.to(device)
+            n = len(x)
+            if batch_size == "full":
+                self.batch_size = n
+            else:
+                size = checks.integer("fit", "batch_size", batch_size, low=1)
+                if size > n:
+                    raise ConfigError(
+                        f"fit: batch_size must be at most the {what} set's size ({n}) or 'full'; "
+                        f"received batch_size={size}"
+                    )
+                self.batch_size = size
+            self.steps_per_epoch = math.ceil(n / self.batch_size)
+        elif isinstance(data, Iterable):
+            self.loader, self.device = data, device
+            try:
+                self.steps_per_epoch = len(data)
+            except TypeError:
+                self.steps_per_epoch = None
+        else:
+            raise ConfigError(
+                f"fit: {what} must be an (x, y) pair of tensors or an iterable of batches; "
+                f"received {type(data).__name__}"
+            )
+
+    def epoch(self, generator: torch.Generator, shard: distributed.Shard | None = None):
+        if self.loader is not None:
+            for xb, yb in self.loader:
+                yield xb.to(self.device), yb.to(self.device)
+            return
+        if shard is not None:
+            yield from self._shards(generator, shard)
+            return
+        n, bs = len(self.x), self.batch_size
+        if bs >= n:
+            yield self.x, self.y
+            return
+        order = torch.randperm(n, generator=generator).to(self.x.device)
+        xs, ys = self.x[order], self.y[order]
+        for i in range(0, n, bs):
+            yield xs[i : i + bs], ys[i : i + bs]
+
+    def _shards(self, generator: torch.Generator, shard: distributed.Shard):
+        """This rank's rows of each global batch: the same permutation as :meth:`epoch`."""
+        n, bs = len(self.x), self.batch_size
+        if bs >= n:
+            start, stop = shard.split(n)
+            yield self.x[start:stop], self.y[start:stop]
+            return
+        order = torch.randperm(n, generator=generator).to(self.x.device)
+        for i in range(0, n, bs):
+            batch = order[i : i + bs]
+            start, stop = shard.split(len(batch))
+            mine = batch[start:stop]
+            yield self.x[mine], self.y[mine]
+
+    def chunks(self, size: int):
+        if self.loader is not None:
+            for xb, yb in self.loader:
+                yield xb.to(self.device), yb.to(self.device)
+            return
+        for i in range(0, len(self.x), size):
+            yield self.x[i : i + size], self.y[i : i + size]

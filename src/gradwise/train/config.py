@@ -1,0 +1,293 @@
+"""The configuration of a training run: :class:`TrainConfig`, its defaults, checks and TOML form.
+
+Every setting of a run lives in :class:`TrainConfig`; ``None`` stands for "the default for this
+dataset, model and optimizer" until :meth:`TrainConfig.resolved` fills it in. A run folder's
+``config.toml`` holds the resolved configuration (:meth:`TrainConfig.to_toml`), so that reading
+it back (:meth:`TrainConfig.from_toml`) repeats or continues the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from gradwise import checks
+from gradwise.errors import ConfigError
+from gradwise.init import SCHEMES
+from gradwise.train.data import DATASETS
+from gradwise.train.models import ACTIVATIONS
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+MODELS = ("mlp", "cnn1d")
+
+#: default learning rate of each optimizer name
+OPTIMIZER_LR = {
+    "sgd": 0.1,
+    "momentum": 0.05,
+    "nesterov": 0.05,
+    "adagrad": 0.05,
+    "rmsprop": 1e-3,
+    "adam": 1e-3,
+    "adamw": 1e-3,
+}
+
+#: gradwise's defaults for each bundled dataset; a nested dict holds a model's own defaults.
+#: ``lr`` maps optimizer names to the dataset's default rate (else OPTIMIZER_LR's).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": dict(model="mlp", hidden=(128, 128), epochs=20, batch_size="32"),
+    "mnist1d": dict(
+        model="cnn1d",
+        batch_size="100",
+        lr=dict(adam=1e-2, adamw=1e-2, rmsprop=3e-3),
+        schedule="cosine",
+        cnn1d=dict(channels=(32, 32, 32), dropout=0.2, epochs=160),
+        mlp=dict(hidden=(256, 256), dropout=0.3, epochs=100),
+    ),
+    "spirals": dict(model="mlp", hidden=(64, 64), epochs=100, batch_size="32"),
+    "moons": dict(model="mlp", hidden=(32, 32), epochs=40, batch_size="32"),
+    "regression": dict(model="mlp", hidden=(64, 64), epochs=60, batch_size="32"),
+}
+#: what a setting left as None becomes when neither the dataset nor the model says otherwise
+FALLBACKS: dict[str, Any] = dict(
+    model="mlp",
+    hidden=(128, 128),
+    channels=(32, 32, 32),
+    dropout=0.0,
+    epochs=20,
+    batch_size="32",
+)
+
+
+#: options that only some optimizers use, and which ones: given to another, they are refused
+#: (an option accepted and then ignored would train something else than what was asked)
+OPTIMIZER_OPTIONS = {
+    "momentum": ("momentum", "nesterov", "rmsprop"),
+    "betas": ("adam", "adamw"),
+    "eps": ("adagrad", "rmsprop", "adam", "adamw"),
+}
+DEFAULT_BETAS = (0.9, 0.999)
+#: what each of those options is when it is not given
+OPTION_DEFAULTS = {"momentum": None, "betas": DEFAULT_BETAS, "eps": None}
+
+
+def options_given(config: TrainConfig) -> dict[str, bool]:
+    """For each option of :data:`OPTIMIZER_OPTIONS`, whether ``config`` sets it (a zero
+    momentum is the same as none)."""
+    return {
+        "momentum": config.momentum not in (None, 0, 0.0),
+        "betas": tuple(config.betas) != DEFAULT_BETAS,
+        "eps": config.eps is not None,
+    }
+
+
+def refuse_unused_options(config: TrainConfig) -> None:
+    """A ``ConfigError`` naming the first option that ``config.optimizer`` would ignore."""
+    given = options_given(config)
+    for option, users in OPTIMIZER_OPTIONS.items():
+        if given[option] and config.optimizer not in users:
+            value = getattr(config, option)
+            hint = " (SGD with momentum is --optimizer momentum)" if option == "momentum" else ""
+            raise ConfigError(
+                f"train: {option}={value!r} has no effect with optimizer={config.optimizer!r}; "
+                f"it applies to {', '.join(users)}{hint}"
+            )
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. ``None`` means "the default for this dataset and optimizer"."""
+
+    dataset: str = "digits"
+    data: str | None = None
+    target: str | None = None
+    model: str | None = None
+    hidden: tuple[int, ...] | None = None
+    channels: tuple[int, ...] | None = None
+    activation: str = "relu"
+    dropout: float | None = None
+    init: str = "auto"
+    optimizer: str = "adam"
+    lr: float | None = None
+    momentum: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float | None = None
+    weight_decay: float | None = None
+    l1: float = 0.0
+    l2: float = 0.0
+    batch_size: str | None = None
+    epochs: int | None = None
+    schedule: str | None = None
+    plateau: bool = False
+    plateau_patience: int = 5
+    plateau_factor: float = 0.5
+    early_stop: int = 0
+    seed: int = 0
+    val_fraction: float = 0.1
+    device: str = "auto"
+    threads: int | None = None
+    nan_policy: str = "raise"
+    checkpoint_every: int = 1
+    #: shard the optimizer state across the processes (``ZeroRedundancyOptimizer``)
+    zero: bool = False
+    #: the number of processes the run trains on: recorded by :func:`gradwise.train.run.run`
+    #: from the launcher's environment; ``gradwise train`` starts that many (``--resume``,
+    #: ``--config``)
+    nproc: int = 1
+    extra: dict = field(default_factory=dict)
+
+    # ---------------------------------------------------------------------------- resolution
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` replaced by the dataset's, model's and optimizer's
+        defaults (:data:`DATASET_DEFAULTS`, :data:`FALLBACKS`, :data:`OPTIMIZER_LR`)."""
+        checks.choice("train", "optimizer", self.optimizer, OPTIMIZERS)
+        refuse_unused_options(self)
+        if self.data is None:
+            checks.choice("train", "dataset", self.dataset, tuple(DATASETS))
+        dataset = dict(DATASET_DEFAULTS.get(self.dataset, {})) if self.data is None else {}
+        values = dataclasses.asdict(self)
+        model = values["model"] or dataset.get("model", FALLBACKS["model"])
+        checks.choice("train", "model", model, MODELS)
+        values["model"] = model
+        layered = {**FALLBACKS, **dataset, **dataset.get(model, {})}
+        for key in FALLBACKS:
+            if values[key] is None:
+                values[key] = layered[key]
+        if values["schedule"] is None:
+            values["schedule"] = layered.get("schedule")
+        if values["lr"] is None:
+            values["lr"] = layered.get("lr", {}).get(self.optimizer, OPTIMIZER_LR[self.optimizer])
+        if values["momentum"] is None:
+            values["momentum"] = 0.9 if self.optimizer in ("momentum", "nesterov") else 0.0
+        if values["weight_decay"] is None:
+            values["weight_decay"] = 1e-2 if self.optimizer == "adamw" else 0.0
+        for key in ("hidden", "channels", "betas"):
+            values[key] = tuple(values[key])
+        values["batch_size"] = str(values["batch_size"])
+        config = TrainConfig(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        owner = "train"
+        checks.choice(owner, "model", self.model, MODELS)
+        checks.choice(owner, "init", self.init, SCHEMES)
+        checks.choice(owner, "nan_policy", self.nan_policy, ("raise", "skip"))
+        checks.in_range(owner, "dropout", self.dropout, 0.0, 1.0)
+        checks.in_range(owner, "val_fraction", self.val_fraction, 0.0, 0.9, closed_high=True)
+        checks.at_least(owner, "lr", self.lr, 0.0)
+        for name in ("l1", "l2", "weight_decay", "momentum"):
+            checks.at_least(owner, name, getattr(self, name), 0.0)
+        checks.integer(owner, "epochs", self.epochs, low=1)
+        checks.integer(owner, "early_stop", self.early_stop, low=0)
+        checks.integer(owner, "plateau_patience", self.plateau_patience, low=0)
+        checks.in_range(owner, "plateau_factor", self.plateau_factor, 0.0, 1.0)
+        if self.threads is not None:
+            checks.integer(owner, "threads", self.threads, low=1)
+        if checks.integer(owner, "seed", self.seed, low=0) >= 2**64:
+            checks.refuse(owner, "seed", "an integer in [0, 2**64)", self.seed)
+        checks.choice(owner, "activation", self.activation, tuple(ACTIVATIONS))
+        checks.integer(owner, "checkpoint_every", self.checkpoint_every, low=1)
+        checks.flag(owner, "zero", self.zero)
+        checks.integer(owner, "nproc", self.nproc, low=1)
+        parse_batch_size(self.batch_size)
+        if self.target is not None and self.data is None:
+            raise ConfigError(
+                f"train: target names a column of a --data CSV file; the bundled dataset "
+                f"{self.dataset!r} has its own target; received target={self.target!r}"
+            )
+        for name in ("hidden", "channels"):
+            for width in getattr(self, name):
+                checks.integer(owner, name, width, low=1)
+
+    # ---------------------------------------------------------------------------- TOML files
+    def to_toml(self) -> str:
+        values = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        if not values.get("extra"):
+            values.pop("extra", None)
+        # the settings of a run on several processes, left out of a one-process run's file
+        for key, default in (("zero", False), ("nproc", 1)):
+            if values.get(key) == default:
+                values.pop(key)
+        return tomli_w.dumps(values)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown setting(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(known))}"
+            )
+        clean = {}
+        for key, value in values.items():
+            clean[key] = _coerce(source, key, value, cls.__dataclass_fields__[key].default)
+        return cls(**clean)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        return cls.from_dict(values, source=str(path))
+
+
+def _coerce(source: str, key: str, value, default):
+    """Check a config file's value against the setting's type (TOML has no tuples or None)."""
+    expected = {
+        "hidden": tuple,
+        "channels": tuple,
+        "betas": tuple,
+        "lr": float,
+        "dropout": float,
+        "momentum": float,
+        "eps": float,
+        "weight_decay": float,
+        "epochs": int,
+        "batch_size": str,
+        "data": str,
+        "target": str,
+        "model": str,
+        "schedule": str,
+        "threads": int,
+        "extra": dict,
+    }.get(key, type(default))
+    if expected is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list; received {key}={value!r}")
+        return tuple(value)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is str and key == "batch_size" and isinstance(value, int):
+        return str(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{source}: {key} must be of type {expected.__name__}; received {key}={value!r}"
+        )
+    return value
+
+
+def parse_batch_size(text: str) -> int | str:
+    """``"full"`` (batch gradient descent), ``"1"`` (stochastic) or ``"N"`` (mini-batch)."""
+    if str(text).strip().lower() == "full":
+        return "full"
+    try:
+        size = int(str(text))
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ConfigError(
+            "train: batch_size must be 'full', 1 or a positive integer; "
+            f"received batch_size={text!r}"
+        )
+    return size

@@ -3,12 +3,12 @@
     python benchmarks/optim_step.py --quick --threads 1
     python benchmarks/optim_step.py --json results.json
 
-A thin wrapper: the harness lives in :mod:`gradwise.bench` (``--help`` lists the options).
+A thin wrapper: the harness lives in :mod:`gradwise.lab.bench` (``--help`` lists the options).
 """
 
 import sys
 
-from gradwise.bench import main
+from gradwise.lab.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

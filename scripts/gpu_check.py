@@ -27,7 +27,7 @@ import traceback
 import torch
 
 import gradwise.optim as go
-from gradwise.bench import make_workload
+from gradwise.lab.bench import make_workload
 
 DEV = torch.device(os.environ.get("GRADWISE_CHECK_DEVICE", "cuda"))  # "cpu" to try the script
 QUICK = bool(os.environ.get("GRADWISE_CHECK_QUICK"))

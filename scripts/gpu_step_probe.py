@@ -11,8 +11,8 @@ import time
 import torch
 
 import gradwise.optim as go
-from gradwise.bench import make_workload
 from gradwise.lab import train_step
+from gradwise.lab.bench import make_workload
 from gradwise.optim import kernels
 
 

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from gradwise import bench
+from gradwise.lab import bench
+from gradwise.lab.bench import kernels
+from gradwise.lab.bench import runner as bench_runner
 
 TINY = {
     "scale": 1e-3,
@@ -20,7 +22,7 @@ TINY = {
 
 
 def _gradwise_available() -> bool:
-    return bench._gradwise_optim()[0] is not None
+    return kernels.gradwise_optim()[0] is not None
 
 
 def test_workload_shapes():
@@ -94,7 +96,7 @@ def test_tiny_run_json_structure(tmp_path):
 
 
 def test_without_gradwise(monkeypatch):
-    monkeypatch.setattr(bench, "_gradwise_optim", lambda: (None, "ImportError: not yet"))
+    monkeypatch.setattr(kernels, "gradwise_optim", lambda: (None, "ImportError: not yet"))
     cfg = bench.Config(
         workloads=[bench.Workload("tiny", "tiny", ((7,), (2, 3)))],
         optimizers=["adam"],
@@ -123,7 +125,7 @@ def test_main_writes_json(tmp_path, capsys):
 def test_runner_finite_sees_a_nan_or_inf_in_any_parameter():
     """The params_finite column: one multi-tensor check over every parameter, values kept."""
     params0 = [torch.ones(4), torch.ones(3, 2), torch.ones(5)]
-    runner = bench._Runner(
+    runner = bench_runner._Runner(
         "torch for-loop",
         lambda ps: torch.optim.SGD(ps, lr=0.1),
         params0,
@@ -144,9 +146,9 @@ def test_runner_finite_sees_a_nan_or_inf_in_any_parameter():
 def test_kernel_prebuild_workers_report_failures():
     """The parallel pre-build runs each build in a spawned worker; a failure comes back as a
     note (the row group then builds, or reports, on its own)."""
-    assert bench._build_kernel("no-such-optimizer") == "KeyError: 'no-such-optimizer'"
+    assert kernels._build_kernel("no-such-optimizer") == "KeyError: 'no-such-optimizer'"
     notes: list[str] = []
-    bench._prebuild_kernels(["bad-a", "bad-b"], 2, notes.append)
+    kernels.prebuild_kernels(["bad-a", "bad-b"], 2, notes.append)
     assert notes == [
         "note: building the bad-a kernel in a worker failed (KeyError: 'bad-a')",
         "note: building the bad-b kernel in a worker failed (KeyError: 'bad-b')",
@@ -162,7 +164,7 @@ def test_kernel_prebuild_survives_a_dead_worker(monkeypatch):
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", broken)
     notes: list[str] = []
-    bench._prebuild_kernels(["sgd", "adam"], 2, notes.append)
+    kernels.prebuild_kernels(["sgd", "adam"], 2, notes.append)
     assert notes == ["note: the kernel-building workers stopped (BrokenProcessPool: a worker died)"]
 
 

@@ -1,0 +1,267 @@
+"""What several ``gradwise`` commands share: exit codes, one-line errors, the training options.
+
+Bad input ends with one line on stderr, ``gradwise: error: ...``, and exit code 2 (no traceback;
+set ``GRADWISE_DEBUG=1`` to see one): :func:`friendly` does it for errors raised while a command
+runs, :class:`OneLineErrors` for click's own usage errors. :func:`train_options` is the one
+definition of the options that describe a training configuration (train, lr-find and compare
+take them all), and :func:`config_from_options` turns them into a ``TrainConfig``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from gradwise.errors import DataError, GradwiseError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM (kill, timeout, a job scheduler)
+
+
+def echo_error(message: str) -> None:
+    """``gradwise: error: MESSAGE`` on stderr, on one line, naming the rank in a distributed run."""
+    text = " ".join(str(message).split())
+    rank = _rank_prefix()
+    if text.startswith(rank[1:-2] + " "):  # the message names its rank already
+        rank = ""
+    click.echo(f"gradwise: error: {rank}{text}", err=True)
+
+
+def _rank_prefix() -> str:
+    """``"[rank N] "`` in a process other than rank 0 of a distributed run, else ``""``."""
+    from gradwise.train import distributed
+
+    if distributed.env_world_size() > 1 and not distributed.is_main():
+        return f"[rank {distributed.env_rank()}] "
+    return ""
+
+
+def friendly(fn):
+    """Turn gradwise's input errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (GradwiseError, ValueError, TypeError, OSError, MemoryError) as e:
+            if os.environ.get("GRADWISE_DEBUG"):
+                raise
+            if isinstance(e, MemoryError):
+                message = "out of memory; use a smaller model, batch size or data file"
+            elif isinstance(e, OSError) and e.strerror:
+                where = f": {e.filename}" if e.filename else ""
+                message = f"{e.strerror}{where}"
+            else:
+                message = str(e) or type(e).__name__
+            echo_error(message)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper
+
+
+class OneLineErrors(click.Command):
+    """A command whose usage errors (bad option values, unknown options) are one line too:
+    ``gradwise: error: ...`` and exit code 2, instead of click's usage block."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if os.environ.get("GRADWISE_DEBUG"):
+                raise
+            echo_error(f"{e.format_message()} (see gradwise {self.name} --help)")
+            ctx.exit(EXIT_USAGE)
+
+
+def csv_ints(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        items = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not items or any(v < 1 for v in items):
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return items
+
+
+def _betas(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        b1, b2 = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected two numbers like 0.9,0.999, got {value!r}") from None
+    return (b1, b2)
+
+
+def train_options(fn):
+    """The options that describe a training configuration (shared by train, lr-find, compare)."""
+    from gradwise.init import SCHEMES
+    from gradwise.train.config import MODELS, OPTIMIZERS
+
+    options = [
+        click.option(
+            "--dataset",
+            help="Bundled dataset: digits, mnist1d, spirals, moons, regression.  [default: digits]",
+        ),
+        click.option(
+            "--data",
+            type=click.Path(dir_okay=False),
+            help="Your own data: a .csv, .npz (x, y) or .pt file, instead of --dataset.",
+        ),
+        click.option("--target", help="CSV column to predict.  [default: the last column]"),
+        click.option(
+            "--model",
+            type=click.Choice(MODELS),
+            help="Model builder.  [default: per dataset: mlp, cnn1d for mnist1d]",
+        ),
+        click.option("--hidden", callback=csv_ints, help="MLP hidden widths, e.g. 128,128."),
+        click.option("--channels", callback=csv_ints, help="cnn1d channels per conv layer."),
+        click.option(
+            "--activation",
+            help="relu, leaky_relu, gelu, silu, tanh, sigmoid, selu, elu.  [default: relu]",
+        ),
+        click.option("--dropout", type=float, help="Dropout rate after each hidden layer."),
+        click.option(
+            "--init",
+            type=click.Choice(SCHEMES),
+            help="Weight init; auto = He for ReLU-like, Xavier for tanh/sigmoid, LeCun for SELU.",
+        ),
+        click.option(
+            "--optimizer", type=click.Choice(OPTIMIZERS), help="Update rule.  [default: adam]"
+        ),
+        click.option("--lr", type=float, help="Learning rate.  [default: per optimizer]"),
+        click.option("--momentum", type=float, help="Momentum (momentum, nesterov, rmsprop)."),
+        click.option("--betas", callback=_betas, help="Adam's β1,β2.  [default: 0.9,0.999]"),
+        click.option("--eps", type=float, help="ε of Adam/RMSprop/Adagrad."),
+        click.option(
+            "--weight-decay",
+            type=float,
+            help="The optimizer's weight decay (coupled; decoupled for adamw), on weights only.",
+        ),
+        click.option(
+            "--l1",
+            type=float,
+            help="L1 strength, as the optimizer's proximal step (exact zeros), on weights only.",
+        ),
+        click.option("--l2", type=float, help="L2 penalty λ/2·Σθ² added to the loss, on weights."),
+        click.option("--batch-size", help="full (batch GD), 1 (stochastic) or N (mini-batch)."),
+        click.option("--epochs", type=int, help="Passes over the training set."),
+        click.option(
+            "--schedule",
+            help="LR schedule, e.g. 'warmup:100,cosine' or 'step:300:0.5'"
+            " (see `gradwise schedule --help`); steps are batches.",
+        ),
+        click.option(
+            "--plateau/--no-plateau",
+            default=None,
+            help="Reduce the LR when the validation loss stalls (on top of --schedule).",
+        ),
+        click.option(
+            "--plateau-patience",
+            type=int,
+            help="Epochs without improvement before a cut.  [default: 5]",
+        ),
+        click.option(
+            "--plateau-factor",
+            type=float,
+            help="Multiply the LR by this at each cut.  [default: 0.5]",
+        ),
+        click.option(
+            "--early-stop",
+            type=int,
+            help="Stop after N epochs without validation improvement (0: never).",
+        ),
+        click.option("--seed", type=int, help="Seed for init, shuffling and dropout."),
+        click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]"),
+        click.option(
+            "--threads",
+            type=int,
+            help="torch threads.  [default: 1 for models under 1M parameters, else torch's]",
+        ),
+        click.option(
+            "--val-fraction",
+            type=float,
+            help="Share of the training rows held out for validation.  [default: 0.1]",
+        ),
+        click.option(
+            "--nan-policy",
+            type=click.Choice(["raise", "skip"]),
+            help="On a NaN/inf loss or gradient: stop (raise) or drop the step (skip).",
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False),
+            help="Read settings from a TOML file (a run's config.toml); options given "
+            "here override it.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+CONFIG_OPTIONS = (
+    "dataset",
+    "data",
+    "target",
+    "model",
+    "hidden",
+    "channels",
+    "activation",
+    "dropout",
+    "init",
+    "optimizer",
+    "lr",
+    "momentum",
+    "betas",
+    "eps",
+    "weight_decay",
+    "l1",
+    "l2",
+    "batch_size",
+    "epochs",
+    "schedule",
+    "plateau",
+    "plateau_patience",
+    "plateau_factor",
+    "early_stop",
+    "seed",
+    "device",
+    "threads",
+    "val_fraction",
+    "nan_policy",
+    "zero",
+)
+
+
+def config_from_options(options: dict):
+    """A TrainConfig from a config file (if any) overridden by the options given."""
+    from gradwise.train.config import TrainConfig
+
+    config_file = options.pop("config_file", None)
+    base = TrainConfig.from_toml(config_file) if config_file else TrainConfig()
+    values = {k: v for k, v in options.items() if k in CONFIG_OPTIONS and v is not None}
+    if "batch_size" in values:
+        values["batch_size"] = str(values["batch_size"])
+    if "dataset" in values and "data" not in values:
+        values["data"] = None
+    if values.get("data") is not None and not Path(values["data"]).exists():
+        raise DataError(f"--data: file {values['data']} does not exist")
+    return dataclasses.replace(base, **values)
+
+
+def table_console():
+    """A console for tables: the terminal's width, or 160 columns when piped (no wrapping)."""
+    from rich.console import Console
+
+    out = Console()
+    return out if out.is_terminal else Console(width=160)

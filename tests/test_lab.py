@@ -23,9 +23,9 @@ from gradwise.errors import ConfigError
 from gradwise.lab import Comparison, compare, grid, lr_find
 from gradwise.lab.compare import mean_std, parse_regularizer, parse_schedule_choice, slug
 from gradwise.lab.lr_find import suggest
-from gradwise.lab.smoothing import zero_lag_smooth
 from gradwise.train.history import History
 from gradwise.train.run import TrainConfig
+from gradwise.train.smoothing import zero_lag_smooth
 
 TINY = TrainConfig(dataset="moons", hidden=(8,), epochs=2, batch_size="64")
 

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from gradwise import checks
 from gradwise.errors import ConfigError
-from gradwise.lab.smoothing import MovingAverage, zero_lag_smooth
 from gradwise.train.loop import LOSSES
+from gradwise.train.smoothing import MovingAverage, zero_lag_smooth
 
 #: the suggestion rules of :func:`lr_find`, as written on its plot
 RULES = {

@@ -11,80 +11,9 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from gradwise.lab.smoothing import smooth
 from gradwise.train.history import History
+from gradwise.train.smoothing import smooth
 
-
-def plot_history(history: History, path: str | Path, title: str = "") -> Path:
-    """Loss, accuracy (or the first metric) and learning rate against step, train and val."""
-    steps = [r["step"] for r in history.steps]
-    losses = [r["loss"] for r in history.steps]
-    epochs = history.epochs
-    ep_steps = [r["step"] for r in epochs]
-    metric = next(
-        (k[4:] for r in epochs for k in r if k.startswith("val_") and k != "val_loss"),
-        next(
-            (k[6:] for r in epochs for k in r if k.startswith("train_") and k != "train_loss"), None
-        ),
-    )
-    fig = Figure(figsize=(15, 4.2), layout="constrained")
-    axes = fig.subplots(1, 3)
-    ax = axes[0]
-    if steps:
-        ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.8, label="train (per step)")
-        ax.plot(steps, smooth(losses), color="tab:blue", lw=1.2, label="train (smoothed)")
-    if any(r.get("val_loss") is not None for r in epochs):
-        ax.plot(
-            ep_steps,
-            [r.get("val_loss") for r in epochs],
-            "o-",
-            color="tab:orange",
-            ms=3,
-            label="validation",
-        )
-    ax.set(xlabel="step", ylabel="loss", title="Loss")
-    if losses and min(losses) > 0 and max(losses) / max(min(losses), 1e-12) > 20:
-        ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-
-    ax = axes[1]
-    if metric is not None:
-        for prefix, color, label in (
-            ("train_", "tab:blue", "train"),
-            ("val_", "tab:orange", "validation"),
-        ):
-            ys = [r.get(prefix + metric) for r in epochs]
-            if any(y is not None for y in ys):
-                ax.plot(ep_steps, ys, "o-", color=color, ms=3, label=label)
-        ax.set(xlabel="step", ylabel=metric, title=metric.capitalize() + " (per epoch)")
-        ax.legend()
-    else:
-        ax.set_axis_off()
-    ax.grid(alpha=0.3)
-
-    ax = axes[2]
-    lrs = [r["lr"] for r in history.steps]
-    if steps:
-        ax.plot(steps, lrs, color="tab:green")
-        positive = [v for v in lrs if v > 0]
-        if positive and max(positive) / min(positive) > 20:
-            ax.set_yscale("log")
-        elif lrs and min(lrs) == max(lrs) and lrs[0] > 0:  # constant: from 0, not a ±5% zoom
-            ax.set_ylim(0, 1.25 * lrs[0])
-            ax.text(0.5, 0.5, f"constant {lrs[0]:g}", transform=ax.transAxes, ha="center")
-    ax.set(xlabel="step", ylabel="learning rate", title="Learning rate")
-    ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-# ------------------------------------------------------------------------------ lab plots
-
-#: one colour per configuration (matplotlib's tab10, then tab20's light shades)
 COLORS = list(colormaps["tab10"].colors) + list(colormaps["tab20"].colors[1::2])
 
 

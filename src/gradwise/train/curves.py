@@ -12,15 +12,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from gradwise.train.history import History
-
-
-def smooth(values: list[float], beta: float = 0.9) -> list[float]:
-    """Bias-corrected exponential moving average (what TensorBoard's smoothing slider does)."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, start=1):
-        avg = beta * avg + (1 - beta) * v
-        out.append(avg / (1 - beta**i))
-    return out
+from gradwise.train.smoothing import smooth
 
 
 def plot_history(history: History, path: str | Path, title: str = "") -> Path:

@@ -1,4 +1,5 @@
-"""The bias-corrected exponential moving average, the one smoothing the lab uses.
+"""The bias-corrected exponential moving average: the one smoothing of training curves (the
+run's curves.png) and of the lab's plots and learning-rate range test.
 
 ::
 

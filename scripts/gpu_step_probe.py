@@ -1,6 +1,6 @@
 """Probe (CUDA): gradwise's compiled step with and without Inductor's combo kernels (a step's
 pieces in one launch), against torch fused: step() with gradients as separate tensors, and
-whole iterations. A short A/B for choosing ``kernels.COMBO_KERNELS``.
+whole iterations. A short A/B for choosing ``compiled.COMBO_KERNELS``.
 
     python scripts/gpu_step_probe.py
 """
@@ -13,7 +13,7 @@ import torch
 import gradwise.optim as go
 from gradwise.lab import train_step
 from gradwise.lab.bench import make_workload
-from gradwise.optim import kernels
+from gradwise.optim import compiled, kernels
 
 
 def timed(fn, inner=20):
@@ -27,7 +27,7 @@ def timed(fn, inner=20):
 
 def make(impl, name, kw, shapes):
     ps = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in shapes]
-    kernels.COMBO_KERNELS = impl == "gradwise combo"
+    compiled.COMBO_KERNELS = impl == "gradwise combo"
     if impl == "torch":
         o = getattr(torch.optim, name)(ps, fused=True, **kw)
     else:
@@ -57,7 +57,7 @@ for wl in ("one-tensor", "resnet18"):
         )
 print("kernel error:", kernels._error, flush=True)
 for combo in (False, True):
-    kernels.COMBO_KERNELS = combo
+    compiled.COMBO_KERNELS = combo
     cfg = train_step.Config(
         device="cuda",
         models=["wide-mlp-67m", "resnet18", "transformer"],

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.optim import optimizer as torch_optimizer
 
 from gradwise import checks
-from gradwise.optim import engine, kernels
+from gradwise.optim import compiled, engine, kernels
 
 #: Arguments PyTorch accepts for choosing its implementation; gradwise's engine chooses itself.
 IMPLEMENTATION_FLAGS = ("foreach", "fused")
@@ -392,7 +392,7 @@ class Optimizer(torch.optim.Optimizer):
         rule = type(self).rule
         try:
             if kernels.compiled_here(device):
-                found = kernels.jit(
+                found = compiled.jit(
                     update, rule, seg.param, grad, seg.state, args, pieces, missing=missing
                 )
             else:
@@ -402,14 +402,14 @@ class Optimizer(torch.optim.Optimizer):
             return None
         if found is None:
             return None
-        compiled, values = found
+        run_kernel, values = found
         if kernels.compiled_here(device):
 
             def run(values: list[float], targets: list) -> int:
                 if any(param.numel() < 2 for param, _, _ in targets):
                     return 0  # a 1-element piece: Dynamo would specialize on it; eager
                 try:
-                    return compiled(targets, values)
+                    return run_kernel(targets, values)
                 except Exception as e:
                     kernels.disable(e)
                     return 0
@@ -423,7 +423,7 @@ class Optimizer(torch.optim.Optimizer):
                     if param.numel() < 2:
                         return done
                     try:
-                        compiled(param, grad, state, filled)
+                        run_kernel(param, grad, state, filled)
                     except Exception as e:  # e.g. an input the kernel was not built for
                         kernels.disable(e)
                         return done

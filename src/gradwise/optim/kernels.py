@@ -121,7 +121,8 @@ def unproven(device_type: str = "cpu", stacklevel: int = 5) -> None:
 #: the loader itself), which no fallback can catch.
 DEVICES = ("cpu",)
 #: devices whose kernels are compiled in this process by ``torch.compile`` (Inductor → Triton on
-#: CUDA; Inductor's own cache on disk makes a later process's compile short), see :func:`jit`
+#: CUDA; Inductor's own cache on disk makes a later process's compile short), see
+#: :mod:`gradwise.optim.compiled`
 JIT_DEVICES = ("cuda",)
 _warned_devices: set[str] = set()
 
@@ -131,7 +132,7 @@ def supports(device: torch.device) -> bool:
 
 
 def compiled_here(device: torch.device) -> bool:
-    """Whether this device's kernels are compiled in this process (:func:`jit`)."""
+    """Whether this device's kernels are compiled in this process (:mod:`compiled`)."""
     return device.type in JIT_DEVICES
 
 
@@ -232,7 +233,7 @@ class Scalars:
         return self.views
 
 
-class _Update(torch.nn.Module):
+class Update(torch.nn.Module):
     """``update(rule, param, grad, state, **args)`` with tensors only as positional inputs: the
     constants of :func:`split`, with its runtime scalars put back in their places."""
 
@@ -411,6 +412,17 @@ def building() -> bool:
     return bool(_building)
 
 
+def kernel_for(memo: tuple) -> Callable | None:
+    """The kernel this process has loaded or compiled for ``memo``, if any."""
+    return _loaded.get(memo)
+
+
+def keep(memo: tuple, kernel: Callable) -> Callable:
+    """Remember a kernel compiled in this process (see :mod:`gradwise.optim.compiled`)."""
+    _loaded[memo] = kernel
+    return kernel
+
+
 def loaded() -> int:
     """How many kernels this process has loaded or compiled."""
     return len(_loaded)
@@ -485,7 +497,7 @@ def child_main() -> None:
         gen.manual_seed(0)
         return [torch.rand(n, generator=gen).to(dtype=d, device=device) for d in spec["dtypes"]]
 
-    module = _Update(spec["update"], spec["rule"], names, spec["static"], spec["slots"])
+    module = Update(spec["update"], spec["rule"], names, spec["static"], spec["slots"])
     param, grad, *states = tensors()
     path = Path(spec["path"])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -601,157 +613,3 @@ def scalar_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of a kernel's runtime scalars: float64 for float64 parameters, else float32
     (float64 scalars made the compiled loop convert each of them on every iteration)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-# --------------------------------------------------------------- compiled in this process (CUDA)
-
-
-def jit(
-    update: Callable,
-    rule: Callable,
-    param: Tensor,
-    grad: Tensor,
-    state: dict,
-    args: dict,
-    pieces: int,
-    *,
-    missing: str,
-) -> tuple[Callable, list[float]] | None:
-    """The in-process kernel for this update over ``pieces`` pieces of a segment, and the step's
-    scalars; None where ``missing`` is ``SKIP`` and it is not compiled yet in this process.
-
-    The kernel is ``kernel(targets, values)``, with ``targets`` a list of ``pieces`` triples
-    ``(param, grad, state)`` (1-D tensors; on CUDA, the small tensors' gathered gradients and
-    each large tensor's gradient where backward left it): one call for all of them, one
-    Triton launch each. Compiling takes seconds the first time on a machine, less once Inductor's
-    cache holds it; it happens once per process, at the step that first needs it. An error or
-    a kernel that disagrees with the eager update raises (the caller turns kernels off)."""
-    names = tuple(sorted(state))
-    static, slots, values = split(args)
-    dtypes = (param.dtype, grad.dtype, *(state[n].dtype for n in names))
-    memo = ("jit", pieces, rule, update, names, repr(static), tuple(slots), param.device, dtypes)
-    memo += (COMBO_KERNELS,)
-    kernel = _loaded.get(memo)
-    if kernel is None:
-        if missing == SKIP:
-            return None
-        kernel = _loaded[memo] = _compile_checked(
-            _Update(update, rule, names, static, slots), pieces, values, param.device, dtypes
-        )
-    return kernel, values
-
-
-#: where a compiled kernel's scalars live, in the order tried: 0-d CPU tensors (Inductor passes
-#: them to the GPU kernel as arguments: no copy, no wait) or the device (one small copy a step)
-SCALAR_PLACES = ("cpu", "device")
-
-
-def _scalars_on(place: str, values: list[float], device: torch.device, dtype: torch.dtype):
-    if place == "cpu" or not values:
-        return scalar_tensors(values, torch.device("cpu"), dtype)
-    host = torch.tensor(values, dtype=dtype)
-    if device.type == "cuda":
-        host = host.pin_memory()  # a copy that does not wait for the GPU
-    return list(host.to(device, non_blocking=True).unbind())
-
-
-def _compile_checked(
-    module: _Update, pieces: int, values: list[float], device: torch.device, dtypes: tuple
-) -> Callable:
-    """``torch.compile`` of ``module`` applied to ``pieces`` pieces, checked against the eager
-    update on small pieces laid out as a segment's are; the first place of the scalars
-    (:data:`SCALAR_PLACES`) that compiles and agrees is kept."""
-    width = 2 + len(module.names)
-    scalar_type = scalar_dtype(dtypes[0])
-
-    def inputs():
-        """Pieces as in a segment: piece 0 at the start of the flat buffers with its gradient
-        in the gathered buffer, the others later in the flat buffers with gradients of their
-        own. Sizes differ, so that the compiled code is general in each piece's length."""
-        gen = torch.Generator().manual_seed(0)
-        sizes = [1000 + 48 * i for i in range(pieces)]
-        starts = [sum(sizes[:i]) + 16 * i for i in range(pieces)]
-        flat = [torch.rand(starts[-1] + sizes[-1], generator=gen, dtype=d) for d in dtypes]
-        flat = [t.to(device) for t in flat]
-        tensors = []
-        for i, (start, size) in enumerate(zip(starts, sizes)):
-            for k, t in enumerate(flat):
-                if k == 1 and i > 0:  # a large tensor's gradient: its own tensor
-                    tensors.append(torch.rand(size, generator=gen, dtype=dtypes[1]).to(device))
-                else:
-                    tensors.append(t[start : start + size])
-        return tensors
-
-    def eager(tensors, scalars):
-        for i in range(pieces):
-            module(*tensors[i * width : (i + 1) * width], *scalars)
-
-    failure: BaseException | None = None
-    for place in SCALAR_PLACES:
-        compiled = _compiled_function(module, pieces, width)
-        try:
-            ran, expected = inputs(), inputs()
-            scalars = _scalars_on(place, values, device, scalar_type)
-            with torch.no_grad():
-                compiled(*ran, *scalars)
-                eager(expected, scalars)
-        except Exception as e:  # e.g. this torch cannot pass CPU scalars to a GPU kernel
-            failure = e
-            continue
-        for a, b in zip(ran, expected):
-            if not torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-5, equal_nan=True):
-                raise RuntimeError("the compiled kernel disagrees with the eager update")
-        return _calling(compiled, place, module.names, len(values), device, scalar_type)
-    assert failure is not None
-    raise failure
-
-
-def _calling(
-    compiled: Callable,
-    place: str,
-    names: tuple[str, ...],
-    count: int,
-    device: torch.device,
-    scalar_type: torch.dtype,
-) -> Callable:
-    """``kernel(targets, values)`` around a compiled function whose scalars live at ``place``."""
-    held = Scalars(count, scalar_type) if place == "cpu" else None
-
-    def kernel(targets, values) -> int:
-        tensors = [t for p, g, st in targets for t in (p, g, *(st[n] for n in names))]
-        if held is not None:
-            compiled(*tensors, *held.filled(values))
-        else:
-            compiled(*tensors, *_scalars_on(place, values, device, scalar_type))
-        return len(targets)
-
-    return kernel
-
-
-def _compiled_function(module: _Update, pieces: int, width: int) -> Callable:
-    """``torch.compile`` of a function of its own that runs ``module`` on each piece.
-
-    Its own: Dynamo keeps its compiled code and guards on the function's code object, with a
-    limit of 8 per code object. Each kernel gets a new code object, so that many kernels (rules,
-    flags, piece counts) never reach that limit (Dynamo would then refuse to compile). The code
-    is attributed to this file: torch 2.11 treats code from a ``<...>`` file name as not its
-    user's and compiles it through one shared wrapper, whose code object then hits the limit
-    (seen on an H200: the ninth kernel failed)."""
-
-    def run(tensors):
-        scalars = tensors[pieces * width :]
-        for i in range(pieces):
-            module(*tensors[i * width : (i + 1) * width], *scalars)
-
-    namespace: dict = {"run": run}
-    code = "def kernel(*tensors):\n    run(tensors)\n"
-    exec(compile(code, __file__, "exec"), namespace)  # noqa: S102
-    options = {"combo_kernels": True} if COMBO_KERNELS and pieces > 1 else None
-    return torch.compile(namespace["kernel"], fullgraph=True, dynamic=True, options=options)
-
-
-#: whether Inductor may launch a step's pieces together (its "combo kernels") instead of one
-#: launch per piece. On an H200 (torch 2.11), ResNet-18's Adam step with gradients as backward
-#: leaves them (14 pieces) took 0.38 ms with them against 0.52 ms without: launches cost
-#: ~10 µs each there, and the step is bound by the CPU, not the GPU
-COMBO_KERNELS = True

@@ -1,0 +1,170 @@
+"""Kernels compiled in this process by ``torch.compile``: the CUDA path (Inductor → Triton).
+
+The same ``update()`` and rule as the CPU's ahead-of-time kernels (:mod:`kernels`), with the same
+runtime scalars (:func:`kernels.split`), compiled where they run: on CUDA, loading an
+AOTInductor package crashed the process (torch 2.11), while ``torch.compile``'s own path is the
+one PyTorch users run every day. One call updates all of a step's pieces (the gathered small
+tensors and each large gradient where backward left it); Inductor may launch them together
+(:data:`COMBO_KERNELS`). A kernel is compiled once per process, at the step that first needs it,
+and checked against the eager update on small inputs before it is used; Inductor's cache on disk
+makes a later process's compile short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from gradwise.optim import kernels
+
+
+def jit(
+    update: Callable,
+    rule: Callable,
+    param: Tensor,
+    grad: Tensor,
+    state: dict,
+    args: dict,
+    pieces: int,
+    *,
+    missing: str,
+) -> tuple[Callable, list[float]] | None:
+    """The in-process kernel for this update over ``pieces`` pieces of a segment, and the step's
+    scalars; None where ``missing`` is ``SKIP`` and it is not compiled yet in this process.
+
+    The kernel is ``kernel(targets, values)``, with ``targets`` a list of ``pieces`` triples
+    ``(param, grad, state)`` (1-D tensors; on CUDA, the small tensors' gathered gradients and
+    each large tensor's gradient where backward left it): one call for all of them, one
+    Triton launch each. Compiling takes seconds the first time on a machine, less once Inductor's
+    cache holds it; it happens once per process, at the step that first needs it. An error or
+    a kernel that disagrees with the eager update raises (the caller turns kernels off)."""
+    names = tuple(sorted(state))
+    static, slots, values = kernels.split(args)
+    dtypes = (param.dtype, grad.dtype, *(state[n].dtype for n in names))
+    memo = ("jit", pieces, rule, update, names, repr(static), tuple(slots), param.device, dtypes)
+    memo += (COMBO_KERNELS,)
+    kernel = kernels.kernel_for(memo)
+    if kernel is None:
+        if missing == kernels.SKIP:
+            return None
+        module = kernels.Update(update, rule, names, static, slots)
+        kernel = kernels.keep(memo, _compile_checked(module, pieces, values, param.device, dtypes))
+    return kernel, values
+
+
+#: where a compiled kernel's scalars live, in the order tried: 0-d CPU tensors (Inductor passes
+#: them to the GPU kernel as arguments: no copy, no wait) or the device (one small copy a step)
+SCALAR_PLACES = ("cpu", "device")
+
+
+def _scalars_on(place: str, values: list[float], device: torch.device, dtype: torch.dtype):
+    if place == "cpu" or not values:
+        return kernels.scalar_tensors(values, torch.device("cpu"), dtype)
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        host = host.pin_memory()  # a copy that does not wait for the GPU
+    return list(host.to(device, non_blocking=True).unbind())
+
+
+def _compile_checked(
+    module: kernels.Update, pieces: int, values: list[float], device: torch.device, dtypes: tuple
+) -> Callable:
+    """``torch.compile`` of ``module`` applied to ``pieces`` pieces, checked against the eager
+    update on small pieces laid out as a segment's are; the first place of the scalars
+    (:data:`SCALAR_PLACES`) that compiles and agrees is kept."""
+    width = 2 + len(module.names)
+    scalar_type = kernels.scalar_dtype(dtypes[0])
+
+    def inputs():
+        """Pieces as in a segment: piece 0 at the start of the flat buffers with its gradient
+        in the gathered buffer, the others later in the flat buffers with gradients of their
+        own. Sizes differ, so that the compiled code is general in each piece's length."""
+        gen = torch.Generator().manual_seed(0)
+        sizes = [1000 + 48 * i for i in range(pieces)]
+        starts = [sum(sizes[:i]) + 16 * i for i in range(pieces)]
+        flat = [torch.rand(starts[-1] + sizes[-1], generator=gen, dtype=d) for d in dtypes]
+        flat = [t.to(device) for t in flat]
+        tensors = []
+        for i, (start, size) in enumerate(zip(starts, sizes)):
+            for k, t in enumerate(flat):
+                if k == 1 and i > 0:  # a large tensor's gradient: its own tensor
+                    tensors.append(torch.rand(size, generator=gen, dtype=dtypes[1]).to(device))
+                else:
+                    tensors.append(t[start : start + size])
+        return tensors
+
+    def eager(tensors, scalars):
+        for i in range(pieces):
+            module(*tensors[i * width : (i + 1) * width], *scalars)
+
+    failure: BaseException | None = None
+    for place in SCALAR_PLACES:
+        compiled = _compiled_function(module, pieces, width)
+        try:
+            ran, expected = inputs(), inputs()
+            scalars = _scalars_on(place, values, device, scalar_type)
+            with torch.no_grad():
+                compiled(*ran, *scalars)
+                eager(expected, scalars)
+        except Exception as e:  # e.g. this torch cannot pass CPU scalars to a GPU kernel
+            failure = e
+            continue
+        for a, b in zip(ran, expected):
+            if not torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-5, equal_nan=True):
+                raise RuntimeError("the compiled kernel disagrees with the eager update")
+        return _calling(compiled, place, module.names, len(values), device, scalar_type)
+    assert failure is not None
+    raise failure
+
+
+def _calling(
+    compiled: Callable,
+    place: str,
+    names: tuple[str, ...],
+    count: int,
+    device: torch.device,
+    scalar_type: torch.dtype,
+) -> Callable:
+    """``kernel(targets, values)`` around a compiled function whose scalars live at ``place``."""
+    held = kernels.Scalars(count, scalar_type) if place == "cpu" else None
+
+    def kernel(targets, values) -> int:
+        tensors = [t for p, g, st in targets for t in (p, g, *(st[n] for n in names))]
+        if held is not None:
+            compiled(*tensors, *held.filled(values))
+        else:
+            compiled(*tensors, *_scalars_on(place, values, device, scalar_type))
+        return len(targets)
+
+    return kernel
+
+
+def _compiled_function(module: kernels.Update, pieces: int, width: int) -> Callable:
+    """``torch.compile`` of a function of its own that runs ``module`` on each piece.
+
+    Its own: Dynamo keeps its compiled code and guards on the function's code object, with a
+    limit of 8 per code object. Each kernel gets a new code object, so that many kernels (rules,
+    flags, piece counts) never reach that limit (Dynamo would then refuse to compile). The code
+    is attributed to this file: torch 2.11 treats code from a ``<...>`` file name as not its
+    user's and compiles it through one shared wrapper, whose code object then hits the limit
+    (seen on an H200: the ninth kernel failed)."""
+
+    def run(tensors):
+        scalars = tensors[pieces * width :]
+        for i in range(pieces):
+            module(*tensors[i * width : (i + 1) * width], *scalars)
+
+    namespace: dict = {"run": run}
+    code = "def kernel(*tensors):\n    run(tensors)\n"
+    exec(compile(code, __file__, "exec"), namespace)  # noqa: S102
+    options = {"combo_kernels": True} if COMBO_KERNELS and pieces > 1 else None
+    return torch.compile(namespace["kernel"], fullgraph=True, dynamic=True, options=options)
+
+
+#: whether Inductor may launch a step's pieces together (its "combo kernels") instead of one
+#: launch per piece. On an H200 (torch 2.11), ResNet-18's Adam step with gradients as backward
+#: leaves them (14 pieces) took 0.38 ms with them against 0.52 ms without: launches cost
+#: ~10 µs each there, and the step is bound by the CPU, not the GPU
+COMBO_KERNELS = True

@@ -20,12 +20,12 @@ import sys
 
 CHILD = """
 import json, resource, sys, torch
-from gradwise.lab.train_step import MODELS, _Trainer
+from gradwise.lab.train_step import MODELS, Trainer
 torch.set_num_threads(1)
 model, optimizer, impl, iterations = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 spec = MODELS[model]
 torch.manual_seed(0)
-trainer = _Trainer(impl, optimizer, spec.build(), spec.batch(torch.Generator().manual_seed(0)))
+trainer = Trainer(impl, optimizer, spec.build(), spec.batch(torch.Generator().manual_seed(0)))
 trainer.run(iterations)
 print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

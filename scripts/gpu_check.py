@@ -353,7 +353,7 @@ def peak_memory() -> None:
             for impl in ("torch", "gradwise"):
                 torch.manual_seed(0)
                 batch = spec.batch(torch.Generator().manual_seed(0))
-                trainer = train_step._Trainer(impl, optimizer, spec.build(), batch, str(DEV))
+                trainer = train_step.Trainer(impl, optimizer, spec.build(), batch, str(DEV))
                 trainer.run(3)
                 torch.cuda.reset_peak_memory_stats()
                 trainer.run(2)

@@ -120,7 +120,7 @@ def lr_find_command(start_lr, end_lr, steps, rule, out, **options):
 
     from gradwise.lab.lr_find import lr_find
     from gradwise.lab.plots import lr_text
-    from gradwise.regularization import l2_penalty
+    from gradwise.regularization import l2_penalty, weight_params
     from gradwise.train.config import parse_batch_size
     from gradwise.train.run import build_data, build_model, build_optimizer
 
@@ -129,7 +129,7 @@ def lr_find_command(start_lr, end_lr, steps, rule, out, **options):
     data = build_data(config)
     model = build_model(config, data)
     optimizer = build_optimizer(config, model)
-    weights = [p for p in model.parameters() if p.dim() > 1]
+    weights = weight_params(model)
     penalty = (lambda: l2_penalty(weights, config.l2)) if config.l2 else None
     with torch.random.fork_rng():
         result = lr_find(

@@ -223,10 +223,12 @@ def _make_optimizer(impl: str, optimizer: str, params) -> torch.optim.Optimizer:
     return getattr(go, cls_name)(params, **kwargs)
 
 
-class _Trainer:
+class Trainer:
     """One implementation's model, optimizer and batch; ``run(n)`` does n whole iterations."""
 
-    def __init__(self, impl: str, optimizer: str, model: nn.Module, batch, device: str) -> None:
+    def __init__(
+        self, impl: str, optimizer: str, model: nn.Module, batch, device: str = "cpu"
+    ) -> None:
         self.impl, self.model = impl, model.to(device)
         self.x, self.y = (t.to(device) for t in batch)
         self.opt = _make_optimizer(impl, optimizer, model.parameters())
@@ -268,7 +270,7 @@ def run_row(cfg: Config, model_name: str, optimizer: str, log: Callable[[str], N
     base = spec.build()
     batch = spec.batch(torch.Generator().manual_seed(cfg.seed))
     trainers = [
-        _Trainer(impl, optimizer, copy.deepcopy(base), batch, cfg.device)
+        Trainer(impl, optimizer, copy.deepcopy(base), batch, cfg.device)
         for impl in cfg.implementations
     ]
     for t in trainers:

@@ -115,11 +115,9 @@ class _Runner:
     def finite(self) -> bool:
         """Whether every parameter is finite: one multi-tensor check (GradScaler's, scaling by
         exactly 1) instead of one ``isfinite`` per tensor, 2000 of them per row here."""
-        found = torch.zeros(1)
-        torch._amp_foreach_non_finite_check_and_unscale_(
-            [p.detach() for p in self.params], found, torch.ones(1)
-        )
-        return not bool(found)
+        from gradwise.train.faults import all_finite
+
+        return all_finite([p.detach() for p in self.params])
 
     def flat_grads(self) -> bool:
         """Whether every ``p.grad`` is a view into one buffer that the optimizer made."""

@@ -188,7 +188,7 @@ def _interrupted(out: Path, what: str = "interrupted") -> None:
 def _launch(config, out: Path, resume: bool, nproc: int, no_progress: bool) -> None:
     """``gradwise train`` on ``nproc`` processes: check the configuration and the run folder
     here, then start ``python -m gradwise train`` on each through ``torch.distributed.run``."""
-    from gradwise.train import distributed
+    from gradwise.train import distributed, launch
     from gradwise.train.config import parse_batch_size
     from gradwise.train.run import prepare_out
 
@@ -199,27 +199,24 @@ def _launch(config, out: Path, resume: bool, nproc: int, no_progress: bool) -> N
     else:
         resolved = dataclasses.replace(config.resolved(), nproc=nproc)
         batch_size = parse_batch_size(resolved.batch_size)
-        if batch_size != "full" and batch_size < nproc:
-            raise GradwiseError(
-                f"--batch-size is the global batch and must be at least --nproc ({nproc}); "
-                f"received --batch-size {batch_size}"
-            )
+        if batch_size != "full":
+            distributed.check_global_batch("train", batch_size, nproc, batch_size, as_flags=True)
         prepare_out(out, resolved, resume=False)  # refuses a folder that holds another run
         args = ["train", "--config", str(out / "config.toml"), "--out", str(out)]
     if no_progress:
         args.append("--no-progress")
     try:
-        distributed.launch(args, nproc)
+        launch.launch(args, nproc)
     except KeyboardInterrupt:  # rank 0 has said what was kept and how to continue
         sys.exit(EXIT_INTERRUPTED)
-    except distributed.LaunchFailed as e:
+    except launch.LaunchFailed as e:
         causes = [f for f in e.failures if f[2] != "SIGTERM"] or e.failures
         codes = {code for _, code, _ in causes}
         if codes == {EXIT_INTERRUPTED}:
             sys.exit(EXIT_INTERRUPTED)
         if codes == {EXIT_USAGE}:
             sys.exit(EXIT_USAGE)  # the processes said why, one line each
-        raise distributed.LaunchFailed(
+        raise launch.LaunchFailed(
             f"{e}; {distributed.describe_checkpoint(out)}; continue with: "
             f"gradwise train --resume {out}",
             e.failures,

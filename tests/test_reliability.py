@@ -1594,3 +1594,41 @@ def test_docs_report_the_current_counts():
 
 if __name__ == "__main__":
     print(counts_table())
+
+
+@pytest.mark.parametrize(
+    ("how", "optimizer", "option"),
+    [
+        ("flag", "sgd", "momentum"),
+        ("flag", "adagrad", "betas"),
+        ("flag", "sgd", "eps"),
+        ("toml", "rmsprop", "betas"),
+        ("toml", "adam", "momentum"),
+        ("resume", "sgd", "momentum"),
+    ],
+)
+def test_an_option_the_optimizer_ignores_is_refused_from_flags_toml_and_resume(
+    tmp_path, how, optimizer, option
+):
+    """The same one-line refusal (exit 2, nothing trained) whether the ignored option comes as a
+    flag, as a key of a --config file, or from the config.toml of a run being resumed."""
+    flag = {"momentum": "0.9", "betas": "0.8,0.99", "eps": "1e-6"}[option]
+    toml = {"momentum": "0.9", "betas": "[0.8, 0.99]", "eps": "1e-6"}[option]
+    out = tmp_path / "run"
+    if how == "flag":
+        args = ["--optimizer", optimizer, f"--{option}", flag, "--out", str(out)]
+    elif how == "toml":
+        config = tmp_path / "c.toml"
+        config.write_text(f'optimizer = "{optimizer}"\n{option} = {toml}\nepochs = 1\n')
+        args = ["--config", str(config), "--out", str(out)]
+    else:
+        done = invoke(["--optimizer", optimizer, "--epochs", "1", "--out", str(out)])
+        assert done.exit_code == 0, done.output
+        saved = out / "config.toml"  # edited by hand: the resumed run must not train with it
+        saved.write_text(saved.read_text().replace("momentum = 0.0", f"momentum = {toml}"))
+        args = ["--resume", str(out)]
+    done = CliRunner().invoke(cli, ["train", *args])
+    assert done.exit_code == 2, done.output
+    assert_one_line_error(done.stderr, rf"{option}=.* has no effect with optimizer='{optimizer}'")
+    if how != "resume":
+        assert not (out / "checkpoint.pt").exists()

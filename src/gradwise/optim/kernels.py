@@ -1,5 +1,10 @@
 """Fused kernels: the same update, compiled ahead of time into one pass over memory, cached on disk.
 
+One concern, the kernels themselves: what a kernel takes (:func:`split`, :class:`Update`,
+:class:`Scalars`), where kernels may run (:data:`PROVEN_TORCH`, :data:`DEVICES`), and the CPU's
+ahead-of-time kernels, built, checked, cached and loaded. CUDA's kernels, compiled in the
+process, are in :mod:`gradwise.optim.compiled`.
+
 The eager path runs a rule as a handful of tensor operations, each a pass over the (chunked)
 buffers. A *kernel* is that same Python code — ``update()`` and the rule it calls — exported with
 ``torch.export`` and compiled by AOTInductor into a shared library that reads each buffer once and

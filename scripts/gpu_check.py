@@ -115,6 +115,14 @@ def jit_kernels() -> int:
     return sum(1 for memo in kernels._loaded if memo and memo[0] == "jit")
 
 
+def scalar_places() -> set[str]:
+    """Where the compiled kernels' scalars live: "cpu" (passed as kernel arguments) or
+    "device" (the fallback, one small copy a step)."""
+    from gradwise.optim import kernels
+
+    return {getattr(k, "place", "?") for m, k in kernels._loaded.items() if m[0] == "jit"}
+
+
 @section("1. parity of the eager flat path")
 def parity_eager() -> None:
     from gradwise.optim import native
@@ -147,7 +155,8 @@ def parity_fused() -> None:
         check(
             pe <= 2e-6 and se <= 2e-6 and jit_kernels() > before and not said,
             f"fused=True {name} {kw}: param {pe:.2g} state {se:.2g}; compiled "
-            f"{jit_kernels() - before}; error {kernels._error}; warned {said}",
+            f"{jit_kernels() - before}; error {kernels._error}; warned {said}; "
+            f"scalars on {scalar_places()}",
         )
 
 

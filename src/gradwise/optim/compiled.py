@@ -138,6 +138,7 @@ def _calling(
             compiled(*tensors, *_scalars_on(place, values, device, scalar_type))
         return len(targets)
 
+    kernel.place = place  # where its scalars live, for reports (scripts/gpu_check.py)
     return kernel
 
 

@@ -1293,3 +1293,42 @@ def test_state_dict_keeps_an_entry_that_is_not_a_parameters_state():
     opt.state["extra"] = 7
     sd = opt.state_dict()
     assert sd["state"]["extra"] == 7 and float(sd["state"][0]["step"]) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw", "words"),
+    [
+        ("SGD", dict(lr=-0.1), "Invalid learning rate: -0.1"),
+        ("SGD", dict(lr=0.1, momentum=-0.5), "Invalid momentum value: -0.5"),
+        ("SGD", dict(lr=torch.tensor([0.1, 0.1])), "Tensor lr must be 1-element"),
+        ("Adam", dict(betas=(1.0, 0.0)), "Invalid beta parameter at index 0: 1.0"),
+        ("Adam", dict(betas=(0.9, 1.5)), "Invalid beta parameter at index 1: 1.5"),
+        ("AdamW", dict(weight_decay=-1), "Invalid weight_decay value: -1"),
+        ("Adam", dict(eps=-1e-8), "Invalid epsilon value: -1e-08"),
+        ("Adam", dict(betas=(0.9, torch.tensor(0.99))), "both floats or both Tensors"),
+        (
+            "AdamW",
+            dict(lr=torch.tensor(0.01), foreach=True),
+            "lr as a Tensor is not supported for capturable=False and foreach=True",
+        ),
+        (
+            "Adam",
+            dict(betas=(torch.tensor(0.9), torch.tensor(0.99)), foreach=True),
+            r"betas\[0\] as a Tensor is not supported for capturable=False and foreach=True",
+        ),
+        ("RMSprop", dict(alpha=-0.1), "Invalid alpha value: -0.1"),
+        ("RMSprop", dict(momentum=-1.0), "Invalid momentum value: -1.0"),
+        ("Adagrad", dict(lr_decay=-0.5), "Invalid lr_decay value: -0.5"),
+        ("Adagrad", dict(initial_accumulator_value=-1.0), "initial_accumulator_value value: -1.0"),
+    ],
+)
+def test_bad_arguments_say_what_torch_optim_says_too(cls, kw, words):
+    """A bad argument raises what torch.optim raises (ValueError), with gradwise's message
+    (owner, argument, what is allowed, the value) and the words torch's own check uses, which
+    code written against torch may look for; torch's class raises for the same input."""
+    p = [torch.nn.Parameter(torch.randn(3))]
+    with pytest.raises(ValueError, match=words) as ours:
+        getattr(go, cls)(p, **kw)
+    assert str(ours.value).startswith(f"{cls}: ")
+    with pytest.raises(ValueError, match=words):
+        getattr(torch.optim, cls)(p, **kw)

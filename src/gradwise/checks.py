@@ -13,10 +13,18 @@ import numbers
 
 
 def refuse(
-    owner: str, name: str, allowed: str, value: object, exc: type[Exception] = ValueError
+    owner: str,
+    name: str,
+    allowed: str,
+    value: object,
+    exc: type[Exception] = ValueError,
+    *,
+    also: str | None = None,
 ) -> None:
-    """Raise ``exc`` saying that ``owner``'s ``name`` must be ``allowed`` and what it received."""
-    raise exc(f"{owner}: {name} must be {allowed}; received {name}={value!r}")
+    """Raise ``exc`` saying that ``owner``'s ``name`` must be ``allowed`` and what it received;
+    ``also``: words to add in parentheses (e.g. the ones PyTorch's own check uses)."""
+    extra = f" ({also})" if also else ""
+    raise exc(f"{owner}: {name} must be {allowed}; received {name}={value!r}{extra}")
 
 
 def number(owner: str, name: str, value: object) -> float:
@@ -28,11 +36,11 @@ def number(owner: str, name: str, value: object) -> float:
     return float(value)
 
 
-def at_least(owner: str, name: str, value: object, low: float) -> float:
+def at_least(owner: str, name: str, value: object, low: float, *, also: str | None = None) -> float:
     """A finite number ``>= low``."""
     v = number(owner, name, value)
     if v < low:
-        refuse(owner, name, f">= {low:g}", value)
+        refuse(owner, name, f">= {low:g}", value, also=also)
     return v
 
 
@@ -45,13 +53,21 @@ def positive(owner: str, name: str, value: object) -> float:
 
 
 def in_range(
-    owner: str, name: str, value: object, low: float, high: float, *, closed_high: bool = False
+    owner: str,
+    name: str,
+    value: object,
+    low: float,
+    high: float,
+    *,
+    closed_high: bool = False,
+    also: str | None = None,
 ) -> float:
     """A finite number in ``[low, high)`` (or ``[low, high]`` with ``closed_high``)."""
     v = number(owner, name, value)
     ok = low <= v <= high if closed_high else low <= v < high
     if not ok:
-        refuse(owner, name, f"in [{low:g}, {high:g}{']' if closed_high else ')'}", value)
+        bounds = f"in [{low:g}, {high:g}{']' if closed_high else ')'}"
+        refuse(owner, name, bounds, value, also=also)
     return v
 
 

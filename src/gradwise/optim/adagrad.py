@@ -7,7 +7,7 @@ from torch import Tensor
 
 from gradwise import checks
 from gradwise.optim import engine
-from gradwise.optim.base import Optimizer
+from gradwise.optim.base import Optimizer, torch_words
 
 
 def adagrad_coefficients(step: int, lr: float, lr_decay: float) -> dict[str, float]:
@@ -67,9 +67,17 @@ class Adagrad(Optimizer):
         state_dtype: torch.dtype | None = None,
         eps_inside_sqrt: bool = False,
     ) -> None:
-        checks.at_least("Adagrad", "lr_decay", lr_decay, 0.0)
-        checks.at_least("Adagrad", "initial_accumulator_value", initial_accumulator_value, 0.0)
-        checks.at_least("Adagrad", "eps", eps, 0.0)
+        checks.at_least(
+            "Adagrad", "lr_decay", lr_decay, 0.0, also=torch_words("lr_decay", lr_decay)
+        )
+        checks.at_least(
+            "Adagrad",
+            "initial_accumulator_value",
+            initial_accumulator_value,
+            0.0,
+            also=torch_words("initial_accumulator_value", initial_accumulator_value),
+        )
+        checks.at_least("Adagrad", "eps", eps, 0.0, also=torch_words("eps", eps))
         checks.flag("Adagrad", "eps_inside_sqrt", eps_inside_sqrt)
         defaults = dict(
             lr=lr,

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from gradwise import checks
 from gradwise.optim import engine
-from gradwise.optim.base import Optimizer
+from gradwise.optim.base import Optimizer, torch_words
 
 
 def adam_coefficients(step: int, lr: float, betas: tuple[float, float]) -> dict[str, float]:
@@ -97,11 +97,23 @@ class Adam(Optimizer):
             raise ValueError(
                 f"{name}: betas must be a pair (beta1, beta2); received betas={betas!r}"
             )
-        betas = (
-            checks.in_range(name, "betas[0]", _item(betas[0]), 0.0, 1.0),
-            checks.in_range(name, "betas[1]", _item(betas[1]), 0.0, 1.0),
+        if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
+            raise ValueError(
+                f"{name}: betas must be either both floats or both Tensors; received "
+                f"betas={tuple(betas)!r}"
+            )
+        if foreach and not capturable:  # refused as torch.optim refuses them
+            for what, value in (("lr", lr), ("betas[0]", betas[0])):
+                if isinstance(value, Tensor):
+                    raise ValueError(
+                        f"{name}: {what} as a Tensor is not supported for capturable=False and "
+                        f"foreach=True; received {what}={value!r}"
+                    )
+        betas = tuple(
+            checks.in_range(name, f"betas[{i}]", b, 0.0, 1.0, also=torch_words(f"betas[{i}]", b))
+            for i, b in enumerate(map(_item, betas))
         )
-        checks.at_least(name, "eps", eps, 0.0)
+        checks.at_least(name, "eps", eps, 0.0, also=torch_words("eps", eps))
         checks.flag(name, "amsgrad", amsgrad)
         checks.flag(name, "decoupled_weight_decay", decoupled_weight_decay)
         defaults = dict(

@@ -28,6 +28,27 @@ from torch.optim import optimizer as torch_optimizer
 from gradwise import checks
 from gradwise.optim import compiled, engine, kernels
 
+#: The words of torch.optim's own argument checks, which code written against torch (PyTorch's
+#: optimizer test suite among it) looks for: gradwise's message adds them in parentheses.
+TORCH_WORDS = {
+    "lr": "Invalid learning rate: {}",
+    "eps": "Invalid epsilon value: {}",
+    "momentum": "Invalid momentum value: {}",
+    "weight_decay": "Invalid weight_decay value: {}",
+    "betas[0]": "Invalid beta parameter at index 0: {}",
+    "betas[1]": "Invalid beta parameter at index 1: {}",
+    "lr_decay": "Invalid lr_decay value: {}",
+    "initial_accumulator_value": "Invalid initial_accumulator_value value: {}",
+    "alpha": "Invalid alpha value: {}",
+}
+
+
+def torch_words(name: str, value: object) -> str | None:
+    """What torch.optim says of a bad ``name`` (see :data:`TORCH_WORDS`)."""
+    words = TORCH_WORDS.get(name)
+    return None if words is None else words.format(value)
+
+
 #: Arguments PyTorch accepts for choosing its implementation; gradwise's engine chooses itself.
 IMPLEMENTATION_FLAGS = ("foreach", "fused")
 
@@ -157,9 +178,11 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         name = type(self).__name__
-        checks.at_least(name, "lr", _as_float(name, "lr", defaults["lr"]), 0.0)
-        defaults["lr"] = _as_float(name, "lr", defaults["lr"])
-        checks.at_least(name, "weight_decay", defaults.get("weight_decay", 0.0), 0.0)
+        lr = _as_float(name, "lr", defaults["lr"])
+        checks.at_least(name, "lr", lr, 0.0, also=torch_words("lr", lr))
+        defaults["lr"] = lr
+        wd = defaults.get("weight_decay", 0.0)
+        checks.at_least(name, "weight_decay", wd, 0.0, also=torch_words("weight_decay", wd))
         checks.at_least(name, "l1", defaults.get("l1", 0.0), 0.0)
         checks.flag(name, "maximize", defaults.get("maximize", False))
         state_dtype = defaults.get("state_dtype")
@@ -516,7 +539,8 @@ def _as_float(owner: str, name: str, value) -> float:
         if value.numel() != 1:
             raise ValueError(
                 f"{owner}: {name} must be a number or a 1-element tensor; "
-                f"received a tensor of shape {tuple(value.shape)}"
+                f"received a tensor of shape {tuple(value.shape)} (Tensor {name} must be "
+                "1-element)"
             )
         return float(value.item())
     return checks.number(owner, name, value)

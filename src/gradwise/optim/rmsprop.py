@@ -7,7 +7,7 @@ from torch import Tensor
 
 from gradwise import checks
 from gradwise.optim import engine
-from gradwise.optim.base import Optimizer
+from gradwise.optim.base import Optimizer, torch_words
 
 
 def rmsprop(
@@ -85,9 +85,13 @@ class RMSprop(Optimizer):
         state_dtype: torch.dtype | None = None,
         eps_inside_sqrt: bool = False,
     ) -> None:
-        checks.in_range("RMSprop", "alpha", alpha, 0.0, 1.0, closed_high=True)
-        checks.at_least("RMSprop", "eps", eps, 0.0)
-        checks.at_least("RMSprop", "momentum", momentum, 0.0)
+        checks.in_range(
+            "RMSprop", "alpha", alpha, 0.0, 1.0, closed_high=True, also=torch_words("alpha", alpha)
+        )
+        checks.at_least("RMSprop", "eps", eps, 0.0, also=torch_words("eps", eps))
+        checks.at_least(
+            "RMSprop", "momentum", momentum, 0.0, also=torch_words("momentum", momentum)
+        )
         checks.flag("RMSprop", "centered", centered)
         checks.flag("RMSprop", "eps_inside_sqrt", eps_inside_sqrt)
         defaults = dict(

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from gradwise import checks
 from gradwise.optim import engine
-from gradwise.optim.base import Optimizer
+from gradwise.optim.base import Optimizer, torch_words
 
 
 def sgd(
@@ -85,7 +85,7 @@ class SGD(Optimizer):
         l1: float = 0.0,
         state_dtype: torch.dtype | None = None,
     ) -> None:
-        checks.at_least("SGD", "momentum", momentum, 0.0)
+        checks.at_least("SGD", "momentum", momentum, 0.0, also=torch_words("momentum", momentum))
         checks.in_range("SGD", "dampening", dampening, 0.0, 1.0, closed_high=True)
         checks.flag("SGD", "nesterov", nesterov)
         if nesterov and (momentum <= 0 or dampening != 0):

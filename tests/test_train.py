@@ -514,3 +514,50 @@ def test_an_option_the_optimizer_would_ignore_is_refused(optimizer, option, valu
     resolved = config.resolved()
     opt = build_optimizer(resolved, torch.nn.Linear(3, 2))
     assert opt.param_groups[0][option] == value
+
+
+def test_fit_chooses_its_threads_and_gives_them_back(monkeypatch):
+    """fit() trains a small model on one torch thread (the CLI's rule), on ``threads`` when
+    given, on the process's own count when OMP_NUM_THREADS is set; and restores the count."""
+    from gradwise.train import fit
+
+    seen = []
+
+    def loss(out, y):
+        seen.append(torch.get_num_threads())
+        return torch.nn.functional.mse_loss(out, y)
+
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        for threads, expected in ((None, 1), (3, 3)):
+            seen.clear()
+            fit(
+                torch.nn.Linear(3, 1),
+                (x, y),
+                loss=loss,
+                epochs=1,
+                batch_size=8,
+                metrics=(),
+                progress=False,
+                threads=threads,
+            )
+            assert set(seen) == {expected} and torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        seen.clear()
+        fit(
+            torch.nn.Linear(3, 1),
+            (x, y),
+            loss=loss,
+            epochs=1,
+            batch_size=8,
+            metrics=(),
+            progress=False,
+        )
+        assert set(seen) == {2}
+        with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+            fit(torch.nn.Linear(3, 1), (x, y), loss=loss, epochs=1, threads=0, batch_size=8)
+    finally:
+        torch.set_num_threads(before)

@@ -9,6 +9,7 @@ and the process group (:mod:`~gradwise.train.distributed`, through :class:`_Proc
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ def fit(
     scheduler_interval: str = "step",
     penalty: Callable[[], Tensor] | None = None,
     extra_state: dict | None = None,
+    threads: int | None = None,
 ) -> History:
     """Train ``model`` on ``train`` and return its :class:`History`.
 
@@ -113,8 +115,16 @@ def fit(
     batch). Only rank 0 shows progress and writes checkpoints. A user's loader is iterated as
     it is on each rank: shard it yourself (``DistributedSampler``), with the same number of
     batches on every rank.
+
+    ``threads``: PyTorch's CPU threads while fitting. By default (None) one for a model under
+    :data:`SMALL_MODEL_PARAMS` parameters (its operations are too small to gain from threads,
+    and lose badly when another process is busy on a core), unless ``OMP_NUM_THREADS`` is set;
+    PyTorch's own choice for larger ones. The count from before is restored when ``fit``
+    returns. ``gradwise train`` uses the same rule.
     """
     checks.integer("fit", "epochs", epochs, low=1)
+    if threads is not None:
+        checks.integer("fit", "threads", threads, low=1)
     checks.integer("fit", "checkpoint_every", checkpoint_every, low=1)
     checks.choice("fit", "nan_policy", nan_policy, NAN_POLICIES)
     checks.choice("fit", "scheduler_interval", scheduler_interval, ("step", "epoch"))
@@ -173,6 +183,8 @@ def fit(
     bar = Progress(
         enabled=progress and processes.main, epochs=epochs, steps_per_epoch=data.steps_per_epoch
     )
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(training_threads(model, threads) or previous_threads)
     try:
         with bar, processes.dropout:
             loop.run(start_epoch, epochs, processes, bar)
@@ -183,7 +195,25 @@ def fit(
         if ctx is not None and distributed.is_comm_failure(e):
             raise distributed.lost_contact(ctx, e, checkpoint_dir) from None
         raise
+    finally:
+        torch.set_num_threads(previous_threads)
     return history
+
+
+#: below this many parameters a model's operations are too small to gain from intra-op threads
+#: (and lose badly when another process is busy on a core): by default such a model trains on one
+SMALL_MODEL_PARAMS = 1_000_000
+
+
+def training_threads(model: nn.Module, threads: int | None) -> int | None:
+    """The torch thread count to train ``model`` with: ``threads`` if given; else one for a
+    model under :data:`SMALL_MODEL_PARAMS` parameters unless ``OMP_NUM_THREADS`` is set; else
+    None (PyTorch's own choice)."""
+    if threads is not None:
+        return threads
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    return 1 if sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS else None
 
 
 class _Processes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -66,7 +67,8 @@ class Progress:
         self._pending += 1
         now = time.perf_counter()
         if now - self._last >= REFRESH_SECONDS:
-            self._fields["loss"] = f"{float(loss):.4f}"
+            value = loss.detach() if isinstance(loss, torch.Tensor) else loss  # no autograd warning
+            self._fields["loss"] = f"{float(value):.4f}"
             self._fields["lr"] = f"{lr:.2e}"
             self._flush()
             self._last = now

@@ -27,7 +27,7 @@ from gradwise.train.config import TrainConfig, parse_batch_size
 from gradwise.train.data import Dataset, load_dataset
 from gradwise.train.files import load_file
 from gradwise.train.history import History
-from gradwise.train.loop import evaluate, fit, resolve_device
+from gradwise.train.loop import evaluate, fit, resolve_device, training_threads
 from gradwise.train.memory import check_fits_in_memory, check_model_fits_in_memory
 from gradwise.train.models import cnn1d, mlp
 
@@ -185,6 +185,7 @@ def run(
         nan_policy=config.nan_policy,
         penalty=penalty,
         extra_state={"config": config.to_toml()},
+        threads=config.threads,
     )
     test = evaluate(
         model,
@@ -207,20 +208,11 @@ def run(
     return RunResult(config, history, out_path, model, data)
 
 
-#: below this many parameters a model's operations are too small to gain from intra-op threads
-#: (and lose badly when another process is busy on a core): ``threads=None`` uses one
-SMALL_MODEL_PARAMS = 1_000_000
-
-
 def _set_threads(config: TrainConfig, model: torch.nn.Module) -> None:
-    """``config.threads`` torch threads; by default (None) one for small models, unless
-    ``OMP_NUM_THREADS`` says otherwise, and PyTorch's choice for large ones."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    elif "OMP_NUM_THREADS" not in os.environ and (
-        sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
-    ):
-        torch.set_num_threads(1)
+    """The process's torch threads for this run, by fit()'s rule (``loop.training_threads``)."""
+    threads = training_threads(model, config.threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def _title(config: TrainConfig) -> str:

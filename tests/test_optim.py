@@ -1332,3 +1332,77 @@ def test_bad_arguments_say_what_torch_optim_says_too(cls, kw, words):
     assert str(ours.value).startswith(f"{cls}: ")
     with pytest.raises(ValueError, match=words):
         getattr(torch.optim, cls)(p, **kw)
+
+
+def _uncoalesced_sparse(shape, gen):
+    """A sparse gradient with repeated indices (torch adds them up), as torch's own tests use."""
+    rows = torch.randint(0, shape[0], (7,), generator=gen)
+    values = torch.randn(7, *shape[1:], generator=gen)
+    return torch.sparse_coo_tensor(rows[None], values, shape)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw"),
+    [
+        ("SGD", dict(lr=0.1)),
+        ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+        ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, maximize=True)),
+        ("Adagrad", dict(lr=0.1)),
+        ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1, maximize=True)),
+    ],
+)
+def test_sparse_gradients_where_torch_takes_them(cls, kw):
+    """SGD and Adagrad take sparse gradients (uncoalesced, beside dense ones in the same group)
+    and give torch's numbers; so does an nn.Embedding(sparse=True) trained through them."""
+    gen = torch.Generator().manual_seed(31)
+    a, b = twins(make_params(torch.float32, shapes=[(10, 4), (6,)]))
+    oa, ob = getattr(go, cls)(a, **kw), getattr(torch.optim, cls)(b, **kw)
+    for _ in range(6):
+        sparse = _uncoalesced_sparse((10, 4), gen)
+        dense = torch.randn(6, generator=gen)
+        a[0].grad, b[0].grad = sparse.clone(), sparse.clone()
+        a[1].grad, b[1].grad = dense.clone(), dense.clone()
+        oa.step()
+        ob.step()
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(20, 3, sparse=True)
+    ref = torch.nn.Embedding(20, 3, sparse=True)
+    ref.load_state_dict(emb.state_dict())
+    oa, ob = (
+        getattr(go, cls)(emb.parameters(), **kw),
+        getattr(torch.optim, cls)(ref.parameters(), **kw),
+    )
+    for _ in range(4):
+        ids = torch.randint(0, 20, (8,), generator=gen)
+        for model, opt in ((emb, oa), (ref, ob)):
+            opt.zero_grad()
+            model(ids).square().sum().backward()
+            assert model.weight.grad.is_sparse
+            opt.step()
+    torch.testing.assert_close(emb.weight, ref.weight, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw", "words"),
+    [
+        (
+            "Adam",
+            dict(lr=0.1),
+            "Adam does not support sparse gradients, please consider SparseAdam",
+        ),
+        ("AdamW", dict(lr=0.1), "does not support sparse gradients"),
+        ("RMSprop", dict(lr=0.1), "RMSprop does not support sparse gradients"),
+        ("Adagrad", dict(lr=0.1, weight_decay=0.1), "weight_decay option is not compatible"),
+        ("SGD", dict(lr=0.1, weight_decay=0.1), "not compatible with sparse gradients"),
+    ],
+)
+def test_sparse_gradients_are_refused_where_torch_refuses_them(cls, kw, words):
+    p = torch.nn.Parameter(torch.randn(5, 3))
+    opt = getattr(go, cls)([p], **kw)
+    p.grad = torch.randn(5, 3).to_sparse()
+    with pytest.raises(RuntimeError, match=words):
+        opt.step()
+    assert p.grad.is_sparse

@@ -49,6 +49,7 @@ class Adagrad(Optimizer):
     """
 
     rule = staticmethod(adagrad)
+    sparse_grads = True
 
     def __init__(
         self,

@@ -175,6 +175,8 @@ class Optimizer(torch.optim.Optimizer):
     rule: ClassVar[engine.Rule]
     #: whether the algorithm keeps PyTorch's per-parameter ``state["step"]`` tensor
     has_step: ClassVar[bool] = True
+    #: whether sparse gradients are taken, as torch's class takes them (SGD, Adagrad)
+    sparse_grads: ClassVar[bool] = False
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         name = type(self).__name__
@@ -462,8 +464,7 @@ class Optimizer(torch.optim.Optimizer):
         for p in seg.params:
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            grad = self._dense(p.grad, group) if p.grad.layout != torch.strided else p.grad
             new = not self._has_state(p, names)
             if new:
                 state = self.state[p]
@@ -478,13 +479,29 @@ class Optimizer(torch.optim.Optimizer):
                 step = 1 if new else 2  # only "first update or not" matters without a counter
             if p.is_complex():  # as PyTorch: a complex number is a pair of real numbers
                 parts = {n: as_real(v) for n, v in state.items()}
-                self._update(as_real(p), as_real(p.grad), parts, step, group)
+                self._update(as_real(p), as_real(grad), parts, step, group)
                 continue
-            self._update(p, p.grad, state, step, group)
+            self._update(p, grad, state, step, group)
         if seg.steps is not None:
             seg.step = None  # step counts may now differ between parameters
         if seg.flattenable and not seg.flat and all(self._has_state(p, names) for p in seg.params):
             engine.flatten(seg, self.state, names, self.has_step)
+
+    def _dense(self, grad: Tensor, group: dict) -> Tensor:
+        """A sparse gradient (``nn.Embedding(sparse=True)``) as the dense one it stands for,
+        where torch's class takes sparse gradients (duplicate indices add up, as in torch).
+        Every element it leaves out is a zero gradient, so the update is torch's to float
+        rounding; the dense copy lives only during the step. Refused as torch refuses it."""
+        name = type(self).__name__
+        if not type(self).sparse_grads:
+            hint = ", please consider SparseAdam instead" if "Adam" in name else ""
+            raise RuntimeError(f"{name} does not support sparse gradients{hint}")
+        if group.get("weight_decay", 0) != 0:
+            raise RuntimeError(
+                f"{name}: weight_decay option is not compatible with sparse gradients; "
+                f"received weight_decay={group['weight_decay']}"
+            )
+        return grad.to_dense()
 
     def _has_state(self, p: Tensor, names: list[str]) -> bool:
         state = self.state.get(p, {})

@@ -154,11 +154,13 @@ class Segment:
                 grads = list(map(_GRAD, self.small_params))
                 if not all(map(operator.is_not, grads, itertools.repeat(None))):
                     return None
+                if any(g.layout != torch.strided for g in grads):
+                    return None  # a sparse gradient: the per-tensor path
                 torch._foreach_copy_(self.small_views, grads)
             pieces.append((slice(0, self.small), self.grad[: self.small]))
         for p, sl in self.large:
             g = p.grad
-            if g is None:
+            if g is None or g.layout != torch.strided:
                 return None
             pieces.append((sl, g.view(-1) if g.is_contiguous() else g.reshape(-1)))
         return pieces

@@ -67,6 +67,7 @@ class SGD(Optimizer):
     """
 
     rule = staticmethod(sgd)
+    sparse_grads = True
     has_step = False
 
     def __init__(

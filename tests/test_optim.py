@@ -1406,3 +1406,22 @@ def test_sparse_gradients_are_refused_where_torch_refuses_them(cls, kw, words):
     with pytest.raises(RuntimeError, match=words):
         opt.step()
     assert p.grad.is_sparse
+
+
+def test_fused_true_on_meta_parameters_is_refused_at_step():
+    """fused=True with parameters on the meta device: step() raises torch's error (its words),
+    as torch.optim's fused classes do; on real parameters the same construction steps."""
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    opt = go.Adam(model.parameters(), fused=True)
+    with torch.device("meta"):
+        for p in model.parameters():
+            p.grad = torch.rand_like(p)
+    with pytest.raises(RuntimeError, match="`fused=True` requires all the params to be floating"):
+        opt.step()
+    with pytest.raises(RuntimeError, match="`fused=True` requires all the params to be floating"):
+        torch.optim.Adam(model.parameters(), fused=True).step()
+    real = torch.nn.Parameter(torch.randn(3))
+    real.grad = torch.randn(3)
+    go.Adam([real], fused=True, lr=0.1).step()
+    assert torch.isfinite(real).all()

@@ -343,6 +343,8 @@ class Optimizer(torch.optim.Optimizer):
         return cached[1]
 
     def _step_segment(self, seg: engine.Segment, group: dict) -> None:
+        if group.get("fused") is True:
+            _check_fusable(seg.params[0])
         layout = seg.layout() if seg.flat else engine.Segment.MOVED
         if seg.flat and layout == engine.Segment.MOVED:
             seg.flat = False  # a parameter was moved or replaced: flatten again once possible
@@ -538,6 +540,21 @@ def _shape(value):
     if isinstance(value, tuple | list):
         return tuple(map(_shape, value))
     return (type(value).__name__, id(value))  # e.g. a tensor: never mistaken for another
+
+
+#: device types whose parameters ``fused=True`` takes, as torch.optim's fused implementations
+FUSED_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "hpu", "mtia")
+
+
+def _check_fusable(param: Tensor) -> None:
+    """``fused=True`` on parameters no fused update serves (a meta tensor, an integer one) is
+    refused as torch.optim refuses it, with its words."""
+    if param.device.type not in FUSED_DEVICE_TYPES or not param.is_floating_point():
+        raise RuntimeError(
+            "`fused=True` requires all the params to be floating point Tensors of supported "
+            f"devices: {list(FUSED_DEVICE_TYPES)}; received a {param.dtype} parameter on "
+            f"{param.device.type}"
+        )
 
 
 def as_real(t: Tensor) -> Tensor:

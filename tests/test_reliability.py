@@ -16,6 +16,7 @@ import math
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -1632,3 +1633,26 @@ def test_an_option_the_optimizer_ignores_is_refused_from_flags_toml_and_resume(
     assert_one_line_error(done.stderr, rf"{option}=.* has no effect with optimizer='{optimizer}'")
     if how != "resume":
         assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_run_that_learned_nothing_is_not_reported_as_a_success(tmp_path):
+    """A run that ends without a NaN but with an exploding loss (--lr 1e6) prints its summary,
+    keeps its folder and exits 2 with one line saying so; a classifier at chance accuracy
+    (too few epochs, or a rate too small) finishes with a warning line saying that."""
+    out = tmp_path / "run"
+    done = CliRunner().invoke(cli, ["train", "--lr", "1e6", "--epochs", "2", "--out", str(out)])
+    assert done.exit_code == 2, done.output
+    line = assert_one_line_error(
+        done.stderr, r"the model did not learn: the training loss grew from .* to .* in the last"
+    )
+    assert "gradwise lr-find" in line and str(out) in line
+    assert (out / "metrics.csv").exists() and (out / "checkpoint.pt").exists()
+
+    args = ["--optimizer", "sgd", "--lr", "1e-9", "--epochs", "1", "--out", str(tmp_path / "b")]
+    done = CliRunner().invoke(cli, ["train", *args])
+    assert done.exit_code == 0, done.output
+    assert re.search(
+        r"gradwise: warning: the model did not learn: test accuracy .* no better than always "
+        r"answering the most common class",
+        done.stderr,
+    ), done.stderr

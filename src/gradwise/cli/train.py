@@ -85,7 +85,7 @@ def train_command(out, resume_dir, no_progress, nproc, dist_timeout, **options):
     from gradwise.train import checkpoint as ckpt
     from gradwise.train import distributed
     from gradwise.train.faults import Diverged
-    from gradwise.train.run import load_run_config, run
+    from gradwise.train.run import at_chance, load_run_config, loss_grew, run
 
     launched = distributed.env_world_size() > 1
     if nproc is not None and launched:
@@ -142,6 +142,14 @@ def train_command(out, resume_dir, no_progress, nproc, dist_timeout, **options):
         ) from None
     if main_rank:
         _print_summary(result)
+        hint = "Try a smaller --lr (gradwise lr-find suggests one) or another --optimizer"
+        kept = f"; the run is kept in {out}" if out is not None else ""
+        grew = loss_grew(result)
+        if grew is not None:  # diverged without a NaN: not a success
+            raise GradwiseError(f"the model did not learn: {grew}. {hint}{kept}")
+        chance = at_chance(result)
+        if chance is not None:  # maybe too few epochs, maybe a bad rate: said, not hidden
+            click.echo(f"gradwise: warning: the model did not learn: {chance}. {hint}", err=True)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.optim import optimizer as torch_optimizer
 
 from gradwise import checks
-from gradwise.optim import compiled, engine, kernels
+from gradwise.optim import compiled, engine, kernel_args, kernels
 
 #: The words of torch.optim's own argument checks, which code written against torch (PyTorch's
 #: optimizer test suite among it) looks for: gradwise's message adds them in parentheses.
@@ -415,7 +415,7 @@ class Optimizer(torch.optim.Optimizer):
         plan = seg.kernel_plans.get(pieces)
         if plan is not None and (plan[0] == options or plan[1] == _signature(group)):
             plan[0] = options  # a new learning rate, say: the same kernel, new scalars
-            return functools.partial(plan[2], kernels.values_at(args, plan[3]))
+            return functools.partial(plan[2], kernel_args.values_at(args, plan[3]))
         rule = type(self).rule
         try:
             if kernels.compiled_here(device):
@@ -442,7 +442,7 @@ class Optimizer(torch.optim.Optimizer):
                     return 0
 
         else:
-            scalars = kernels.Scalars(len(values), kernels.scalar_dtype(grad.dtype))
+            scalars = kernel_args.Scalars(len(values), kernel_args.scalar_dtype(grad.dtype))
 
             def run(values: list[float], targets: list) -> int:
                 filled = scalars.filled(values)
@@ -457,7 +457,7 @@ class Optimizer(torch.optim.Optimizer):
                 return len(targets)
 
         # chosen once for these options: later steps only read the scalars' new values
-        seg.kernel_plans[pieces] = [options, _signature(group), run, kernels.split(args)[1]]
+        seg.kernel_plans[pieces] = [options, _signature(group), run, kernel_args.split(args)[1]]
         return functools.partial(run, values)
 
     def _step_each(self, seg: engine.Segment, group: dict) -> None:
@@ -528,7 +528,7 @@ class Optimizer(torch.optim.Optimizer):
 
 def _signature(group: dict) -> tuple:
     """What of a group's options shapes its kernel: flags, dtypes, and which numbers are zero
-    (the numbers themselves are the kernel's runtime scalars, see ``kernels.split``)."""
+    (the numbers themselves are the kernel's runtime scalars, see ``kernel_args.split``)."""
     return tuple((key, _shape(value)) for key, value in group.items() if key != "params")
 
 

@@ -1,7 +1,7 @@
 """Kernels compiled in this process by ``torch.compile``: the CUDA path (Inductor → Triton).
 
 The same ``update()`` and rule as the CPU's ahead-of-time kernels (:mod:`kernels`), with the same
-runtime scalars (:func:`kernels.split`), compiled where they run: on CUDA, loading an
+runtime scalars (:func:`kernel_args.split`), compiled where they run: on CUDA, loading an
 AOTInductor package crashed the process (torch 2.11), while ``torch.compile``'s own path is the
 one PyTorch users run every day. One call updates all of a step's pieces (the gathered small
 tensors and each large gradient where backward left it); Inductor may launch them together
@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from gradwise.optim import kernels
+from gradwise.optim import kernel_args, kernels
 
 
 def jit(
@@ -41,7 +41,7 @@ def jit(
     cache holds it; it happens once per process, at the step that first needs it. An error or
     a kernel that disagrees with the eager update raises (the caller turns kernels off)."""
     names = tuple(sorted(state))
-    static, slots, values = kernels.split(args)
+    static, slots, values = kernel_args.split(args)
     dtypes = (param.dtype, grad.dtype, *(state[n].dtype for n in names))
     memo = ("jit", pieces, rule, update, names, repr(static), tuple(slots), param.device, dtypes)
     memo += (COMBO_KERNELS,)
@@ -49,7 +49,7 @@ def jit(
     if kernel is None:
         if missing == kernels.SKIP:
             return None
-        module = kernels.Update(update, rule, names, static, slots)
+        module = kernel_args.Update(update, rule, names, static, slots)
         kernel = kernels.keep(memo, _compile_checked(module, pieces, values, param.device, dtypes))
     return kernel, values
 
@@ -61,7 +61,7 @@ SCALAR_PLACES = ("cpu", "device")
 
 def _scalars_on(place: str, values: list[float], device: torch.device, dtype: torch.dtype):
     if place == "cpu" or not values:
-        return kernels.scalar_tensors(values, torch.device("cpu"), dtype)
+        return kernel_args.scalar_tensors(values, torch.device("cpu"), dtype)
     host = torch.tensor(values, dtype=dtype)
     if device.type == "cuda":
         host = host.pin_memory()  # a copy that does not wait for the GPU
@@ -69,13 +69,17 @@ def _scalars_on(place: str, values: list[float], device: torch.device, dtype: to
 
 
 def _compile_checked(
-    module: kernels.Update, pieces: int, values: list[float], device: torch.device, dtypes: tuple
+    module: kernel_args.Update,
+    pieces: int,
+    values: list[float],
+    device: torch.device,
+    dtypes: tuple,
 ) -> Callable:
     """``torch.compile`` of ``module`` applied to ``pieces`` pieces, checked against the eager
     update on small pieces laid out as a segment's are; the first place of the scalars
     (:data:`SCALAR_PLACES`) that compiles and agrees is kept."""
     width = 2 + len(module.names)
-    scalar_type = kernels.scalar_dtype(dtypes[0])
+    scalar_type = kernel_args.scalar_dtype(dtypes[0])
 
     def inputs():
         """Pieces as in a segment: piece 0 at the start of the flat buffers with its gradient
@@ -128,7 +132,7 @@ def _calling(
     scalar_type: torch.dtype,
 ) -> Callable:
     """``kernel(targets, values)`` around a compiled function whose scalars live at ``place``."""
-    held = kernels.Scalars(count, scalar_type) if place == "cpu" else None
+    held = kernel_args.Scalars(count, scalar_type) if place == "cpu" else None
 
     def kernel(targets, values) -> int:
         tensors = [t for p, g, st in targets for t in (p, g, *(st[n] for n in names))]
@@ -142,7 +146,7 @@ def _calling(
     return kernel
 
 
-def _compiled_function(module: kernels.Update, pieces: int, width: int) -> Callable:
+def _compiled_function(module: kernel_args.Update, pieces: int, width: int) -> Callable:
     """``torch.compile`` of a function of its own that runs ``module`` on each piece.
 
     Its own: Dynamo keeps its compiled code and guards on the function's code object, with a

@@ -1,9 +1,9 @@
 """Fused kernels: the same update, compiled ahead of time into one pass over memory, cached on disk.
 
-One concern, the kernels themselves: what a kernel takes (:func:`split`, :class:`Update`,
-:class:`Scalars`), where kernels may run (:data:`PROVEN_TORCH`, :data:`DEVICES`), and the CPU's
-ahead-of-time kernels, built, checked, cached and loaded. CUDA's kernels, compiled in the
-process, are in :mod:`gradwise.optim.compiled`.
+This module: where kernels may run (:data:`PROVEN_TORCH`, :data:`DEVICES`), and the CPU's
+ahead-of-time kernels, built, checked, cached and loaded. What a kernel takes is
+:mod:`gradwise.optim.kernel_args`; CUDA's kernels, compiled in the process, are
+:mod:`gradwise.optim.compiled`.
 
 The eager path runs a rule as a handful of tensor operations, each a pass over the (chunked)
 buffers. A *kernel* is that same Python code — ``update()`` and the rule it calls — exported with
@@ -13,7 +13,7 @@ writes it once. Nothing is written twice: the kernel is traced from the rule its
 Every number enters as a 0-d tensor (float32, or float64 for float64 parameters): what varies
 from step to step (the learning rate, bias corrections, the decoupled-decay factor, the L1
 threshold) and the hyperparameters alike (``betas``, ``eps``, ``momentum``, ...), so that a new
-value never means a new build (see :func:`split`); the flat buffers' length is a dynamic
+value never means a new build (see :func:`kernel_args.split`); the flat buffers' length is a dynamic
 dimension. What is baked in and part of the cache key: flags, which numbers are zero, dtypes, the
 device type, together with the torch build, the source code of
 ``update`` and the rule, and the CPU (model and instruction-set flags: kernels are compiled for
@@ -65,6 +65,7 @@ import torch
 from torch import Tensor
 
 from gradwise import __version__
+from gradwise.optim.kernel_args import Update, scalar_dtype, scalar_tensors, split
 
 _loaded: dict[tuple, Callable] = {}
 _absent: set[tuple] = set()  # kernels looked for (not to be built) and not on disk
@@ -167,99 +168,6 @@ def disable(error: BaseException | str) -> None:
         RuntimeWarning,
         stacklevel=4,
     )
-
-
-def _is_scalar(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-#: in a kernel's constants, a value that is one of its runtime scalars
-RUNTIME = "<runtime>"
-
-
-def split(args: dict) -> tuple[dict, list[tuple], list[float]]:
-    """``update``'s keyword arguments as (constants, where the scalars go, their values).
-
-    Every number is a runtime scalar of the kernel — the step's coefficients, ``shrink``,
-    ``l1_threshold``, and the hyperparameters (``betas``, ``eps``, ``momentum``, ...) — so that
-    a new value never means a new build. Only a zero stays a constant (written ``0``, not
-    :data:`RUNTIME`): rules branch on whether e.g. ``momentum`` is zero, never on its value.
-    Flags and dtypes are constants."""
-    static = {k: dict(v) if isinstance(v, dict) else v for k, v in args.items()}
-    slots: list[tuple] = []
-    values: list[float] = []
-
-    def runtime(path: tuple, value) -> bool:
-        if not _is_scalar(value) or (value == 0 and path[0] != "coefficients"):
-            return False
-        slots.append(path)
-        values.append(float(value))
-        return True
-
-    for key in ("coefficients", "hyperparameters"):
-        for name, value in args[key].items():
-            if isinstance(value, tuple):
-                static[key][name] = tuple(
-                    RUNTIME if runtime((key, name, i), v) else v for i, v in enumerate(value)
-                )
-            elif runtime((key, name), value):
-                static[key][name] = RUNTIME
-    for key in ("weight_decay", "shrink", "l1_threshold"):
-        if runtime((key,), args[key]):
-            static[key] = RUNTIME
-    return static, slots, values
-
-
-def values_at(args: dict, slots: list[tuple]) -> list[float]:
-    """The runtime scalars' values in ``args``, at the places :func:`split` found them (cheaper
-    than splitting again, for a kernel already chosen)."""
-    values = []
-    for path in slots:
-        value = args[path[0]]
-        for key in path[1:]:
-            value = value[key]
-        values.append(float(value))
-    return values
-
-
-class Scalars:
-    """A kernel's runtime scalars as 0-d CPU tensors, written in place each step: one buffer
-    and its views, made once (a new tensor a step cost ~10 µs). A kernel reads them when it is
-    called (on CUDA, Inductor passes them to the GPU kernel as arguments at its launch), so
-    the next step may overwrite them."""
-
-    def __init__(self, count: int, dtype: torch.dtype) -> None:
-        self.buffer = torch.zeros(count, dtype=dtype)
-        self.views = list(self.buffer.unbind())
-        self.array = self.buffer.numpy()
-
-    def filled(self, values: list[float]) -> list[Tensor]:
-        self.array[:] = values
-        return self.views
-
-
-class Update(torch.nn.Module):
-    """``update(rule, param, grad, state, **args)`` with tensors only as positional inputs: the
-    constants of :func:`split`, with its runtime scalars put back in their places."""
-
-    def __init__(self, update, rule, names, static, slots):
-        super().__init__()
-        self.update, self.rule, self.names = update, rule, names
-        self.static, self.slots = static, slots
-
-    def forward(self, param: Tensor, grad: Tensor, *rest: Tensor) -> None:
-        state = dict(zip(self.names, rest[: len(self.names)]))
-        args = {k: dict(v) if isinstance(v, dict) else v for k, v in self.static.items()}
-        for path, value in zip(self.slots, rest[len(self.names) :]):
-            if len(path) == 1:
-                args[path[0]] = value
-            elif len(path) == 2:
-                args[path[0]][path[1]] = value
-            else:
-                items = list(args[path[0]][path[1]])
-                items[path[2]] = value
-                args[path[0]][path[1]] = tuple(items)
-        self.update(self.rule, param, grad, state, **args)
 
 
 @functools.cache
@@ -607,14 +515,3 @@ def _build(path: Path, module, param, grad, state, names, values) -> None:
         warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
         torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
     os.replace(tmp, path)
-
-
-def scalar_tensors(values: list[float], device: torch.device, dtype: torch.dtype) -> list[Tensor]:
-    # one tensor and its 0-d views: one allocation (and, on a GPU, one copy) instead of one each
-    return list(torch.tensor(values, dtype=dtype, device=device).unbind()) if values else []
-
-
-def scalar_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of a kernel's runtime scalars: float64 for float64 parameters, else float32
-    (float64 scalars made the compiled loop convert each of them on every iteration)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32

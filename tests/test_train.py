@@ -528,24 +528,8 @@ def test_fit_chooses_its_threads_and_gives_them_back(monkeypatch):
         return torch.nn.functional.mse_loss(out, y)
 
     x, y = torch.randn(16, 3), torch.randn(16, 1)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        for threads, expected in ((None, 1), (3, 3)):
-            seen.clear()
-            fit(
-                torch.nn.Linear(3, 1),
-                (x, y),
-                loss=loss,
-                epochs=1,
-                batch_size=8,
-                metrics=(),
-                progress=False,
-                threads=threads,
-            )
-            assert set(seen) == {expected} and torch.get_num_threads() == 2
-        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+
+    def threads_seen(**kw) -> set[int]:
         seen.clear()
         fit(
             torch.nn.Linear(3, 1),
@@ -555,9 +539,19 @@ def test_fit_chooses_its_threads_and_gives_them_back(monkeypatch):
             batch_size=8,
             metrics=(),
             progress=False,
+            **kw,
         )
-        assert set(seen) == {2}
+        return set(seen)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert threads_seen() == {1} and torch.get_num_threads() == 2
+        assert threads_seen(threads=3) == {3} and torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert threads_seen() == {2}
         with pytest.raises(ValueError, match="threads must be an integer >= 1"):
-            fit(torch.nn.Linear(3, 1), (x, y), loss=loss, epochs=1, threads=0, batch_size=8)
+            threads_seen(threads=0)
     finally:
         torch.set_num_threads(before)

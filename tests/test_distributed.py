@@ -315,6 +315,29 @@ def _fsdp2_steps(model: nn.Module, make, x, y, rank: int = 0, world: int = 1) ->
         opt.step()
 
 
+def _ddp_bucket_view_steps(make, set_to_none: bool, rank: int) -> dict:
+    """Five plain-loop steps under ``DDP(gradient_as_bucket_view=True)``: the weights, and
+    whether each step's gradients were still views of DDP's buckets (gradwise left them there)."""
+    model = _model(_data()[0], dropout=0.0)
+    ddp = nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True)
+    opt = make(ddp.parameters())
+    x, y = _data()[1]
+    places = []
+    for step in range(5):
+        xb, yb = x[64 * step : 64 * (step + 1)], y[64 * step : 64 * (step + 1)]
+        opt.zero_grad(set_to_none=set_to_none)
+        zeroed = {
+            p.grad.untyped_storage().data_ptr() for p in model.parameters() if p.grad is not None
+        }
+        nn.functional.cross_entropy(
+            ddp(xb.tensor_split(2)[rank]), yb.tensor_split(2)[rank]
+        ).backward()
+        opt.step()
+        stepped = {p.grad.untyped_storage().data_ptr() for p in model.parameters()}
+        places.append(sorted(zeroed | stepped))
+    return {"model": model.state_dict(), "places": places}
+
+
 def _worker(out: Path) -> None:
     """Run by each of 2 processes under ``torch.distributed.run`` (``python this_file OUT``)."""
     from torch.distributed.optim import ZeroRedundancyOptimizer
@@ -340,6 +363,14 @@ def _worker(out: Path) -> None:
         _fit(_model(data), train, val, bucket_views)
     except ValueError as e:
         results["zero_bucket_views"] = str(e)
+    results["ddp_bucket_views"] = {
+        (name, set_to_none): _ddp_bucket_view_steps(make, set_to_none, rank)
+        for name, make in (
+            ("torch", lambda p: torch.optim.Adam(p, lr=1e-2)),
+            ("gradwise", lambda p: go.Adam(p, lr=1e-2)),
+        )
+        for set_to_none in (True, False)
+    }
     try:
         from torch.distributed.fsdp import fully_shard
     except ImportError as e:
@@ -419,6 +450,22 @@ def test_zero_with_parameters_as_bucket_views_is_refused(worker):
     refuses the pair instead of training wrongly."""
     results, _ = worker
     assert "parameters_as_bucket_view=False" in results["zero_bucket_views"]
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_ddp_with_gradients_as_bucket_views(worker, set_to_none):
+    """``DDP(gradient_as_bucket_view=True)``: gradients are views of DDP's buckets, which its
+    all-reduce reads. gradwise's Adam matches torch's, and ``zero_grad()`` leaves the gradients
+    in the buckets (once DDP has rebuilt them after the first step, always the same one
+    place) instead of moving them into its own buffer for DDP to copy back."""
+    results, _ = worker
+    ref = results["ddp_bucket_views"][("torch", set_to_none)]
+    got = results["ddp_bucket_views"][("gradwise", set_to_none)]
+    for name, value in ref["model"].items():
+        torch.testing.assert_close(got["model"][name], value, rtol=0, atol=0)
+    for result in (ref, got):  # after DDP's rebuild of its buckets at the first step
+        assert all(len(places) == 1 for places in result["places"][2:])  # one bucket
+        assert result["places"][2:] == [result["places"][2]] * 3
 
 
 def test_gradwise_optimizers_on_fsdp2_dtensor_parameters_match_unsharded(worker):

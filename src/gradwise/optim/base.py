@@ -290,8 +290,10 @@ class Optimizer(torch.optim.Optimizer):
 
         With ``set_to_none=False``, gradients that exist become zeroed views into the segment's
         flat gradient buffer, so that the next ``backward()`` accumulates straight into it (one
-        ``zero_()`` for the whole segment, and no gather at ``step()``). Gradients that are
-        ``None`` stay ``None``, as in PyTorch.
+        ``zero_()`` for the whole segment, and no gather at ``step()``). A gradient that is
+        already a view into someone else's buffer stays where it is, zeroed: DDP's
+        ``gradient_as_bucket_view=True`` buckets, which its all-reduce needs, are not fought
+        over. Gradients that are ``None`` stay ``None``, as in PyTorch.
         """
         if set_to_none:
             _torch_zero_grad(self, set_to_none=True)
@@ -299,21 +301,17 @@ class Optimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for seg in self._group_segments(group):
                 layout = seg.layout() if seg.flat else engine.Segment.MOVED
-                if layout != engine.Segment.MOVED:
-                    seg.use_grad_views()
-                    seg.grad.zero_()
-                    if layout == engine.Segment.FLAT:
-                        for p, view in zip(seg.params, seg.grad_views):
-                            if p.grad is not None and p.grad is not view:
-                                p.grad = view
+                if layout == engine.Segment.MOVED or _placed_elsewhere(seg):
+                    for p in seg.params:
+                        if p.grad is not None:
+                            _zero_in_place(p.grad)
                     continue
-                for p in seg.params:
-                    if p.grad is not None:
-                        if p.grad.grad_fn is not None:
-                            p.grad.detach_()
-                        else:
-                            p.grad.requires_grad_(False)
-                        p.grad.zero_()
+                seg.use_grad_views()
+                seg.grad.zero_()
+                if layout == engine.Segment.FLAT:
+                    for p, view in zip(seg.params, seg.grad_views):
+                        if p.grad is not None and p.grad is not view:
+                            p.grad = view
 
     def step(self, closure=None):
         """One update of every parameter that has a gradient; returns the closure's loss."""
@@ -524,6 +522,25 @@ class Optimizer(torch.optim.Optimizer):
             hyperparameters=self.hyperparameters(group),
             coefficients=self.coefficients(group, step),
         )
+
+
+def _placed_elsewhere(seg: engine.Segment) -> bool:
+    """Whether a gradient of ``seg`` is a view into another owner's buffer (DDP's
+    ``gradient_as_bucket_view=True`` buckets, which its all-reduce reads): then gradients stay
+    where their owner put them."""
+    ours = seg.grad if seg.whole_grad else None
+    return any(
+        p.grad is not None and p.grad._is_view() and p.grad._base is not ours for p in seg.params
+    )
+
+
+def _zero_in_place(grad: Tensor) -> None:
+    """``grad`` zeroed where it lies, as ``torch.optim.Optimizer.zero_grad(False)`` zeroes it."""
+    if grad.grad_fn is not None:
+        grad.detach_()
+    else:
+        grad.requires_grad_(False)
+    grad.zero_()
 
 
 def _signature(group: dict) -> tuple:

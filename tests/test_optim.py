@@ -611,6 +611,130 @@ def test_unsupported_modes_say_so():
         go.Adam([torch.nn.Parameter(torch.zeros(1))], capturable=True)
 
 
+# ------------------------------------------------------------------- differentiable=True
+
+
+def differentiable_step(cls, kw, warm_steps=3, tensor_lr=False):
+    """One ``differentiable=True`` step from a state warmed by ``warm_steps`` plain steps: the
+    new parameter and state, and the vector-Jacobian products of a fixed random cotangent with
+    respect to the old parameter, the gradient, the old state and (``tensor_lr``) the lr."""
+    gen = torch.Generator().manual_seed(0)
+    warm = torch.randn(5, 3, dtype=torch.float64, generator=gen).requires_grad_()
+    opt = cls([warm], **kw)
+    for _ in range(warm_steps):
+        warm.grad = torch.randn(5, 3, dtype=torch.float64, generator=gen)
+        opt.step()
+    names = [n for n in opt.state[warm] if n != "step"]
+    inputs = [warm.detach().clone().requires_grad_()]
+    inputs.append(torch.randn(5, 3, dtype=torch.float64, generator=gen).requires_grad_())
+    inputs += [opt.state[warm][n].detach().clone().requires_grad_() for n in names]
+    kw = dict(kw, differentiable=True)
+    if tensor_lr:
+        kw["lr"] = torch.tensor(kw["lr"], dtype=torch.float64, requires_grad=True)
+        inputs.append(kw["lr"])
+    param = inputs[0].clone()  # not a leaf: the step changes it in place, recorded
+    param.grad = inputs[1]
+    opt_d = cls([param], **kw)
+    opt_d.state[param].update({n: t.clone() for n, t in zip(names, inputs[2:])})
+    if "step" in opt.state[warm]:
+        opt_d.state[param]["step"] = opt.state[warm]["step"].clone()
+    opt_d.step()
+    outputs = [param] + [opt_d.state[param][n] for n in names]
+    cotangent = [torch.randn(o.shape, dtype=o.dtype, generator=gen) for o in outputs]
+    vjps = torch.autograd.grad(outputs, inputs, cotangent, allow_unused=True)
+    return [o.detach() for o in outputs], vjps
+
+
+#: the grid, with a tensor lr where torch's class takes one with differentiable=True
+DIFFERENTIABLE = [(*g, False) for g in GRID] + [
+    (*g, True) for g in GRID if g[0].startswith(("sgd", "adam"))
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "tcls", "kw", "tensor_lr"),
+    DIFFERENTIABLE,
+    ids=[f"{g[0]}{'-tensor-lr' if g[4] else ''}" for g in DIFFERENTIABLE],
+)
+@pytest.mark.parametrize("step_dtype", [torch.float64, torch.float32])
+def test_differentiable_step_has_torchs_values_and_gradients(
+    name, cls, tcls, kw, tensor_lr, step_dtype
+):
+    """``differentiable=True``: autograd records the step, and its vector-Jacobian products
+    with respect to θ, the gradient, every state tensor and a tensor lr equal torch.optim's.
+    The step counter's dtype follows the default dtype, as in torch; with a float32 counter
+    torch's Adam computes its bias corrections in float32, and so does gradwise's."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(step_dtype)
+    try:
+        want, want_vjps = differentiable_step(tcls, kw, tensor_lr=tensor_lr)
+        got, got_vjps = differentiable_step(cls, kw, tensor_lr=tensor_lr)
+    finally:
+        torch.set_default_dtype(previous)
+    tol = (
+        dict(rtol=1e-12, atol=1e-14) if step_dtype == torch.float64 else dict(rtol=1e-6, atol=1e-9)
+    )
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **tol)
+    assert len(got_vjps) == len(want_vjps)
+    for g, w in zip(got_vjps, want_vjps, strict=True):
+        assert (g is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(g, w, **tol)
+
+
+def meta_learning_lr_gradient(cls, lr: float, **kw) -> tuple[float, float]:
+    """Five differentiable steps of least squares from a learnable lr; the validation loss
+    after them and its derivative with respect to the lr."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (
+        torch.randn(20, 3, dtype=torch.float64, generator=gen),
+        torch.randn(20, dtype=torch.float64, generator=gen),
+    )
+    av, bv = (
+        torch.randn(20, 3, dtype=torch.float64, generator=gen),
+        torch.randn(20, dtype=torch.float64, generator=gen),
+    )
+    rate = torch.tensor(lr, dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True).clone()
+    opt = cls([w], lr=rate, differentiable=True, **kw)
+    for _ in range(5):
+        current = w.clone()  # the step changes w in place: the loss reads a copy
+        loss = ((a @ current - b) ** 2).mean()
+        (w.grad,) = torch.autograd.grad(loss, current, create_graph=True)
+        opt.step()
+    val = ((av @ w - bv) ** 2).mean()
+    (d_lr,) = torch.autograd.grad(val, rate)
+    return val.item(), d_lr.item()
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("Adam", {}),
+        ("AdamW", dict(weight_decay=0.1)),
+        ("SGD", dict(momentum=0.9)),
+        ("RMSprop", dict(momentum=0.5, centered=True)),
+        ("Adagrad", dict(lr_decay=0.01)),
+        ("Adam", dict(l1=1e-3)),
+    ],
+)
+def test_meta_learning_the_learning_rate(name, kw):
+    """The gradient of a validation loss with respect to the lr, through five steps, equals
+    the central finite difference of the same computation, and torch's where torch can take it
+    (torch's SGD with momentum cannot go through several steps, nor its RMSprop and Adagrad
+    take a tensor lr with differentiable=True)."""
+    cls, lr, h = getattr(go, name), 0.05, 1e-6
+    val, d_lr = meta_learning_lr_gradient(cls, lr, **kw)
+    up, _ = meta_learning_lr_gradient(cls, lr + h, **kw)
+    down, _ = meta_learning_lr_gradient(cls, lr - h, **kw)
+    assert d_lr == pytest.approx((up - down) / (2 * h), rel=1e-6)
+    if name in ("Adam", "AdamW") and "l1" not in kw:
+        assert (val, d_lr) == pytest.approx(
+            meta_learning_lr_gradient(getattr(torch.optim, name), lr, **kw), rel=1e-8
+        )  # both compute the bias corrections from a float32 step counter
+
+
 # ------------------------------------------------------------------------- property testing
 
 

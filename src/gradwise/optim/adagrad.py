@@ -38,7 +38,7 @@ def adagrad(
     """
     total = state["sum"]
     total.addcmul_(grad, grad, value=1)
-    root = total.add(eps).sqrt_() if eps_inside_sqrt else total.sqrt().add_(eps)
+    root = engine.sqrt_plus(total, eps, inside=eps_inside_sqrt)
     engine.sub_scaled_ratio_(param, grad, root, clr)
 
 

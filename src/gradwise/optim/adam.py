@@ -51,7 +51,7 @@ def adam(
     engine.addcmul_(exp_avg_sq.mul_(beta2), grad, grad, 1 - beta2)
     second = exp_avg_sq
     if amsgrad:
-        second = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+        second = engine.maximum_(state["max_exp_avg_sq"], exp_avg_sq)
     denom = engine.div_scalar(second.sqrt(), root_correction).add_(eps)
     engine.sub_scaled_ratio_(param, exp_avg, denom, step_size)
 
@@ -73,6 +73,7 @@ class Adam(Optimizer):
     """
 
     rule = staticmethod(adam)
+    recorded_step_tensor = True
 
     def __init__(
         self,

@@ -58,7 +58,8 @@ def l1_proximal_(param: Tensor, threshold: float | Tensor) -> None:
 
     θ ← sign(θ) · max(|θ| − threshold, 0)
     """
-    param.copy_(param.sign() * (param.abs() - threshold).clamp_(min=0))
+    source = param.clone() if torch.is_grad_enabled() else param  # recorded: see sqrt_plus
+    param.copy_(source.sign() * (source.abs() - threshold).clamp_(min=0))
 
 
 def update(
@@ -177,12 +178,16 @@ class Optimizer(torch.optim.Optimizer):
     has_step: ClassVar[bool] = True
     #: whether sparse gradients are taken, as torch's class takes them (SGD, Adagrad)
     sparse_grads: ClassVar[bool] = False
+    #: whether, with ``differentiable=True``, the step's coefficients come from the ``step``
+    #: tensor itself (in its dtype), as torch.optim's Adam computes its bias corrections then
+    recorded_step_tensor: ClassVar[bool] = False
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         name = type(self).__name__
         lr = _as_float(name, "lr", defaults["lr"])
         checks.at_least(name, "lr", lr, 0.0, also=torch_words("lr", lr))
-        defaults["lr"] = lr
+        if not (defaults.get("differentiable") and isinstance(defaults["lr"], Tensor)):
+            defaults["lr"] = lr  # a tensor lr stays one only where autograd differentiates it
         wd = defaults.get("weight_decay", 0.0)
         checks.at_least(name, "weight_decay", wd, 0.0, also=torch_words("weight_decay", wd))
         checks.at_least(name, "l1", defaults.get("l1", 0.0), 0.0)
@@ -195,7 +200,7 @@ class Optimizer(torch.optim.Optimizer):
                 f"{name}: state_dtype must be None or a floating torch.dtype such as "
                 f"torch.bfloat16; received state_dtype={state_dtype!r}"
             )
-        for flag in ("capturable", "differentiable"):
+        for flag in ("capturable",):
             if defaults.get(flag, False):
                 raise NotImplementedError(
                     f"{name}: {flag}=True is not supported by gradwise; received {flag}=True "
@@ -322,7 +327,8 @@ class Optimizer(torch.optim.Optimizer):
         # no_grad, without the decorator: ``@torch.no_grad()`` builds and enters a new context
         # object on every call (~1.7 µs of a 77 µs small-model step)
         grad_was_enabled = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)
+        # differentiable=True: autograd records the update (torch.optim does the same)
+        torch._C._set_grad_enabled(self.defaults.get("differentiable", False))
         try:
             for group in self.param_groups:
                 for seg in self._group_segments(group):
@@ -341,6 +347,9 @@ class Optimizer(torch.optim.Optimizer):
         return cached[1]
 
     def _step_segment(self, seg: engine.Segment, group: dict) -> None:
+        if group.get("differentiable"):
+            self._step_each(seg, group)  # never flattened: the graph holds the user's tensors
+            return
         if group.get("fused") is True:
             _check_fusable(seg.params[0])
         layout = seg.layout() if seg.flat else engine.Segment.MOVED
@@ -477,11 +486,16 @@ class Optimizer(torch.optim.Optimizer):
                 step = int(state["step"].item())
             else:
                 step = 1 if new else 2  # only "first update or not" matters without a counter
+            if group.get("differentiable"):
+                self._update_recorded(p, grad, state, step, group)
+                continue
             if p.is_complex():  # as PyTorch: a complex number is a pair of real numbers
                 parts = {n: as_real(v) for n, v in state.items()}
                 self._update(as_real(p), as_real(grad), parts, step, group)
                 continue
             self._update(p, grad, state, step, group)
+        if group.get("differentiable"):
+            return
         if seg.steps is not None:
             seg.step = None  # step counts may now differ between parameters
         if seg.flattenable and not seg.flat and all(self._has_state(p, names) for p in seg.params):
@@ -506,6 +520,32 @@ class Optimizer(torch.optim.Optimizer):
     def _has_state(self, p: Tensor, names: list[str]) -> bool:
         state = self.state.get(p, {})
         return all(n in state for n in names) and (not self.has_step or "step" in state)
+
+    def _update_recorded(
+        self, param: Tensor, grad: Tensor, state: dict, step: int, group: dict
+    ) -> None:
+        """``differentiable=True``: the update on copies of θ and its state, which autograd
+        records, written back with ``copy_`` (recorded too), so that the new θ and state are
+        differentiable functions of the old ones, the gradient and tensor hyperparameters.
+        The rule runs on the copies because it works in place, and autograd refuses to
+        differentiate through an in-place change of a tensor a step has saved."""
+        names = [n for n in state if n != "step"]
+        if param.is_complex():
+            param_in, grad, state_in = (
+                as_real(param),
+                as_real(grad),
+                {n: as_real(state[n]) for n in names},
+            )
+        else:
+            param_in, state_in = param, {n: state[n] for n in names}
+        new_param = param_in.clone()
+        new_state = {n: t.clone() for n, t in state_in.items()}
+        if type(self).recorded_step_tensor:
+            step = state["step"]
+        self._update(new_param, grad, new_state, step, group)
+        param_in.copy_(new_param)
+        for n, t in new_state.items():
+            state_in[n].copy_(t)
 
     def _update(self, param: Tensor, grad: Tensor, state: dict, step: int, group: dict) -> None:
         update(type(self).rule, param, grad, state, **self._update_args(group, step))

@@ -330,6 +330,23 @@ def lerp_(x: Tensor, end: Tensor, weight: float | Tensor) -> Tensor:
     return x.lerp_(end, weight)
 
 
+def sqrt_plus(x: Tensor, eps: float | Tensor, inside: bool = False) -> Tensor:
+    """``sqrt(x) + eps`` (``inside``: ``sqrt(x + eps)``), a new tensor. The second operation
+    works in place on the first's result, except while autograd records the update
+    (``differentiable=True``): ``sqrt``'s backward needs its result unchanged."""
+    if inside:
+        return x.add(eps).sqrt_()
+    root = x.sqrt()
+    return root + eps if torch.is_grad_enabled() else root.add_(eps)
+
+
+def maximum_(x: Tensor, y: Tensor) -> Tensor:
+    """``x ← max(x, y)`` elementwise, in place (recorded by autograd when it records)."""
+    if torch.is_grad_enabled():  # maximum's backward needs the old x: compare a copy
+        return x.copy_(torch.maximum(x.clone(), y))
+    return torch.maximum(x, y, out=x)
+
+
 def div_scalar(x: Tensor, divisor: float | Tensor) -> Tensor:
     """``x / divisor``, a new tensor (traced: times the divisor's reciprocal, computed once)."""
     if isinstance(divisor, Tensor):

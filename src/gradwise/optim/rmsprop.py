@@ -43,7 +43,7 @@ def rmsprop(
         grad_avg = state["grad_avg"]
         engine.lerp_(grad_avg, grad, 1 - alpha)
         second = square_avg.addcmul(grad_avg, grad_avg, value=-1)
-    root = second.add(eps).sqrt_() if eps_inside_sqrt else second.sqrt().add_(eps)
+    root = engine.sqrt_plus(second, eps, inside=eps_inside_sqrt)
     if engine.nonzero(momentum):  # momentum >= 0
         buf = state["momentum_buffer"]
         buf.mul_(momentum).addcdiv_(grad, root)

@@ -1549,3 +1549,8 @@ def test_fused_true_on_meta_parameters_is_refused_at_step():
     real.grad = torch.randn(3)
     go.Adam([real], fused=True, lr=0.1).step()
     assert torch.isfinite(real).all()
+    # the model materialized as new Parameters: the optimizer's meta ones, without gradients
+    # now, are not stepped, and so not refused (torch's suite does this)
+    opt.zero_grad(set_to_none=True)
+    model.to_empty(device="cpu")
+    opt.step()

@@ -350,8 +350,8 @@ class Optimizer(torch.optim.Optimizer):
         if group.get("differentiable"):
             self._step_each(seg, group)  # never flattened: the graph holds the user's tensors
             return
-        if group.get("fused") is True:
-            _check_fusable(seg.params[0])
+        if group.get("fused") is True and any(p.grad is not None for p in seg.params):
+            _check_fusable(seg.params[0])  # parameters without gradients are not stepped
         layout = seg.layout() if seg.flat else engine.Segment.MOVED
         if seg.flat and layout == engine.Segment.MOVED:
             seg.flat = False  # a parameter was moved or replaced: flatten again once possible

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradwise.optim as go
+from gradwise.optim import base
 
 # (name, gradwise class, torch class, kwargs): every option of every optimizer.
 GRID = [
@@ -606,9 +607,85 @@ def test_bad_hyperparameters_are_refused_with_a_clear_message(cls, kw, arg):
     assert "received" in message
 
 
-def test_unsupported_modes_say_so():
-    with pytest.raises(NotImplementedError, match="capturable"):
-        go.Adam([torch.nn.Parameter(torch.zeros(1))], capturable=True)
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop"])
+def test_capturable_on_the_cpu_is_refused_at_step_as_torch_refuses_it(name):
+    for cls in (getattr(go, name), getattr(torch.optim, name)):
+        w = torch.nn.Parameter(torch.zeros(2))
+        w.grad = torch.ones(2)
+        opt = cls([w], capturable=True)
+        with pytest.raises(AssertionError, match="If capturable=True, params and state_steps"):
+            opt.step()
+
+
+CAPTURABLE = [g for g in GRID if g[0].startswith(("adam", "rmsprop"))]
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), CAPTURABLE, ids=[g[0] for g in CAPTURABLE])
+def test_capturable_steps_from_the_counter_on_the_device(monkeypatch, name, cls, tcls, kw):
+    """``capturable=True`` reads the step counter where it lies (no ``.item()``): the numbers
+    are torch's capturable arithmetic, which its ``differentiable=True`` path shares (Adam's
+    bias corrections from the float32 counter). The CPU stands in for a CUDA device here;
+    test_cuda_graph_captures_a_capturable_step runs it on one."""
+    monkeypatch.setattr(base, "CAPTURABLE_DEVICE_TYPES", ["cpu"])
+    a, b = twins(make_params(torch.float32))
+    b = [t.detach() for t in b]  # torch's differentiable path changes them in place
+    oa, ob = cls(a, capturable=True, **kw), tcls(b, differentiable=True, **kw)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        for x, y in zip(a, b):
+            x.grad = torch.randn(x.shape, generator=gen)
+            y.grad = x.grad.clone()
+        oa.step()
+        ob.step()
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "item", lambda t: pytest.fail("capturable read a number back"))
+        oa.step()
+    ob.step()
+    assert not any(s.flat for cached in oa._segments.values() for s in cached[1])
+    assert_same_state(oa, ob, a, b, torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop"])
+def test_cuda_graph_captures_a_capturable_step(name):
+    """torch's recipe: warm up on a side stream, capture ``step()`` in a CUDA graph, replay
+    it with new gradients copied into the captured ones; the same numbers as torch's."""
+    results = []
+    for cls in (getattr(torch.optim, name), getattr(go, name)):
+        torch.manual_seed(0)
+        params = [torch.randn(s, device="cuda", requires_grad=True) for s in ((64, 33), (17,))]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt = cls(params, lr=0.01, capturable=True)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                opt.step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            opt.step()
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            for p in params:
+                p.grad.copy_(torch.randn(p.shape, generator=gen))
+            graph.replay()
+        torch.cuda.synchronize()
+        results.append([p.detach().cpu() for p in params])
+    for x, y in zip(*results, strict=True):
+        torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-7)
+
+
+def test_capture_without_capturable_is_refused_with_torchs_words():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    w = torch.zeros(4, device="cuda", requires_grad=True)
+    w.grad = torch.ones_like(w)
+    opt = go.Adam([w])
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="capturable is False"), torch.cuda.graph(graph):
+        opt.step()
 
 
 # ------------------------------------------------------------------- differentiable=True
@@ -1119,6 +1196,45 @@ def test_step_hooks_run_as_in_torch():
     opt.register_step_pre_hook(lambda o, a, k: "not a tuple")
     with pytest.raises(RuntimeError, match="must return None or a tuple"):
         opt.step()
+
+
+def test_state_dict_hooks_run_as_in_torch():
+    """state_dict pre/post hooks and load_state_dict pre/post hooks: a post hook may add an
+    entry (kept as it is, even one that is not a parameter's state), a load pre hook may edit
+    what is loaded; the numbers after the round trip are torch's."""
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = go.Adam([w], lr=0.1)
+    (w**2).sum().backward()
+    opt.step()
+    seen = []
+
+    def post(optimizer, sd):
+        sd["state"]["note"] = 7  # not a parameter's dict
+        return sd
+
+    def load_pre(optimizer, sd):
+        seen.append("load pre")
+        sd = copy.deepcopy(sd)
+        sd["state"].pop("note")
+        sd["param_groups"][0]["lr"] = 0.5
+        return sd
+
+    opt.register_state_dict_pre_hook(lambda o: seen.append("pre"))
+    opt.register_state_dict_post_hook(post)
+    sd = opt.state_dict()
+    assert seen == ["pre"] and sd["state"]["note"] == 7
+    other = go.Adam([torch.nn.Parameter(w.detach().clone())], lr=0.1)
+    other.register_load_state_dict_pre_hook(load_pre)
+    other.register_load_state_dict_post_hook(lambda o: seen.append("load post"))
+    other.load_state_dict(sd)
+    assert seen == ["pre", "load pre", "load post"]
+    assert other.param_groups[0]["lr"] == 0.5
+    ref = torch.optim.Adam([torch.nn.Parameter(torch.tensor([1.0, -2.0]))], lr=0.1)
+    (ref.param_groups[0]["params"][0] ** 2).sum().backward()
+    ref.step()
+    for name in ("exp_avg", "exp_avg_sq", "step"):
+        p_ref = ref.param_groups[0]["params"][0]
+        torch.testing.assert_close(other.state_dict()["state"][0][name], ref.state[p_ref][name])
 
 
 def test_step_is_named_in_the_profiler_and_torch_schedulers_see_it():

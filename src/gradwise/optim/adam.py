@@ -73,7 +73,7 @@ class Adam(Optimizer):
     """
 
     rule = staticmethod(adam)
-    recorded_step_tensor = True
+    coefficients_from_step_tensor = True
 
     def __init__(
         self,

@@ -178,9 +178,10 @@ class Optimizer(torch.optim.Optimizer):
     has_step: ClassVar[bool] = True
     #: whether sparse gradients are taken, as torch's class takes them (SGD, Adagrad)
     sparse_grads: ClassVar[bool] = False
-    #: whether, with ``differentiable=True``, the step's coefficients come from the ``step``
-    #: tensor itself (in its dtype), as torch.optim's Adam computes its bias corrections then
-    recorded_step_tensor: ClassVar[bool] = False
+    #: whether, with ``differentiable=True`` or ``capturable=True``, the step's coefficients
+    #: come from the ``step`` tensor itself (in its dtype, on its device), as torch.optim's Adam
+    #: computes its bias corrections then
+    coefficients_from_step_tensor: ClassVar[bool] = False
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         name = type(self).__name__
@@ -200,13 +201,9 @@ class Optimizer(torch.optim.Optimizer):
                 f"{name}: state_dtype must be None or a floating torch.dtype such as "
                 f"torch.bfloat16; received state_dtype={state_dtype!r}"
             )
-        for flag in ("capturable",):
-            if defaults.get(flag, False):
-                raise NotImplementedError(
-                    f"{name}: {flag}=True is not supported by gradwise; received {flag}=True "
-                    f"(use torch.optim.{name} for that mode)"
-                )
         self._segments: dict[int, tuple[list, list[engine.Segment]]] = {}
+        #: whether a CUDA graph may capture a step here (torch then checks ``capturable``)
+        self._may_capture = torch.backends.cuda.is_built() and torch.cuda.is_available()
         super().__init__(params, defaults)
 
     # ----------------------------------------------------------------- to be given by subclasses
@@ -218,8 +215,9 @@ class Optimizer(torch.optim.Optimizer):
         """A new parameter's state (zeros unless the algorithm says otherwise)."""
         dtype = group.get("state_dtype") or param.dtype
         state = {name: torch.zeros_like(param, dtype=dtype) for name in self.state_names(group)}
-        if self.has_step:
-            state["step"] = torch.tensor(0.0, dtype=_step_dtype())
+        if self.has_step:  # capturable: on the parameter's device, as torch keeps it then
+            device = param.device if group.get("capturable") else None
+            state["step"] = torch.tensor(0.0, dtype=_step_dtype(), device=device)
         return state
 
     def hyperparameters(self, group: dict) -> dict[str, Any]:
@@ -254,6 +252,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self._may_capture = torch.backends.cuda.is_built() and torch.cuda.is_available()
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -274,7 +273,11 @@ class Optimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             names = self.state_names(group)
             for seg in self._group_segments(group):
-                if seg.flattenable and all(self._has_state(p, names) for p in seg.params):
+                if (
+                    seg.flattenable
+                    and not _per_tensor(group)
+                    and all(self._has_state(p, names) for p in seg.params)
+                ):
                     engine.flatten(seg, self.state, names, self.has_step)
 
     def state_dict(self) -> dict:
@@ -330,6 +333,8 @@ class Optimizer(torch.optim.Optimizer):
         # differentiable=True: autograd records the update (torch.optim does the same)
         torch._C._set_grad_enabled(self.defaults.get("differentiable", False))
         try:
+            if self._may_capture:
+                self._cuda_graph_capture_health_check()  # torch's check, with its words
             for group in self.param_groups:
                 for seg in self._group_segments(group):
                     self._step_segment(seg, group)
@@ -347,8 +352,8 @@ class Optimizer(torch.optim.Optimizer):
         return cached[1]
 
     def _step_segment(self, seg: engine.Segment, group: dict) -> None:
-        if group.get("differentiable"):
-            self._step_each(seg, group)  # never flattened: the graph holds the user's tensors
+        if _per_tensor(group):  # never flattened: see _per_tensor
+            self._step_each(seg, group)
             return
         if group.get("fused") is True and any(p.grad is not None for p in seg.params):
             _check_fusable(seg.params[0])  # parameters without gradients are not stepped
@@ -481,9 +486,16 @@ class Optimizer(torch.optim.Optimizer):
                     state.setdefault(n, v)
             else:
                 state = self.state.get(p, {})
+            if group.get("capturable"):
+                _check_capturable(p, state.get("step"))
             if self.has_step:
                 state["step"] += 1
-                step = int(state["step"].item())
+                if group.get("capturable") or (
+                    group.get("differentiable") and type(self).coefficients_from_step_tensor
+                ):
+                    step = state["step"]  # on its device: no host sync in a captured step
+                else:
+                    step = int(state["step"].item())
             else:
                 step = 1 if new else 2  # only "first update or not" matters without a counter
             if group.get("differentiable"):
@@ -494,7 +506,7 @@ class Optimizer(torch.optim.Optimizer):
                 self._update(as_real(p), as_real(grad), parts, step, group)
                 continue
             self._update(p, grad, state, step, group)
-        if group.get("differentiable"):
+        if _per_tensor(group):
             return
         if seg.steps is not None:
             seg.step = None  # step counts may now differ between parameters
@@ -540,8 +552,6 @@ class Optimizer(torch.optim.Optimizer):
             param_in, state_in = param, {n: state[n] for n in names}
         new_param = param_in.clone()
         new_state = {n: t.clone() for n, t in state_in.items()}
-        if type(self).recorded_step_tensor:
-            step = state["step"]
         self._update(new_param, grad, new_state, step, group)
         param_in.copy_(new_param)
         for n, t in new_state.items():
@@ -561,6 +571,30 @@ class Optimizer(torch.optim.Optimizer):
             l1_threshold=lr * l1 if l1 else None,
             hyperparameters=self.hyperparameters(group),
             coefficients=self.coefficients(group, step),
+        )
+
+
+def _per_tensor(group: dict) -> bool:
+    """Whether a group runs the per-tensor path and is never flattened into the engine's
+    buffers: ``differentiable=True`` (autograd's graph holds the user's tensors) and
+    ``capturable=True`` (a CUDA graph holds their addresses; each step reads its counter on
+    the device)."""
+    return bool(group.get("differentiable") or group.get("capturable"))
+
+
+#: device types whose parameters ``capturable=True`` takes, as torch.optim's (CUDA graphs)
+CAPTURABLE_DEVICE_TYPES = ["cuda", "xpu", "hpu", "privateuseone", "xla"]
+
+
+def _check_capturable(param: Tensor, step: Tensor | None) -> None:
+    """``capturable=True`` on a device without graph capture (the CPU) is refused at step()
+    as torch.optim refuses it: an AssertionError with its words."""
+    devices = {param.device.type} | ({step.device.type} if step is not None else set())
+    if len(devices) != 1 or param.device.type not in CAPTURABLE_DEVICE_TYPES:
+        raise AssertionError(
+            "If capturable=True, params and state_steps must be on supported devices: "
+            f"{CAPTURABLE_DEVICE_TYPES}; received a parameter on {param.device.type}"
+            + (f" and its step on {step.device.type}" if step is not None else "")
         )
 
 

@@ -1523,6 +1523,45 @@ def test_a_checkpoint_whose_step_is_a_plain_number_loads(name, cls, tcls, kw):
     assert_same_state(oa, ob, a, b, torch.float32)
 
 
+#: param-group keys torch added after 1.8 (maximize 1.11, foreach/capturable 1.12,
+#: differentiable 1.13, fused 2.0, decoupled_weight_decay later), and gradwise's own
+NEWER_KEYS = (
+    "maximize",
+    "foreach",
+    "capturable",
+    "differentiable",
+    "fused",
+    "decoupled_weight_decay",
+    "l1",
+    "state_dtype",
+    "eps_inside_sqrt",
+)
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[::3], ids=IDS[::3])
+def test_a_checkpoint_from_torch_1_8_loads(name, cls, tcls, kw):
+    """torch 1.8's layout: a plain-number ``step`` and param groups without the keys later
+    versions added. It loads with each missing key at its default, and training goes on as
+    from torch's own class loading it."""
+    a, b = twins(make_params(torch.float32))
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    gen = torch.Generator().manual_seed(7)
+    run_lockstep(oa, ob, a, b, 3, gen)
+    old = ob.state_dict()
+    for group in old["param_groups"]:
+        for key in NEWER_KEYS:
+            if key not in kw:
+                group.pop(key, None)
+    for state in old["state"].values():
+        if "step" in state:
+            state["step"] = int(state["step"])
+    oa.load_state_dict(copy.deepcopy(old))
+    ob.load_state_dict(copy.deepcopy(old))
+    assert oa.param_groups[0]["maximize"] == kw.get("maximize", False)
+    run_lockstep(oa, ob, a, b, 3, gen)
+    assert_same_state(oa, ob, a, b, torch.float32)
+
+
 def test_state_dict_keeps_an_entry_that_is_not_a_parameters_state():
     """A state-dict pre-hook (or a user) may put other entries in ``optimizer.state``;
     ``state_dict()`` keeps them as torch's does, instead of failing."""

@@ -1,15 +1,24 @@
-"""Callbacks: small objects the fit loop calls at the end of each epoch.
+"""Callbacks: small objects the fit loop calls at the start, after each optimizer step, at the
+end of each epoch and at the end.
 
 A callback sees the :class:`~gradwise.train.loop.TrainState` (model, optimizer, scheduler, history,
-epoch, ...) and may set ``state.stop`` with a reason. Callbacks with memory implement
+epoch, step, ...) and may set ``state.stop`` with a reason. Callbacks with memory implement
 ``state_dict()``/``load_state_dict()`` so a resumed run continues them exactly.
+
+Built in: :class:`EarlyStopping`, :class:`BestCheckpoint` (the best epoch's weights, written
+atomically), :class:`EMA` (an exponential moving average of the weights, which validation and
+the end of the fit use) and :class:`TensorBoard` (each step's loss and lr and each epoch's row).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+from torch import nn
 
 from gradwise import checks
+from gradwise.train import checkpoint
 
 
 class Callback:
@@ -18,8 +27,16 @@ class Callback:
     def on_fit_start(self, state) -> None:
         """Called once before the first epoch (also when resuming)."""
 
+    def on_step_end(self, state) -> None:
+        """Called after each optimizer step (``state.step`` counts them; ``state.loss`` is the
+        step's loss, a detached tensor: reading it as a number waits for the device)."""
+
     def on_epoch_end(self, state) -> None:
         """Called after each epoch, once its metrics are in ``state.history.epochs[-1]``."""
+
+    def on_fit_end(self, state) -> None:
+        """Called once when training ends, after the last epoch or a stop (``state.stop`` says
+        why; None after the last epoch). Not called when ``fit`` raises."""
 
     def state_dict(self) -> dict:
         return {}
@@ -91,3 +108,134 @@ class EarlyStopping(Callback):
         self.best_epoch = state["best_epoch"]
         self.wait = state["wait"]
         self.best_weights = state["best_weights"]
+
+
+def _better(mode: str, value: float, best: float, min_delta: float = 0.0) -> bool:
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _mode(owner: str, monitor: str, mode: str) -> str:
+    mode = checks.choice(owner, "mode", mode, ("auto", "min", "max"))
+    return mode if mode != "auto" else ("min" if "loss" in monitor else "max")
+
+
+class BestCheckpoint(Callback):
+    """Keep the weights of the best epoch so far by ``monitor`` in ``path``, written atomically
+    (a crash mid-write leaves the previous best): ``{"model": state_dict, "epoch": n,
+    monitor: value}``, loadable with ``torch.load(path, weights_only=True)``."""
+
+    def __init__(self, path: str | Path, monitor: str = "val_loss", mode: str = "auto") -> None:
+        self.path = Path(path)
+        self.monitor = monitor
+        self.mode = _mode("BestCheckpoint", monitor, mode)
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_epoch_end(self, state) -> None:
+        value = state.history.epochs[-1].get(self.monitor)
+        if value is None or not _better(self.mode, value, self.best):
+            return
+        self.best = value
+        weights = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
+        checkpoint.atomic_save(
+            {"model": weights, "epoch": state.epoch + 1, self.monitor: value}, self.path
+        )
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state["best"]
+
+
+class EMA(Callback):
+    """An exponential moving average of the weights (and buffers), updated after every step::
+
+        θ_ema ← decay·θ_ema + (1 − decay)·θ
+
+    (``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``; the first step
+    copies θ). Validation after each epoch evaluates the average, and at the end of the fit the
+    model's weights become the average, so what is tested, saved and exported is the average.
+    """
+
+    def __init__(self, decay: float = 0.999) -> None:
+        self.decay = checks.in_range("EMA", "decay", decay, 0.0, 1.0)
+        self.average: nn.Module | None = None
+        self._pending: dict | None = None  # a checkpoint's average, until there is a model
+
+    def on_fit_start(self, state) -> None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        if self.average is None:
+            self.average = AveragedModel(
+                state.model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True
+            )
+        if self._pending is not None:
+            self.average.load_state_dict(self._pending)
+            self._pending = None
+
+    def on_step_end(self, state) -> None:
+        self.average.update_parameters(state.model)
+
+    @property
+    def eval_model(self) -> nn.Module | None:
+        """The model that validation evaluates: the average (once there is one)."""
+        if self.average is None or int(self.average.n_averaged) == 0:
+            return None
+        return self.average.module
+
+    def on_fit_end(self, state) -> None:
+        if self.eval_model is not None:
+            state.model.load_state_dict(self.average.module.state_dict())
+
+    def state_dict(self) -> dict:
+        return {"average": None if self.average is None else self.average.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = state["average"]  # applied once on_fit_start has built the average
+
+
+class TensorBoard(Callback):
+    """Log to ``log_dir`` for TensorBoard (``tensorboard --logdir LOG_DIR``), through
+    ``torch.utils.tensorboard.SummaryWriter``: each step's loss and lr (``train/loss``,
+    ``train/lr``, at step numbers) and every number of each epoch's row (``epoch/...``, at
+    epoch numbers). Needs the ``tensorboard`` package (``pip install 'gradwise[tensorboard]'``).
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError(
+                "TensorBoard logging needs the tensorboard package: "
+                "pip install 'gradwise[tensorboard]' (or pip install tensorboard)"
+            ) from None
+        self.log_dir = Path(log_dir)
+        self._writer_class = SummaryWriter
+        self.writer = None
+        self.logged_steps = 0
+
+    def on_fit_start(self, state) -> None:
+        self.writer = self._writer_class(log_dir=str(self.log_dir))
+
+    def on_epoch_end(self, state) -> None:
+        steps = state.history.steps
+        for row in steps[self.logged_steps :]:
+            self.writer.add_scalar("train/loss", row["loss"], row["step"])
+            self.writer.add_scalar("train/lr", row["lr"], row["step"])
+        self.logged_steps = len(steps)
+        row = state.history.epochs[-1]
+        for key, value in row.items():
+            if key not in ("epoch", "step") and isinstance(value, int | float):
+                self.writer.add_scalar(f"epoch/{key}", value, row["epoch"])
+        self.writer.flush()
+
+    def on_fit_end(self, state) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def state_dict(self) -> dict:
+        return {"logged_steps": self.logged_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.logged_steps = state["logged_steps"]

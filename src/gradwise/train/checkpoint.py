@@ -83,6 +83,18 @@ def save(payload: dict, folder: str | Path) -> Path:
     return target
 
 
+def atomic_save(payload: dict, path: str | Path) -> None:
+    """``torch.save`` so that a crash leaves the old file or the new, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}.{path.name}")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a small text file so that a crash leaves the old content or the new, never a part."""
     path = Path(path)

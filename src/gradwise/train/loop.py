@@ -9,6 +9,7 @@ and the process group (:mod:`~gradwise.train.distributed`, through :class:`_Proc
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,7 +24,7 @@ from gradwise import checks
 from gradwise.errors import ConfigError
 from gradwise.train import distributed
 from gradwise.train.batches import Batches
-from gradwise.train.callbacks import Callback
+from gradwise.train.callbacks import EMA, Callback, TensorBoard
 from gradwise.train.faults import Faults
 from gradwise.train.history import History
 from gradwise.train.progress import Progress
@@ -35,6 +36,8 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "mse": nn.functional.mse_loss,
 }
 NAN_POLICIES = ("raise", "skip")
+#: ``fit(precision=...)``: float32, or bfloat16 autocast (CPU and CUDA; no loss scaling needed)
+PRECISIONS = ("32", "bf16")
 
 
 @dataclass
@@ -48,6 +51,7 @@ class TrainState:
     epoch: int = 0
     step: int = 0
     stop: str | None = None
+    loss: Tensor | None = None  # the last step's loss (detached), for on_step_end
     extra: dict = field(default_factory=dict)
 
 
@@ -75,6 +79,10 @@ def fit(
     penalty: Callable[[], Tensor] | None = None,
     extra_state: dict | None = None,
     threads: int | None = None,
+    clip_grad_norm: float | None = None,
+    precision: str = "32",
+    ema: float | None = None,
+    tensorboard: str | Path | None = None,
 ) -> History:
     """Train ``model`` on ``train`` and return its :class:`History`.
 
@@ -121,6 +129,16 @@ def fit(
     and lose badly when another process is busy on a core), unless ``OMP_NUM_THREADS`` is set;
     PyTorch's own choice for larger ones. The count from before is restored when ``fit``
     returns. ``gradwise train`` uses the same rule.
+
+    ``clip_grad_norm``: before each step the gradients are scaled down so that their global
+    L2 norm is at most this (``torch.nn.utils.clip_grad_norm_``). ``precision="bf16"``: the
+    forward pass runs under ``torch.autocast`` in bfloat16 (the loss, the backward pass's
+    accumulation and the weights stay float32; validation runs in float32). ``ema``: the decay
+    of an exponential moving average of the weights (:class:`~gradwise.train.callbacks.EMA`),
+    which validation evaluates and which the model ends with. ``tensorboard``: a folder to log
+    to (:class:`~gradwise.train.callbacks.TensorBoard`). Callbacks (``callbacks``) are called at
+    the start, after every step, at each epoch's end and at the end
+    (:class:`~gradwise.train.callbacks.Callback`).
     """
     checks.integer("fit", "epochs", epochs, low=1)
     if threads is not None:
@@ -128,9 +146,12 @@ def fit(
     checks.integer("fit", "checkpoint_every", checkpoint_every, low=1)
     checks.choice("fit", "nan_policy", nan_policy, NAN_POLICIES)
     checks.choice("fit", "scheduler_interval", scheduler_interval, ("step", "epoch"))
+    checks.choice("fit", "precision", precision, PRECISIONS)
+    if clip_grad_norm is not None:
+        checks.positive("fit", "clip_grad_norm", clip_grad_norm)
     loss_fn = _loss(loss)
     for name in metrics:
-        checks.choice("fit", "metrics", name, tuple(METRICS))
+        checks.choice("fit", "metrics", name, (*METRICS, "f1"))
     dev = resolve_device(device)
     ctx = distributed.setup(device)  # None unless started on several processes
     if ctx is not None:
@@ -143,6 +164,10 @@ def fit(
     elif not isinstance(optimizer, torch.optim.Optimizer):
         optimizer = optimizer(model.parameters())
     callbacks = list(callbacks)
+    if ema is not None:
+        callbacks.append(EMA(ema))
+    if tensorboard is not None and (ctx is None or ctx.is_main):
+        callbacks.append(TensorBoard(tensorboard))
     data = Batches(train, batch_size, dev, "train")
     val_data = Batches(val, "full", dev, "val") if val is not None else None
     if ctx is not None and data.loader is None:
@@ -178,6 +203,8 @@ def fit(
         penalty=penalty,
         monitor=monitor,
         scheduler_interval=scheduler_interval,
+        clip_grad_norm=clip_grad_norm,
+        autocast=torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else None,
     )
     processes = _Processes(ctx, model, optimizer, dev)
     bar = Progress(
@@ -188,6 +215,8 @@ def fit(
     try:
         with bar, processes.dropout:
             loop.run(start_epoch, epochs, processes, bar)
+        for cb in callbacks:
+            cb.on_fit_end(state)
     except KeyboardInterrupt:
         checkpoints.interrupted()
         raise
@@ -262,11 +291,18 @@ class _Loop:
         penalty,
         monitor: str,
         scheduler_interval: str,
+        clip_grad_norm: float | None,
+        autocast,
     ) -> None:
         self.state, self.data, self.val_data = state, data, val_data
         self.loss_fn, self.metrics, self.shuffle = loss_fn, metrics, shuffle
         self.callbacks, self.faults, self.checkpoints = callbacks, faults, checkpoints
         self.penalty, self.monitor, self.interval = penalty, monitor, scheduler_interval
+        self.clip_grad_norm, self.autocast = clip_grad_norm, autocast
+        #: the callbacks that do something after a step (the others cost nothing per step)
+        self.step_callbacks = [
+            cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end
+        ]
         self.clock_base = state.history.wall_time
         self.started = time.perf_counter()
 
@@ -289,6 +325,7 @@ class _Loop:
         loss_fn, penalty, shard = self.loss_fn, self.penalty, processes.shard
         step_scheduler = scheduler is not None and self.interval == "step"
         model.train()
+        autocast, clip, step_callbacks = self.autocast, self.clip_grad_norm, self.step_callbacks
         record = EpochRecord(
             faults.params,
             processes.device,
@@ -298,7 +335,12 @@ class _Loop:
         bar.start_epoch(epoch)
         for batch, (xb, yb) in enumerate(self.data.epoch(self.shuffle, shard), 1):
             optimizer.zero_grad(set_to_none=False)
-            out = processes.forward(xb)
+            if autocast is None:
+                out = processes.forward(xb)
+            else:  # the forward pass in bfloat16; the loss from float32 outputs
+                with autocast:
+                    out = processes.forward(xb)
+                out = out.float()
             # DDP: the loss weighted so that the ranks' gradient average is the batch's
             batch_loss = loss_fn(out, yb) if shard is None else shard.loss(loss_fn, out, yb)
             if penalty is not None:
@@ -313,9 +355,15 @@ class _Loop:
                 if faults.at_fault(batch_loss, state.step + 1, epoch + 1, batch):
                     continue
                 kept = UNRECORDED
+            if clip is not None:
+                nn.utils.clip_grad_norm_(faults.params, clip)
             optimizer.step()
             state.step += 1
             faults.stepped()
+            if step_callbacks:
+                state.loss = batch_loss.detach()
+                for cb in step_callbacks:
+                    cb.on_step_end(state)
             lr = optimizer.param_groups[0]["lr"]
             if step_scheduler:
                 _scheduler_step(scheduler)
@@ -331,9 +379,11 @@ class _Loop:
         history, optimizer, scheduler = state.history, state.optimizer, state.scheduler
         row = record.row(history, epoch, state.step, processes.reduce())
         if self.val_data is not None:
-            row.update(
-                evaluate(state.model, self.val_data, self.loss_fn, self.metrics, prefix="val_")
-            )
+            model = next(
+                (m for cb in self.callbacks if (m := getattr(cb, "eval_model", None)) is not None),
+                state.model,
+            )  # an EMA's average, when there is one
+            row.update(evaluate(model, self.val_data, self.loss_fn, self.metrics, prefix="val_"))
         row["lr"] = optimizer.param_groups[0]["lr"]
         row["elapsed"] = self.clock_base + time.perf_counter() - self.started
         history.epochs.append(row)
@@ -348,7 +398,8 @@ class _Loop:
 
 
 def evaluate(model: nn.Module, data, loss_fn, metrics=("accuracy",), prefix: str = "") -> dict:
-    """Mean loss and metrics of ``model`` on ``data`` (``(x, y)`` or batches), in eval mode."""
+    """Mean loss and metrics of ``model`` on ``data`` (``(x, y)`` or batches), in eval mode.
+    ``"f1"`` is the macro F1 of the whole set's confusion matrix (:func:`macro_f1`)."""
     if isinstance(loss_fn, str):
         loss_fn = _loss(loss_fn)
     if not isinstance(data, Batches):
@@ -357,19 +408,61 @@ def evaluate(model: nn.Module, data, loss_fn, metrics=("accuracy",), prefix: str
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    sums = dict.fromkeys(metrics, 0.0)
+    averaged = [name for name in metrics if name != "f1"]
+    sums = dict.fromkeys(averaged, 0.0)
+    counts = None
     with torch.no_grad():
         for xb, yb in data.chunks(8192):
             out = model(xb)
             n = len(yb)
             total += float(loss_fn(out, yb)) * n
-            for name in metrics:
+            for name in averaged:
                 sums[name] += float(METRICS[name](out, yb)) * n
+            if "f1" in metrics:
+                chunk = confusion_counts(out, yb)
+                counts = chunk if counts is None else counts + chunk
             count += n
     model.train(was_training)
     result = {f"{prefix}loss": total / max(count, 1)}
-    result.update({f"{prefix}{k}": v / max(count, 1) for k, v in sums.items()})
+    for name in metrics:
+        value = macro_f1(counts) if name == "f1" else sums[name] / max(count, 1)
+        result[f"{prefix}{name}"] = value
     return result
+
+
+def confusion_counts(out: Tensor, labels: Tensor) -> Tensor:
+    """``counts[i, j]``: how many rows of class ``i`` the scores ``out`` predict as ``j``."""
+    classes = out.shape[1]
+    pairs = labels.long() * classes + out.argmax(1)
+    return torch.bincount(pairs, minlength=classes * classes).view(classes, classes).cpu()
+
+
+def confusion_matrix(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """The confusion counts (:func:`confusion_counts`) of ``model`` on ``(x, y)``, eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    data = Batches((x, y), "full", device, "data")
+    counts = None
+    with torch.no_grad():
+        for xb, yb in data.chunks(8192):
+            chunk = confusion_counts(model(xb), yb)
+            counts = chunk if counts is None else counts + chunk
+    model.train(was_training)
+    return counts
+
+
+def macro_f1(counts: Tensor) -> float:
+    """The mean over classes of F1 = 2·TP / (2·TP + FP + FN), from confusion counts (rows: true
+    class, columns: predicted). A class never true nor predicted is left out of the mean (its
+    F1 is undefined), as scikit-learn's ``f1_score(average="macro", labels=present)`` does."""
+    counts = counts.double()
+    tp = counts.diagonal()
+    denominator = counts.sum(0) + counts.sum(1)  # 2·TP + FP + FN
+    present = denominator > 0
+    if not present.any():
+        return math.nan
+    return float((2 * tp[present] / denominator[present]).mean())
 
 
 METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {

@@ -1,0 +1,216 @@
+"""fit()'s training features against hand-written loops that do the same with PyTorch's own
+tools: gradient clipping, bfloat16 autocast, an EMA of the weights, callbacks after each step
+and at the end, the best-epoch checkpoint, TensorBoard logging, and macro F1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import gradwise.optim as go
+from gradwise.train import fit
+from gradwise.train.callbacks import BestCheckpoint, Callback
+from gradwise.train.loop import confusion_counts, evaluate, macro_f1
+
+CLOSE = dict(rtol=1e-5, atol=1e-6)
+
+
+def data(n: int = 96, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()  # 3 classes
+    return x, y
+
+
+def model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def hand_loop(net: nn.Module, x, y, epochs: int, *, clip=None, autocast=False, ema=None):
+    """Full-batch SGD with momentum, written out: what fit(batch_size="full") should do."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
+    average = None
+    if ema is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        average = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
+    for _ in range(epochs):
+        opt.zero_grad()
+        if autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = net(x)
+            out = out.float()
+        else:
+            out = net(x)
+        F.cross_entropy(out, y).backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(net.parameters(), clip)
+        opt.step()
+        if average is not None:
+            average.update_parameters(net)
+    if average is not None:
+        net.load_state_dict(average.module.state_dict())
+    return net
+
+
+def fit_full(net, x, y, epochs, **kw):
+    return fit(
+        net,
+        (x, y),
+        optimizer=lambda p: go.SGD(p, lr=0.5, momentum=0.9),
+        batch_size="full",
+        epochs=epochs,
+        progress=False,
+        **kw,
+    )
+
+
+def assert_same(a: nn.Module, b: nn.Module, **tol) -> None:
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa.detach(), pb.detach(), msg=name, **(tol or CLOSE))
+
+
+def test_clip_grad_norm_is_torchs_clipping_before_each_step():
+    x, y = data()
+    ours = model()
+    history = fit_full(ours, x, y, 5, clip_grad_norm=0.05)
+    assert_same(ours, hand_loop(model(), x, y, 5, clip=0.05))
+    unclipped = model()
+    fit_full(unclipped, x, y, 5)
+    assert not torch.allclose(unclipped[0].weight, ours[0].weight)  # the clip mattered
+    assert len(history.epochs) == 5
+
+
+def test_bfloat16_autocast_forward_with_float32_weights():
+    x, y = data()
+    ours = model()
+    history = fit_full(ours, x, y, 5, precision="bf16")
+    assert all(p.dtype == torch.float32 for p in ours.parameters())
+    assert_same(ours, hand_loop(model(), x, y, 5, autocast=True))
+    full = model()
+    fit_full(full, x, y, 5)
+    assert not torch.equal(full[0].weight, ours[0].weight)  # bfloat16 did run
+    assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
+
+
+def test_an_unknown_precision_is_refused_with_the_choices():
+    x, y = data()
+    with pytest.raises(ValueError, match=r"precision must be one of '32', 'bf16'; received precision='16'"):
+        fit_full(model(), x, y, 1, precision="16")
+
+
+def test_ema_validates_the_average_and_ends_with_it(tmp_path):
+    x, y = data()
+    ours = model()
+    history = fit_full(ours, x, y, 6, ema=0.8, val=(x[:32], y[:32]))
+    want = hand_loop(model(), x, y, 6, ema=0.8)
+    assert_same(ours, want)
+    # the last epoch's validation loss is the average's (the weights the model ends with)
+    val_loss = evaluate(want, (x[:32], y[:32]), "cross_entropy")["loss"]
+    assert history.epochs[-1]["val_loss"] == pytest.approx(val_loss, rel=1e-5)
+
+
+def test_ema_resumes_exactly(tmp_path):
+    x, y = data()
+    whole = model()
+    fit_full(whole, x, y, 6, ema=0.8, checkpoint_dir=tmp_path / "whole")
+    split = model()
+    fit_full(split, x, y, 3, ema=0.8, checkpoint_dir=tmp_path / "split")
+    fit_full(split, x, y, 6, ema=0.8, checkpoint_dir=tmp_path / "split", resume=True)
+    assert_same(whole, split, rtol=0, atol=0)
+
+
+class Counter(Callback):
+    def __init__(self):
+        self.steps, self.losses, self.ends, self.starts = 0, [], 0, 0
+
+    def on_fit_start(self, state):
+        self.starts += 1
+
+    def on_step_end(self, state):
+        self.steps += 1
+        assert state.step == self.steps
+        self.losses.append(float(state.loss))
+
+    def on_fit_end(self, state):
+        self.ends += 1
+
+
+def test_callbacks_are_called_after_each_step_and_once_at_the_end():
+    x, y = data()
+    counter = Counter()
+    history = fit(model(), (x, y), batch_size=32, epochs=2, callbacks=[counter], progress=False)
+    assert counter.starts == 1 and counter.ends == 1
+    assert counter.steps == 6 == history.epochs[-1]["step"]
+    assert counter.losses == pytest.approx([s["loss"] for s in history.steps])
+
+
+def test_best_checkpoint_keeps_the_best_epochs_weights(tmp_path):
+    x, y = data()
+    path = tmp_path / "best.pt"
+    net = model()
+    history = fit(
+        net,
+        (x, y),
+        val=(x[:40], y[:40]),
+        optimizer=lambda p: go.SGD(p, lr=3.0),  # large: the validation loss goes up and down
+        batch_size=16,
+        epochs=8,
+        callbacks=[BestCheckpoint(path)],
+        progress=False,
+    )
+    saved = torch.load(path, weights_only=True)
+    losses = [row["val_loss"] for row in history.epochs]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert saved["epoch"] == best + 1 and saved["val_loss"] == losses[best]
+    net.load_state_dict(saved["model"])
+    assert evaluate(net, (x[:40], y[:40]), "cross_entropy")["loss"] == pytest.approx(losses[best])
+
+
+def test_macro_f1_by_hand_and_on_a_model():
+    # rows: true class; columns: predicted
+    counts = torch.tensor([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
+    # class 0: 2·5 / (2·5 + 2 + 1) = 10/13; class 1: 6 / (6 + 1 + 2) = 6/9; class 2 absent
+    assert macro_f1(counts) == pytest.approx((10 / 13 + 6 / 9) / 2)
+    out = torch.tensor([[2.0, 0, 0], [0, 1, 0], [0, 3, 0], [0, 0, 1]])
+    labels = torch.tensor([0, 1, 0, 2])
+    assert confusion_counts(out, labels).tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    x, y = data()
+    net = model()
+    fit_full(net, x, y, 10)
+    scores = evaluate(net, (x, y), "cross_entropy", ("accuracy", "f1"))
+    pred = net(x).argmax(1)
+    f1s = []
+    for c in range(3):
+        tp = ((pred == c) & (y == c)).sum().item()
+        fp = ((pred == c) & (y != c)).sum().item()
+        fn = ((pred != c) & (y == c)).sum().item()
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    assert scores["f1"] == pytest.approx(sum(f1s) / len(f1s))
+
+
+def test_tensorboard_logs_each_step_and_epoch(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    x, y = data()
+    history = fit(
+        model(),
+        (x, y),
+        val=(x[:32], y[:32]),
+        batch_size=32,
+        epochs=2,
+        tensorboard=tmp_path / "tb",
+        progress=False,
+    )
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == [s["step"] for s in history.steps]
+    assert [e.value for e in losses] == pytest.approx([s["loss"] for s in history.steps])
+    val = events.Scalars("epoch/val_loss")
+    assert [e.value for e in val] == pytest.approx([r["val_loss"] for r in history.epochs])

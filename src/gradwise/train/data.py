@@ -114,13 +114,19 @@ class Dataset:
             raise DataError(
                 f"{self.name}: expected {self.n_features} features; received shape {tuple(x.shape)}"
             )
-        return (x - self.mean) / self.std
+        return scale(x, self.mean, self.std)
 
     def unstandardize_target(self, y) -> Tensor:
         """Regression outputs back in the target's original units: ``y * y_std + y_mean``."""
         if self.task != "regression":
             raise DataError(f"{self.name}: unstandardize_target is for regression datasets")
-        return torch.as_tensor(y, dtype=torch.float32) * self.y_std + self.y_mean
+        return unscale(torch.as_tensor(y, dtype=torch.float32), self.y_mean, self.y_std)
+
+    def scaling(self) -> dict:
+        """The statistics applied to this data, as plain lists (for a run folder's files):
+        ``mean``, ``std`` and, for regression, ``y_mean``, ``y_std`` (else None)."""
+        plain = {"mean": self.mean, "std": self.std, "y_mean": self.y_mean, "y_std": self.y_std}
+        return {k: None if v is None else v.tolist() for k, v in plain.items()}
 
     def sizes(self) -> dict[str, int]:
         """Rows in each split (0 for a split that is absent)."""
@@ -435,14 +441,14 @@ def assemble(
             y_std[y_std < 1e-12 * np.maximum(1.0, np.abs(y_mean))] = 1.0
 
     def features(a):
-        return None if a is None else _f32((a.astype(np.float64) - mean) / std)
+        return None if a is None else _f32(scale(a.astype(np.float64), mean, std))
 
     def targets(a):
         if a is None:
             return None
         if task == "classification":
             return torch.from_numpy(np.array(a, dtype=np.int64))  # a copy: never read-only
-        return _f32((a.astype(np.float64) - y_mean) / y_std)
+        return _f32(scale(a.astype(np.float64), y_mean, y_std))
 
     return Dataset(
         name=name,
@@ -461,6 +467,17 @@ def assemble(
         feature_names=feature_names,
         class_names=class_names,
     )
+
+
+def scale(x, mean, std):
+    """Features (or targets) on the training data's scale: ``(x - mean) / std``; NumPy arrays or
+    tensors. The one place of this formula: training data, new data and predictions use it."""
+    return (x - mean) / std
+
+
+def unscale(y, mean, std):
+    """The inverse of :func:`scale`: ``y * std + mean`` (predictions in original units)."""
+    return y * std + mean
 
 
 def _f32(a: np.ndarray) -> Tensor:

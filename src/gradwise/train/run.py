@@ -25,11 +25,11 @@ from gradwise.train import distributed
 from gradwise.train.callbacks import EarlyStopping
 from gradwise.train.config import TrainConfig, parse_batch_size
 from gradwise.train.data import Dataset, load_dataset
+from gradwise.train.export import build, describe, save_description
 from gradwise.train.files import load_file
 from gradwise.train.history import History
 from gradwise.train.loop import evaluate, fit, resolve_device, training_threads
 from gradwise.train.memory import check_fits_in_memory, check_model_fits_in_memory
-from gradwise.train.models import cnn1d, mlp
 
 # ------------------------------------------------------------------------------------ builders
 
@@ -44,27 +44,9 @@ def build_data(config: TrainConfig) -> Dataset:
 
 
 def build_model(config: TrainConfig, data: Dataset) -> torch.nn.Module:
-    out = data.n_classes if data.task == "classification" else 1
-    generator = torch.Generator().manual_seed(config.seed)
-    if config.model == "cnn1d":
-        return cnn1d(
-            data.n_features,
-            out,
-            channels=config.channels,
-            activation=config.activation,
-            dropout=config.dropout,
-            init=config.init,
-            generator=generator,
-        )
-    return mlp(
-        data.n_features,
-        out,
-        hidden=config.hidden,
-        activation=config.activation,
-        dropout=config.dropout,
-        init=config.init,
-        generator=generator,
-    )
+    """The model ``config`` names for ``data``, initialized from ``config.seed`` (built from its
+    description, as :func:`gradwise.load` builds it again)."""
+    return build(describe(config, data), torch.Generator().manual_seed(config.seed))
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -165,6 +147,8 @@ def run(
     out_path = Path(out) if out is not None else None
     if out_path is not None:  # rank 0's machine holds the run folder
         resume = distributed.from_main(_prepare_run_folder, out_path, config, resume)
+        if main:  # what gradwise.load, export and predict need besides the weights
+            save_description(out_path, describe(config, data))
     history = fit(
         model,
         (data.x_train, data.y_train),

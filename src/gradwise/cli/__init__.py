@@ -17,7 +17,7 @@ from __future__ import annotations
 import click
 
 from gradwise import __version__
-from gradwise.cli import bench, cache, export, lab, schedule, train
+from gradwise.cli import bench, cache, export, lab, predict, schedule, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -36,3 +36,4 @@ main.add_command(schedule.schedule_command)
 main.add_command(bench.bench_command)
 main.add_command(cache.cache_command)
 main.add_command(export.export_command)
+main.add_command(predict.predict_command)

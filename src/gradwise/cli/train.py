@@ -287,7 +287,7 @@ def _print_summary(result) -> None:
         f"{len(result.data.x_test)} test)",
     )
     table.add_row("model", f"{c.model} · {c.optimizer} lr={c.lr:g} · batch {c.batch_size}")
-    for key in ("test_accuracy", "test_rmse", "test_loss"):
+    for key in ("test_accuracy", "test_rmse", "test_mae", "test_loss"):
         if key in h.summary:
             value = h.summary[key]
             table.add_row(

@@ -30,6 +30,7 @@ from gradwise.train.files import load_file
 from gradwise.train.history import History
 from gradwise.train.loop import evaluate, fit, resolve_device, training_threads
 from gradwise.train.memory import check_fits_in_memory, check_model_fits_in_memory
+from gradwise.train.predict import original_units_errors
 
 # ------------------------------------------------------------------------------------ builders
 
@@ -179,6 +180,9 @@ def run(
         prefix="test_",
     )
     history.summary.update(test)
+    if not classification:  # in the target's units, not the standardized ones it trains on
+        errors = original_units_errors(model, data.x_test, data.y_test, data.y_mean, data.y_std)
+        history.summary.update({f"test_{k}": v for k, v in errors.items()})
     history.summary["steps"] = history.epochs[-1]["step"] if history.epochs else 0
     history.summary["train_time"] = history.wall_time
     history.summary["total_time"] = time.perf_counter() - started

@@ -349,7 +349,7 @@ CLI_CASES: list[CliCase] = [
     CliCase("plateau-patience-negative", ("--plateau-patience", "-1"), r"plateau_patience"),
     CliCase("early-stop-negative", ("--early-stop", "-2"), r"early_stop must be an integer >= 0"),
     CliCase("optimizer-unknown", ("--optimizer", "adamax"), r"'--optimizer'.*'adamax'.*'sgd'"),
-    CliCase("model-unknown", ("--model", "resnet"), r"'--model'.*'resnet'.*'mlp'"),
+    CliCase("model-unknown", ("--model", "resnet"), r"model must be one of 'mlp'.*model='resnet'"),
     CliCase("init-unknown", ("--init", "zeros"), r"'--init'.*'zeros'.*'he'"),
     CliCase(
         "dataset-unknown",

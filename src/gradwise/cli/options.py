@@ -104,7 +104,7 @@ def _betas(ctx, param, value):
 def train_options(fn):
     """The options that describe a training configuration (shared by train, lr-find, compare)."""
     from gradwise.init import SCHEMES
-    from gradwise.train.config import MODELS, OPTIMIZERS
+    from gradwise.train.config import OPTIMIZERS
 
     options = [
         click.option(
@@ -119,8 +119,9 @@ def train_options(fn):
         click.option("--target", help="CSV column to predict.  [default: the last column]"),
         click.option(
             "--model",
-            type=click.Choice(MODELS),
-            help="Model builder.  [default: per dataset: mlp, cnn1d for mnist1d]",
+            help="mlp, cnn1d, or your own builder module:function or path/to/file.py:function, "
+            "called as function(input_shape, n_outputs) -> nn.Module.  "
+            "[default: per dataset: mlp, cnn1d for mnist1d]",
         ),
         click.option("--hidden", callback=csv_ints, help="MLP hidden widths, e.g. 128,128."),
         click.option("--channels", callback=csv_ints, help="cnn1d channels per conv layer."),
@@ -240,6 +241,7 @@ CONFIG_OPTIONS = (
     "val_fraction",
     "nan_policy",
     "zero",
+    "init_from",
 )
 
 
@@ -256,7 +258,7 @@ def config_from_options(options: dict):
         values["data"] = None
     if values.get("data") is not None and not Path(values["data"]).exists():
         raise DataError(f"--data: file {values['data']} does not exist")
-    return dataclasses.replace(base, **values)
+    return dataclasses.replace(base, **values).with_absolute_paths()
 
 
 def table_console():

@@ -47,7 +47,14 @@ def _run_name(config) -> str:
     "--resume",
     "resume_dir",
     type=click.Path(file_okay=False),
-    help="Continue the run in this folder from its last checkpoint, with its saved configuration.",
+    help="Continue the run in this folder from its last checkpoint, with its saved configuration; "
+    "with --epochs N (more than it had) a finished run goes on to N epochs.",
+)
+@click.option(
+    "--init-from",
+    type=click.Path(file_okay=False, exists=True),
+    help="Start a new run from the trained weights of this run folder (a fresh optimizer and "
+    "schedule); the model must have the same shapes.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option(
@@ -99,6 +106,7 @@ def train_command(out, resume_dir, no_progress, nproc, dist_timeout, **options):
     if launched:
         distributed.setup()  # joins the others: rank 0 decides the run folder and reads it
     if resume_dir is not None:
+        epochs = options.pop("epochs")  # the one setting a resumed run takes: more epochs
         given = [k for k, v in options.items() if v is not None]
         if given or out:
             names = ", ".join("--" + k.replace("_", "-") for k in given + (["out"] if out else []))
@@ -106,7 +114,7 @@ def train_command(out, resume_dir, no_progress, nproc, dist_timeout, **options):
                 f"--resume takes the run's saved configuration; drop {names} "
                 f"(or start a new run with --config {Path(resume_dir) / 'config.toml'})"
             )
-        config = distributed.from_main(load_run_config, resume_dir)
+        config = distributed.from_main(load_run_config, resume_dir, epochs)
         out, resume = Path(resume_dir), True
         if not ckpt.exists(out) and main_rank and (launched or (nproc or config.nproc) == 1):
             click.echo(f"gradwise: {out} has no checkpoint yet; starting the run over", err=True)

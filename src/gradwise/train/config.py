@@ -85,6 +85,15 @@ def options_given(config: TrainConfig) -> dict[str, bool]:
     }
 
 
+def check_model(model: str) -> str:
+    """A built-in model (:data:`MODELS`) or a user's ``module:function`` or
+    ``path/to/file.py:function`` (called as ``function(input_shape, n_outputs)``, see
+    :func:`gradwise.train.export.user_builder`)."""
+    if isinstance(model, str) and ":" in model:
+        return model
+    return checks.choice("train", "model", model, (*MODELS, "module:function"))
+
+
 def refuse_unused_options(config: TrainConfig) -> None:
     """A ``ConfigError`` naming the first option that ``config.optimizer`` would ignore."""
     given = options_given(config)
@@ -132,6 +141,8 @@ class TrainConfig:
     threads: int | None = None
     nan_policy: str = "raise"
     checkpoint_every: int = 1
+    #: a run folder whose trained weights start this run (a fresh optimizer); None: a fresh init
+    init_from: str | None = None
     #: shard the optimizer state across the processes (``ZeroRedundancyOptimizer``)
     zero: bool = False
     #: the number of processes the run trains on: recorded by :func:`gradwise.train.run.run`
@@ -151,8 +162,7 @@ class TrainConfig:
         dataset = dict(DATASET_DEFAULTS.get(self.dataset, {})) if self.data is None else {}
         values = dataclasses.asdict(self)
         model = values["model"] or dataset.get("model", FALLBACKS["model"])
-        checks.choice("train", "model", model, MODELS)
-        values["model"] = model
+        values["model"] = check_model(model)
         layered = {**FALLBACKS, **dataset, **dataset.get(model, {})}
         for key in FALLBACKS:
             if values[key] is None:
@@ -174,7 +184,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         owner = "train"
-        checks.choice(owner, "model", self.model, MODELS)
+        check_model(self.model)
         checks.choice(owner, "init", self.init, SCHEMES)
         checks.choice(owner, "nan_policy", self.nan_policy, ("raise", "skip"))
         checks.in_range(owner, "dropout", self.dropout, 0.0, 1.0)
@@ -203,6 +213,16 @@ class TrainConfig:
         for name in ("hidden", "channels"):
             for width in getattr(self, name):
                 checks.integer(owner, name, width, low=1)
+
+    def with_absolute_paths(self) -> TrainConfig:
+        """A copy whose file paths (``data``, ``init_from``, a ``path/file.py:function`` model)
+        are absolute, so that its run resumes and repeats from any directory."""
+        paths = {"data": self.data, "init_from": self.init_from}
+        values = {k: str(Path(v).resolve()) for k, v in paths.items() if v is not None}
+        where, _, function = (self.model or "").rpartition(":")
+        if where.endswith(".py"):
+            values["model"] = f"{Path(where).resolve()}:{function}"
+        return dataclasses.replace(self, **values)
 
     # ---------------------------------------------------------------------------- TOML files
     def to_toml(self) -> str:
@@ -256,6 +276,7 @@ def _coerce(source: str, key: str, value, default):
         "epochs": int,
         "batch_size": str,
         "data": str,
+        "init_from": str,
         "target": str,
         "model": str,
         "schedule": str,

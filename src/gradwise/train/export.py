@@ -127,7 +127,8 @@ def user_builder(spec: str):
             module = importlib.import_module(where)
         except ImportError as e:
             raise ConfigError(
-                f"model: cannot import module {where!r} ({e}); received model={spec!r}"
+                f"model: cannot import module {where!r} ({e}; it must be installed or on "
+                f"PYTHONPATH, or give path/to/file.py:function); received model={spec!r}"
             ) from None
     function = getattr(module, name, None)
     if not callable(function):
@@ -172,6 +173,21 @@ def read_description(folder: str | Path) -> dict:
 def run_weights(folder: str | Path) -> dict:
     """The model's state_dict from a run folder's latest good checkpoint."""
     return ckpt.load_latest(folder)[0]["model"]
+
+
+def start_from(model: nn.Module, folder: str | Path) -> None:
+    """Load the trained weights of run folder ``folder`` into ``model``, refusing a model of
+    other shapes with the first difference."""
+    saved, here = run_weights(folder), model.state_dict()
+    for name in sorted(set(saved) | set(here)):
+        theirs, ours = saved.get(name), here.get(name)
+        if theirs is None or ours is None or theirs.shape != ours.shape:
+            shape = lambda t: "absent" if t is None else tuple(t.shape)  # noqa: E731
+            raise ConfigError(
+                f"train: init_from={str(folder)!r} holds a model of other shapes: {name} is "
+                f"{shape(theirs)} there, {shape(ours)} here; use the same model and data"
+            )
+    model.load_state_dict(saved)
 
 
 def from_run(folder: str | Path) -> tuple[nn.Module, dict]:

@@ -25,7 +25,7 @@ from gradwise.train import distributed
 from gradwise.train.callbacks import EarlyStopping
 from gradwise.train.config import TrainConfig, parse_batch_size
 from gradwise.train.data import Dataset, load_dataset
-from gradwise.train.export import build, describe, save_description
+from gradwise.train.export import build, describe, save_description, start_from
 from gradwise.train.files import load_file
 from gradwise.train.history import History
 from gradwise.train.loop import evaluate, fit, resolve_device, training_threads
@@ -137,6 +137,8 @@ def run(
         distributed.check_global_batch("train", batch_size, config.nproc, batch_size)
     check_model_fits_in_memory(config, data, n_train if batch_size == "full" else batch_size)
     model = build_model(config, data)
+    if config.init_from is not None:  # a resumed run's checkpoint replaces these weights
+        start_from(model, config.init_from)
     _set_threads(config, model)
     optimizer = build_optimizer(config, model)
     steps = 1 if batch_size == "full" else math.ceil(n_train / batch_size)
@@ -148,7 +150,7 @@ def run(
     out_path = Path(out) if out is not None else None
     if out_path is not None:  # rank 0's machine holds the run folder
         resume = distributed.from_main(_prepare_run_folder, out_path, config, resume)
-        if main:  # what gradwise.load, export and predict need besides the weights
+        if main and not resume:  # what gradwise.load, export and predict need besides weights
             save_description(out_path, describe(config, data))
     history = fit(
         model,
@@ -172,6 +174,8 @@ def run(
         extra_state={"config": config.to_toml()},
         threads=config.threads,
     )
+    if out_path is not None and main and resume:  # the checkpoint fitted the model: a run
+        save_description(out_path, describe(config, data))  # of an older gradwise gets it too
     test = evaluate(
         model,
         (data.x_test, data.y_test),
@@ -291,12 +295,24 @@ def prepare_out(out: Path, config: TrainConfig, resume: bool) -> None:
     ckpt.atomic_write_text(saved, text)
 
 
-def load_run_config(folder: str | Path) -> TrainConfig:
-    """The configuration saved in a run folder (for ``--resume``)."""
+def load_run_config(folder: str | Path, epochs: int | None = None) -> TrainConfig:
+    """The configuration saved in a run folder (for ``--resume``); with ``epochs``, extended to
+    that many epochs (at least its own) and saved so. The schedule is built again for the new
+    total, so a cosine decay spans all ``epochs`` from then on (see the README)."""
     folder = Path(folder)
     path = folder / "config.toml"
     if not folder.is_dir():
         raise ConfigError(f"cannot resume: {folder} is not a folder (no such run)")
     if not path.exists():
         raise ConfigError(f"cannot resume: {folder} has no config.toml (is it a gradwise run?)")
-    return TrainConfig.from_toml(path)
+    config = TrainConfig.from_toml(path)
+    if epochs is None or epochs == config.epochs:
+        return config
+    if epochs < (config.epochs or 1):
+        raise ConfigError(
+            f"train: --epochs with --resume extends a run: at least its {config.epochs} epochs; "
+            f"received epochs={epochs}"
+        )
+    config = dataclasses.replace(config, epochs=epochs)
+    ckpt.atomic_write_text(path, config.to_toml())
+    return config

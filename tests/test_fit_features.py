@@ -214,3 +214,31 @@ def test_tensorboard_logs_each_step_and_epoch(tmp_path):
     assert [e.value for e in losses] == pytest.approx([s["loss"] for s in history.steps])
     val = events.Scalars("epoch/val_loss")
     assert [e.value for e in val] == pytest.approx([r["val_loss"] for r in history.epochs])
+
+
+def test_the_cli_flags_reach_fit_and_the_run_folder(tmp_path):
+    """``gradwise train --clip-grad-norm --precision bf16 --ema --tensorboard``: the settings are
+    in config.toml (so --resume keeps them), the run logs for TensorBoard, and a classifier's
+    folder holds its test confusion matrix; the summary reports the macro F1."""
+    pytest.importorskip("tensorboard")
+    import tomllib
+
+    from click.testing import CliRunner
+
+    from gradwise.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--epochs", "2", "--hidden", "16", "--out", str(out), "--no-progress"]
+    flags = ["--clip-grad-norm", "1", "--precision", "bf16", "--ema", "0.9", "--tensorboard"]
+    result = CliRunner().invoke(main, args + flags)
+    assert result.exit_code == 0, result.output
+    config = tomllib.loads((out / "config.toml").read_text())
+    flat = {k: v for table in config.values() if isinstance(table, dict) for k, v in table.items()}
+    flat.update(config)
+    assert flat["clip_grad_norm"] == 1.0 and flat["precision"] == "bf16" and flat["ema"] == 0.9
+    assert any((out / "tensorboard").iterdir())
+    assert (out / "confusion.png").stat().st_size > 10_000
+    assert "test macro F1" in result.output
+    bad = CliRunner().invoke(main, ["train", "--ema", "1.5", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2
+    assert "ema must be in [0, 1); received ema=1.5" in bad.output

@@ -375,7 +375,7 @@ def test_resume_from_an_empty_folder_is_refused(tmp_path):
         (dict(epochs=0), "epochs"),
         (dict(loss="hinge"), "loss"),
         (dict(nan_policy="ignore"), "nan_policy"),
-        (dict(metrics=("f1",)), "metrics"),
+        (dict(metrics=("auc",)), "metrics"),
         (dict(device="tpu"), "device"),
     ],
 )

@@ -198,6 +198,27 @@ def train_options(fn):
             help="On a NaN/inf loss or gradient: stop (raise) or drop the step (skip).",
         ),
         click.option(
+            "--clip-grad-norm",
+            type=float,
+            help="Clip the gradients' global L2 norm to this before each step.",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["32", "bf16"]),
+            help="32, or bf16: the forward pass in bfloat16 autocast.  [default: 32]",
+        ),
+        click.option(
+            "--ema",
+            type=float,
+            help="Keep an EMA of the weights with this decay (e.g. 0.999); validate and end "
+            "with it.",
+        ),
+        click.option(
+            "--tensorboard/--no-tensorboard",
+            default=None,
+            help="Log to RUN/tensorboard for TensorBoard (needs the tensorboard package).",
+        ),
+        click.option(
             "--config",
             "config_file",
             type=click.Path(dir_okay=False),
@@ -242,6 +263,10 @@ CONFIG_OPTIONS = (
     "nan_policy",
     "zero",
     "init_from",
+    "clip_grad_norm",
+    "precision",
+    "ema",
+    "tensorboard",
 )
 
 

@@ -295,11 +295,11 @@ def _print_summary(result) -> None:
         f"{len(result.data.x_test)} test)",
     )
     table.add_row("model", f"{c.model} · {c.optimizer} lr={c.lr:g} · batch {c.batch_size}")
-    for key in ("test_accuracy", "test_rmse", "test_mae", "test_loss"):
+    for key in ("test_accuracy", "test_f1", "test_rmse", "test_mae", "test_loss"):
         if key in h.summary:
             value = h.summary[key]
             table.add_row(
-                key.replace("_", " "),
+                "test macro F1" if key == "test_f1" else key.replace("_", " "),
                 f"{value:.2%}" if key.endswith("accuracy") else f"{value:.4f}",
             )
     if h.epochs:

@@ -143,6 +143,14 @@ class TrainConfig:
     checkpoint_every: int = 1
     #: a run folder whose trained weights start this run (a fresh optimizer); None: a fresh init
     init_from: str | None = None
+    #: the largest global L2 norm of the gradients before each step (None: no clipping)
+    clip_grad_norm: float | None = None
+    #: "32", or "bf16": the forward pass under bfloat16 autocast
+    precision: str = "32"
+    #: the decay of an exponential moving average of the weights (None: none)
+    ema: float | None = None
+    #: log to the run folder's tensorboard/ for TensorBoard
+    tensorboard: bool = False
     #: shard the optimizer state across the processes (``ZeroRedundancyOptimizer``)
     zero: bool = False
     #: the number of processes the run trains on: recorded by :func:`gradwise.train.run.run`
@@ -202,6 +210,19 @@ class TrainConfig:
             checks.refuse(owner, "seed", "an integer in [0, 2**64)", self.seed)
         checks.choice(owner, "activation", self.activation, tuple(ACTIVATIONS))
         checks.integer(owner, "checkpoint_every", self.checkpoint_every, low=1)
+        if self.clip_grad_norm is not None:
+            checks.positive(owner, "clip_grad_norm", self.clip_grad_norm)
+        checks.choice(owner, "precision", self.precision, ("32", "bf16"))
+        if self.ema is not None:
+            checks.in_range(owner, "ema", self.ema, 0.0, 1.0)
+        if checks.flag(owner, "tensorboard", self.tensorboard):
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ConfigError(
+                    "train: tensorboard=True needs the tensorboard package: "
+                    "pip install 'gradwise[tensorboard]'"
+                )
         checks.flag(owner, "zero", self.zero)
         checks.integer(owner, "nproc", self.nproc, low=1)
         parse_batch_size(self.batch_size)

@@ -80,3 +80,35 @@ def plot_history(history: History, path: str | Path, title: str = "") -> Path:
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_confusion(counts, names: list[str], path: str | Path, title: str = "") -> Path:
+    """The test set's confusion matrix (``confusion.png``): rows the true class, columns the
+    predicted one, each cell its count and its share of the row (the row's recall on the
+    diagonal), shaded by that share."""
+    import numpy as np
+
+    counts = np.asarray(counts, dtype=np.int64)
+    rows = counts.sum(1, keepdims=True)
+    share = counts / np.maximum(rows, 1)
+    size = max(4.5, 0.55 * len(names) + 2.5)
+    fig = Figure(figsize=(size + 1, size), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    ticks = range(len(names))
+    ax.set_xticks(ticks, names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right")
+    ax.set_yticks(ticks, names)
+    ax.set(xlabel="predicted", ylabel="true")
+    if len(names) <= 20:
+        for i in ticks:
+            for j in ticks:
+                color = "white" if share[i, j] > 0.6 else "black"
+                text = f"{counts[i, j]}\n{share[i, j]:.0%}" if counts[i, j] else "·"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    heading = f"Test confusion matrix · accuracy {accuracy:.2%}"
+    ax.set_title(f"{title}\n{heading}" if title else heading)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path

@@ -28,7 +28,13 @@ from gradwise.train.data import Dataset, load_dataset
 from gradwise.train.export import build, describe, save_description, start_from
 from gradwise.train.files import load_file
 from gradwise.train.history import History
-from gradwise.train.loop import evaluate, fit, resolve_device, training_threads
+from gradwise.train.loop import (
+    confusion_matrix,
+    evaluate,
+    fit,
+    resolve_device,
+    training_threads,
+)
 from gradwise.train.memory import check_fits_in_memory, check_model_fits_in_memory
 from gradwise.train.predict import original_units_errors
 
@@ -157,7 +163,7 @@ def run(
         (data.x_train, data.y_train),
         val=(data.x_val, data.y_val) if data.x_val is not None else None,
         loss="cross_entropy" if classification else "mse",
-        metrics=("accuracy",) if classification else ("rmse",),
+        metrics=("accuracy", "f1") if classification else ("rmse",),
         optimizer=optimizer,
         scheduler=scheduler,
         epochs=config.epochs,
@@ -173,6 +179,10 @@ def run(
         penalty=penalty,
         extra_state={"config": config.to_toml()},
         threads=config.threads,
+        clip_grad_norm=config.clip_grad_norm,
+        precision=config.precision,
+        ema=config.ema,
+        tensorboard=out_path / "tensorboard" if config.tensorboard and out_path else None,
     )
     if out_path is not None and main and resume:  # the checkpoint fitted the model: a run
         save_description(out_path, describe(config, data))  # of an older gradwise gets it too
@@ -180,7 +190,7 @@ def run(
         model,
         (data.x_test, data.y_test),
         "cross_entropy" if classification else "mse",
-        ("accuracy",) if classification else ("rmse",),
+        ("accuracy", "f1") if classification else ("rmse",),
         prefix="test_",
     )
     history.summary.update(test)
@@ -197,6 +207,12 @@ def run(
             from gradwise.train.curves import plot_history  # matplotlib: only when plotting
 
             plot_history(history, out_path / "curves.png", title=_title(config))
+            if classification:
+                from gradwise.train.curves import plot_confusion
+
+                counts = confusion_matrix(model, data.x_test, data.y_test)
+                names = data.class_names or [str(i) for i in range(data.n_classes)]
+                plot_confusion(counts, names, out_path / "confusion.png", title=_title(config))
     return RunResult(config, history, out_path, model, data)
 
 

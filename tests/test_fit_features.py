@@ -4,6 +4,8 @@ and at the end, the best-epoch checkpoint, TensorBoard logging, and macro F1."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -230,6 +232,7 @@ def test_the_cli_flags_reach_fit_and_the_run_folder(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--epochs", "2", "--hidden", "16", "--out", str(out), "--no-progress"]
     flags = ["--clip-grad-norm", "1", "--precision", "bf16", "--ema", "0.9", "--tensorboard"]
+    flags += ["--accumulate", "2"]  # 41 batches of 32 an epoch: 21 steps
     result = CliRunner().invoke(main, args + flags)
     assert result.exit_code == 0, result.output
     config = tomllib.loads((out / "config.toml").read_text())
@@ -239,6 +242,24 @@ def test_the_cli_flags_reach_fit_and_the_run_folder(tmp_path):
     assert any((out / "tensorboard").iterdir())
     assert (out / "confusion.png").stat().st_size > 10_000
     assert "test macro F1" in result.output
+    assert "2 · 42" in result.output and flat["accumulate"] == 2
     bad = CliRunner().invoke(main, ["train", "--ema", "1.5", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2
     assert "ema must be in [0, 1); received ema=1.5" in bad.output
+
+
+@pytest.mark.parametrize("n", [96, 100])  # 100: each epoch's last group has fewer batches
+def test_gradient_accumulation_equals_a_larger_batch(n):
+    """accumulate=3 with batches of 8 is one step per 24 rows: the same steps as batches of 24
+    (no dropout, a mean loss), to float rounding; a short last group is divided by its size."""
+    x, y = data(n)
+    ours, big = model(), model()
+    adam = lambda p: go.Adam(p, lr=0.01)  # noqa: E731
+    a = fit(ours, (x, y), batch_size=8, accumulate=3, epochs=3, optimizer=adam, progress=False)
+    if n == 96:  # batches of 24 over the same shuffled order: 4 steps an epoch
+        b = fit(big, (x, y), batch_size=24, epochs=3, optimizer=adam, progress=False)
+        assert_same(ours, big)
+        assert [s["loss"] for s in a.steps] == pytest.approx([s["loss"] for s in b.steps])
+        assert a.epochs[-1]["train_loss"] == pytest.approx(b.epochs[-1]["train_loss"])
+    assert len(a.steps) == 3 * math.ceil(math.ceil(n / 8) / 3)  # optimizer steps
+    assert a.epochs[-1]["step"] == len(a.steps)

@@ -214,6 +214,11 @@ def train_options(fn):
             "with it.",
         ),
         click.option(
+            "--accumulate",
+            type=int,
+            help="Add up the gradients of N batches before each step.  [default: 1]",
+        ),
+        click.option(
             "--tensorboard/--no-tensorboard",
             default=None,
             help="Log to RUN/tensorboard for TensorBoard (needs the tensorboard package).",
@@ -267,6 +272,7 @@ CONFIG_OPTIONS = (
     "precision",
     "ema",
     "tensorboard",
+    "accumulate",
 )
 
 

@@ -151,6 +151,8 @@ class TrainConfig:
     ema: float | None = None
     #: log to the run folder's tensorboard/ for TensorBoard
     tensorboard: bool = False
+    #: batches whose gradients add up before each optimizer step (gradient accumulation)
+    accumulate: int = 1
     #: shard the optimizer state across the processes (``ZeroRedundancyOptimizer``)
     zero: bool = False
     #: the number of processes the run trains on: recorded by :func:`gradwise.train.run.run`
@@ -212,6 +214,7 @@ class TrainConfig:
         checks.integer(owner, "checkpoint_every", self.checkpoint_every, low=1)
         if self.clip_grad_norm is not None:
             checks.positive(owner, "clip_grad_norm", self.clip_grad_norm)
+        checks.integer(owner, "accumulate", self.accumulate, low=1)
         checks.choice(owner, "precision", self.precision, ("32", "bf16"))
         if self.ema is not None:
             checks.in_range(owner, "ema", self.ema, 0.0, 1.0)

@@ -83,6 +83,7 @@ def fit(
     precision: str = "32",
     ema: float | None = None,
     tensorboard: str | Path | None = None,
+    accumulate: int = 1,
 ) -> History:
     """Train ``model`` on ``train`` and return its :class:`History`.
 
@@ -136,8 +137,12 @@ def fit(
     accumulation and the weights stay float32; validation runs in float32). ``ema``: the decay
     of an exponential moving average of the weights (:class:`~gradwise.train.callbacks.EMA`),
     which validation evaluates and which the model ends with. ``tensorboard``: a folder to log
-    to (:class:`~gradwise.train.callbacks.TensorBoard`). Callbacks (``callbacks``) are called at
-    the start, after every step, at each epoch's end and at the end
+    to (:class:`~gradwise.train.callbacks.TensorBoard`). ``accumulate=k``: gradient
+    accumulation, one optimizer step per ``k`` batches, each batch's loss divided by the number
+    of batches in its group (the last group of an epoch may be smaller), so that with a mean loss
+    a step equals one on a ``k`` times larger batch; steps (and a scheduler's steps, the
+    recorded losses and ``state.step``) count optimizer steps. Callbacks (``callbacks``) are
+    called at the start, after every step, at each epoch's end and at the end
     (:class:`~gradwise.train.callbacks.Callback`).
     """
     checks.integer("fit", "epochs", epochs, low=1)
@@ -147,6 +152,7 @@ def fit(
     checks.choice("fit", "nan_policy", nan_policy, NAN_POLICIES)
     checks.choice("fit", "scheduler_interval", scheduler_interval, ("step", "epoch"))
     checks.choice("fit", "precision", precision, PRECISIONS)
+    checks.integer("fit", "accumulate", accumulate, low=1)
     if clip_grad_norm is not None:
         checks.positive("fit", "clip_grad_norm", clip_grad_norm)
     loss_fn = _loss(loss)
@@ -205,10 +211,11 @@ def fit(
         scheduler_interval=scheduler_interval,
         clip_grad_norm=clip_grad_norm,
         autocast=torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else None,
+        accumulate=accumulate,
     )
     processes = _Processes(ctx, model, optimizer, dev)
     bar = Progress(
-        enabled=progress and processes.main, epochs=epochs, steps_per_epoch=data.steps_per_epoch
+        enabled=progress and processes.main, epochs=epochs, steps_per_epoch=loop.steps_per_epoch
     )
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(training_threads(model, threads) or previous_threads)
@@ -293,12 +300,16 @@ class _Loop:
         scheduler_interval: str,
         clip_grad_norm: float | None,
         autocast,
+        accumulate: int = 1,
     ) -> None:
         self.state, self.data, self.val_data = state, data, val_data
         self.loss_fn, self.metrics, self.shuffle = loss_fn, metrics, shuffle
         self.callbacks, self.faults, self.checkpoints = callbacks, faults, checkpoints
         self.penalty, self.monitor, self.interval = penalty, monitor, scheduler_interval
-        self.clip_grad_norm, self.autocast = clip_grad_norm, autocast
+        self.clip_grad_norm, self.autocast, self.accumulate = clip_grad_norm, autocast, accumulate
+        batches = data.steps_per_epoch
+        #: optimizer steps per epoch (None for a loader without a length)
+        self.steps_per_epoch = None if batches is None else math.ceil(batches / accumulate)
         #: the callbacks that do something after a step (the others cost nothing per step)
         self.step_callbacks = [
             cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end
@@ -312,7 +323,10 @@ class _Loop:
             state.epoch = epoch
             if processes.fault_hook is not None:
                 processes.fault_hook(epoch)
-            record = self._train_epoch(epoch, processes, bar)
+            if self.accumulate > 1:
+                record = self._train_epoch_accumulating(epoch, processes, bar)
+            else:
+                record = self._train_epoch(epoch, processes, bar)
             self._end_epoch(epoch, record, processes, bar, last=epoch + 1 == epochs)
             if state.stop is not None:
                 state.history.stopped = state.stop
@@ -322,10 +336,9 @@ class _Loop:
         """One epoch's steps (a step with NaN/inf is dropped or raises, per the policy)."""
         state, faults = self.state, self.faults
         model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
-        loss_fn, penalty, shard = self.loss_fn, self.penalty, processes.shard
         step_scheduler = scheduler is not None and self.interval == "step"
         model.train()
-        autocast, clip, step_callbacks = self.autocast, self.clip_grad_norm, self.step_callbacks
+        clip, step_callbacks = self.clip_grad_norm, self.step_callbacks
         record = EpochRecord(
             faults.params,
             processes.device,
@@ -333,18 +346,9 @@ class _Loop:
             native=faults.native and processes.ctx is None,
         )
         bar.start_epoch(epoch)
-        for batch, (xb, yb) in enumerate(self.data.epoch(self.shuffle, shard), 1):
+        for batch, (xb, yb) in enumerate(self.data.epoch(self.shuffle, processes.shard), 1):
             optimizer.zero_grad(set_to_none=False)
-            if autocast is None:
-                out = processes.forward(xb)
-            else:  # the forward pass in bfloat16; the loss from float32 outputs
-                with autocast:
-                    out = processes.forward(xb)
-                out = out.float()
-            # DDP: the loss weighted so that the ranks' gradient average is the batch's
-            batch_loss = loss_fn(out, yb) if shard is None else shard.loss(loss_fn, out, yb)
-            if penalty is not None:
-                batch_loss = batch_loss + penalty()
+            out, batch_loss = self._forward_loss(xb, yb, processes)
             batch_loss.backward()
             # the NaN/inf guard of the loss and every gradient; on the CPU the native record
             # also records the loss (and counts the right predictions) in the same call
@@ -370,6 +374,75 @@ class _Loop:
             record.add(kept, batch_loss, out, yb, lr)
             if bar.enabled:
                 bar.advance(batch_loss, lr)
+        return record
+
+    def _forward_loss(self, xb: Tensor, yb: Tensor, processes: _Processes):
+        """The batch's outputs (float32) and loss, with the penalty; bfloat16 autocast on
+        the forward pass where asked. DDP: the loss weighted so that the ranks' gradient
+        average is the batch's."""
+        if self.autocast is None:
+            out = processes.forward(xb)
+        else:
+            with self.autocast:
+                out = processes.forward(xb)
+            out = out.float()
+        shard = processes.shard
+        loss = self.loss_fn(out, yb) if shard is None else shard.loss(self.loss_fn, out, yb)
+        if self.penalty is not None:
+            loss = loss + self.penalty()
+        return out, loss
+
+    def _train_epoch_accumulating(
+        self, epoch: int, processes: _Processes, bar: Progress
+    ) -> EpochRecord:
+        """One epoch with gradient accumulation (see ``fit(accumulate=)``): the gradients of a
+        group of batches add up, each batch's loss divided by the group's size, before one
+        step. A NaN/inf in any batch of a group drops the whole group (``"skip"``) or raises."""
+        state, faults, k = self.state, self.faults, self.accumulate
+        model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
+        step_scheduler = scheduler is not None and self.interval == "step"
+        model.train()
+        record = EpochRecord(
+            faults.params, processes.device, "accuracy" in self.metrics, native=False
+        )
+        batches = self.data.steps_per_epoch
+        bar.start_epoch(epoch)
+        group = size = rows = 0
+        total, poisoned = None, False
+        for batch, (xb, yb) in enumerate(self.data.epoch(self.shuffle, processes.shard), 1):
+            if (batch - 1) % k == 0:  # a new group
+                optimizer.zero_grad(set_to_none=False)
+                size = k if batches is None else min(k, batches - batch + 1)
+                group, rows, total, poisoned = 0, 0, None, False
+            out, batch_loss = self._forward_loss(xb, yb, processes)
+            (batch_loss / size).backward()
+            group += 1
+            if not poisoned and not faults.all_finite(batch_loss.detach()):
+                poisoned = faults.at_fault(batch_loss, state.step + 1, epoch + 1, batch)
+            share = batch_loss.detach() / size
+            total = share if total is None else total + share
+            rows += yb.shape[0]
+            if record.accuracy:
+                record.correct.add(out, yb)
+            if group < size and batch != batches:
+                continue
+            if poisoned:
+                continue
+            if self.clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(faults.params, self.clip_grad_norm)
+            optimizer.step()
+            state.step += 1
+            faults.stepped()
+            lr = optimizer.param_groups[0]["lr"]
+            if step_scheduler:
+                _scheduler_step(scheduler)
+            record.add_step(total, rows, lr)
+            if self.step_callbacks:
+                state.loss = total
+                for cb in self.step_callbacks:
+                    cb.on_step_end(state)
+            if bar.enabled:
+                bar.advance(total, lr)
         return record
 
     def _end_epoch(

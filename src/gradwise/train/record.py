@@ -102,6 +102,13 @@ class EpochRecord:
         if self.accuracy and kept != COUNTED:
             self.correct.add(out, labels)
 
+    def add_step(self, loss: Tensor, rows: int, lr: float) -> None:
+        """A step taken on ``rows`` rows whose loss is ``loss`` (detached), with its right
+        predictions counted already (gradient accumulation: several batches a step)."""
+        self.losses.append(loss)
+        self.lrs.append(lr)
+        self.sizes.append(rows)
+
     def row(self, history: History, epoch: int, step: int, reduce=None) -> dict:
         """Append the epoch's steps to ``history``; the epoch's row: mean train loss and, when
         counted, train accuracy. ``reduce(losses, sizes, right)`` sums them over the processes

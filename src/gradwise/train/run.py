@@ -147,7 +147,8 @@ def run(
         start_from(model, config.init_from)
     _set_threads(config, model)
     optimizer = build_optimizer(config, model)
-    steps = 1 if batch_size == "full" else math.ceil(n_train / batch_size)
+    batches = 1 if batch_size == "full" else math.ceil(n_train / batch_size)
+    steps = math.ceil(batches / config.accumulate)  # optimizer steps an epoch
     scheduler = build_scheduler(config, optimizer, steps)
     classification = data.task == "classification"
     callbacks = [EarlyStopping(patience=config.early_stop)] if config.early_stop else []
@@ -183,6 +184,7 @@ def run(
         precision=config.precision,
         ema=config.ema,
         tensorboard=out_path / "tensorboard" if config.tensorboard and out_path else None,
+        accumulate=config.accumulate,
     )
     if out_path is not None and main and resume:  # the checkpoint fitted the model: a run
         save_description(out_path, describe(config, data))  # of an older gradwise gets it too

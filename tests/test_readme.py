@@ -4,12 +4,17 @@ what an earlier one made, as a reader trying them in one interpreter would)."""
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import matplotlib
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+#: each block's code, dedented (a block inside a list item is indented with it)
+BLOCKS = [
+    textwrap.dedent(code)
+    for code in re.findall(r"^ *```python\n(.*?)^ *```", README.read_text("utf-8"), re.S | re.M)
+]
 
 
 def test_the_readme_has_python_blocks():

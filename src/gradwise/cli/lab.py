@@ -6,18 +6,21 @@ comparison is described exactly like a training run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
-import sys
 import time
 from pathlib import Path
 
 import click
 
 from gradwise.cli.options import (
-    EXIT_INTERRUPTED,
+    OneLineErrors,
     config_from_options,
+    did_you_mean,
     friendly,
+    interruptible,
+    leave_out,
     table_console,
     train_options,
 )
@@ -81,7 +84,11 @@ def _run_folder(kind: str, config) -> Path:
 # ------------------------------------------------------------------------------------ lr-find
 
 
-@click.command("lr-find")
+@leave_out(  # lr-find sets the rate itself, for a few batches, and stops at divergence
+    "lr", "epochs", "schedule", "plateau", "plateau_patience", "plateau_factor", "early_stop",
+    "nan_policy",
+)  # fmt: skip
+@click.command("lr-find", cls=OneLineErrors)
 @train_options
 @click.option(
     "--start-lr", type=float, default=1e-7, show_default=True, help="Rate of the first step."
@@ -116,23 +123,37 @@ def lr_find_command(start_lr, end_lr, steps, rule, out, **options):
     scale, suggestion marked) and writes lr_find.csv. Nothing is trained for keeps: the test
     only measures. Takes every `gradwise train` option.
     """
+    ctx = click.get_current_context()
+    folder = Path(out) if out else None  # named once the configuration is known
+    files = ("lr_find.png", "lr_find.csv")
+    with interruptible(lambda: _files_kept(folder, files, "lr-find writes them at its end")):
+        config = config_from_options(dict(options)).resolved()
+        folder = folder or _run_folder("lr-find", config)
+        result = _range_test(config, start_lr, end_lr, steps, rule)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = Path(config.data).name if config.data else config.dataset
+        title = f"{name} · {config.model} · {config.optimizer} · batch {config.batch_size}"
+        result.plot(folder / "lr_find.png", title=title)
+        result.to_csv(folder / "lr_find.csv")
+        _print_lr_find(ctx, result, title, folder, start_lr, end_lr)
+
+
+def _range_test(config, start_lr: float, end_lr: float, steps: int, rule: str):
+    """The range test on ``config``'s data, model and optimizer (an ``LRFindResult``)."""
     import torch
 
     from gradwise.lab.lr_find import lr_find
-    from gradwise.lab.plots import lr_text
     from gradwise.regularization import l2_penalty, weight_params
     from gradwise.train.config import parse_batch_size
     from gradwise.train.run import build_data, build_model, build_optimizer
 
-    ctx = click.get_current_context()
-    config = config_from_options(dict(options)).resolved()
     data = build_data(config)
     model = build_model(config, data)
     optimizer = build_optimizer(config, model)
     weights = weight_params(model)
     penalty = (lambda: l2_penalty(weights, config.l2)) if config.l2 else None
     with torch.random.fork_rng():
-        result = lr_find(
+        return lr_find(
             model,
             data,
             optimizer=optimizer,
@@ -145,14 +166,12 @@ def lr_find_command(start_lr, end_lr, steps, rule, out, **options):
             seed=config.seed,
             rule=rule,
         )
-    folder = Path(out) if out else _run_folder("lr-find", config)
-    folder.mkdir(parents=True, exist_ok=True)
-    name = Path(config.data).name if config.data else config.dataset
-    title = f"{name} · {config.model} · {config.optimizer} · batch {config.batch_size}"
-    result.plot(folder / "lr_find.png", title=title)
-    result.to_csv(folder / "lr_find.csv")
 
+
+def _print_lr_find(ctx, result, title: str, folder: Path, start_lr: float, end_lr: float):
     from rich.table import Table
+
+    from gradwise.lab.plots import lr_text
 
     table = Table(title="gradwise lr-find", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -178,8 +197,15 @@ def lr_find_command(start_lr, end_lr, steps, rule, out, **options):
         line = _command_line(ctx).replace(f"gradwise {ctx.info_name}", "gradwise train", 1)
         for flag in ("--start-lr", "--end-lr", "--steps", "--rule", "--out"):
             line = _drop_option(line, flag)
-        line = _drop_option(line, "--lr")
         click.echo(f"train with it:  {line} --lr {lr_text(result.suggestion)}")
+
+
+def _files_kept(folder: Path | None, names: tuple[str, ...], when: str) -> str:
+    """What an interrupted command kept of the files ``names`` in ``folder``, on one line."""
+    found = [str(folder / name) for name in names if folder and (folder / name).exists()]
+    if found:
+        return f"kept {', '.join(found)}"
+    return f"nothing was written ({when})"
 
 
 def _drop_option(line: str, flag: str) -> str:
@@ -199,7 +225,7 @@ def _drop_option(line: str, flag: str) -> str:
 # ------------------------------------------------------------------------------------ compare
 
 
-@click.command("compare")
+@click.command("compare", cls=OneLineErrors)
 @train_options
 @click.option(
     "--optimizers",
@@ -287,6 +313,12 @@ def compare_command(
             raise ConfigError(
                 f"give --{one.replace('_', '-')} or --{many.replace('_', '-')}, not both"
             )
+    for one, many, sep in (("batch_size", "batch-sizes", ","), ("schedule", "schedules", ";")):
+        if sep in str(options.get(one) or ""):
+            raise ConfigError(
+                f"--{one.replace('_', '-')} takes one value; for several, use --{many} "
+                f"{options[one]!r}"
+            )
     if options.get("nan_policy") == "skip":
         raise ConfigError(
             "compare stops a run at its first NaN/inf to flag it as diverged; "
@@ -301,12 +333,16 @@ def compare_command(
     for name in optimizer_list or ():
         if name not in OPTIMIZERS:
             raise ConfigError(
-                f"--optimizers: unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}"
+                f"--optimizers: unknown optimizer {name!r}{did_you_mean(name, OPTIMIZERS)}; "
+                f"allowed: {', '.join(OPTIMIZERS)}"
             )
     init_list = _csv("inits", inits)
     for name in init_list or ():
         if name not in SCHEMES:
-            raise ConfigError(f"--inits: unknown init {name!r}; allowed: {', '.join(SCHEMES)}")
+            raise ConfigError(
+                f"--inits: unknown init {name!r}{did_you_mean(name, SCHEMES)}; "
+                f"allowed: {', '.join(SCHEMES)}"
+            )
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1; received --seeds {seeds}")
     if jobs is not None and jobs < 1:
@@ -325,11 +361,57 @@ def compare_command(
         inits=init_list,
         regularizers=_csv("regularizers", regularizers),
     )
-    first = next(iter(configs.values())).resolved()
-    folder = Path(out) if out else _run_folder("compare", first)
-    jobs = jobs or default_jobs()
-    total = len(configs) * seeds
+    folder, total, finished, reported = Path(out) if out else None, 0, 0, False
 
+    def kept() -> str:
+        return _runs_kept(folder, finished, total, reported)
+
+    with interruptible(kept):
+        first = next(iter(configs.values())).resolved()
+        folder = folder or _run_folder("compare", first)
+        jobs = jobs or default_jobs()
+        total = len(configs) * seeds
+        click.echo(
+            f"compare: {len(configs)} configuration(s) x {seeds} seed(s) = {total} runs, "
+            f"{min(jobs, total)} at a time -> {folder}",
+            err=True,
+        )
+        with _progress_bar(total, no_progress) as on_result:
+
+            def count(record, done, of):
+                nonlocal finished
+                finished = done
+                on_result(record, done, of)
+
+            result = compare(
+                configs,
+                seeds=range(first.seed, first.seed + seeds),
+                jobs=jobs,
+                out=folder,
+                target_accuracy=target_accuracy,
+                on_result=count,
+                command=_command_line(ctx),
+            )
+        reported = True
+        _print_comparison(result, folder)
+
+
+def _runs_kept(folder: Path | None, finished: int, total: int, reported: bool) -> str:
+    """What an interrupted comparison kept, on one line."""
+    if reported:
+        return f"the report is complete: {folder / 'summary.md'}"
+    if not finished:
+        return "no run had finished; no report written"
+    return (
+        f"{finished} of {total} runs had finished; they are kept in {folder / 'runs'} "
+        "(no report written; the unfinished runs' folders are partial)"
+    )
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, no_progress: bool):
+    """A progress bar of the runs on stderr (in a terminal); yields the ``on_result`` that
+    moves it."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -341,11 +423,6 @@ def compare_command(
     )
 
     console = Console(stderr=True)
-    click.echo(
-        f"compare: {len(configs)} configuration(s) x {seeds} seed(s) = {total} runs, "
-        f"{min(jobs, total)} at a time -> {folder}",
-        err=True,
-    )
     bar = Progress(
         TextColumn("runs"),
         BarColumn(),
@@ -357,7 +434,6 @@ def compare_command(
         console=console,
         disable=no_progress or not console.is_terminal,
     )
-
     with bar:
         task = bar.add_task("compare", total=total, last="")
 
@@ -369,23 +445,7 @@ def compare_command(
                 last = f"{record.label} seed {record.seed}: {record.metric_key} {acc:.3f}"
             bar.update(task, completed=done, last=last)
 
-        try:
-            result = compare(
-                configs,
-                seeds=range(first.seed, first.seed + seeds),
-                jobs=jobs,
-                out=folder,
-                target_accuracy=target_accuracy,
-                on_result=on_result,
-                command=_command_line(ctx),
-            )
-        except KeyboardInterrupt:
-            click.echo(
-                f"\ninterrupted: no report written; finished runs are in {folder / 'runs'}",
-                err=True,
-            )
-            sys.exit(EXIT_INTERRUPTED)
-    _print_comparison(result, folder)
+        yield on_result
 
 
 def _print_comparison(result, folder: Path) -> None:

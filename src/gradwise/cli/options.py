@@ -9,10 +9,16 @@ take them all), and :func:`config_from_options` turns them into a ``TrainConfig`
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
+import difflib
 import functools
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -65,18 +71,118 @@ def friendly(fn):
     return wrapper
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt(terminated: list[bool]):
+    """SIGTERM handled as Ctrl-C (``KeyboardInterrupt``) for the duration; ``terminated``
+    records that it came. It goes through the current SIGINT handler, so that a checkpoint
+    being written is finished first, as for Ctrl-C. Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        terminated.append(True)
+        on_interrupt = signal.getsignal(signal.SIGINT)
+        if callable(on_interrupt):
+            on_interrupt(signal.SIGINT, frame)
+        else:  # SIGINT ignored (started in the background): stop all the same
+            raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # no signals here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def interruptible(kept: Callable[[], str]):
+    """Ctrl-C or SIGTERM ends the command with one line on stderr, ``gradwise: interrupted:
+    KEPT`` (``terminated (SIGTERM)`` for SIGTERM), and exit code 130 (143); ``kept()`` says,
+    when it happens, what the command had written and keeps."""
+    terminated: list[bool] = []
+    try:
+        with sigterm_as_interrupt(terminated):
+            yield
+    except KeyboardInterrupt:
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        click.echo(f"\ngradwise: {what}: {kept()}", err=True)
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+
+
+def did_you_mean(word: str, choices) -> str:
+    """``" (did you mean 'X'?)"`` for the choice nearest to ``word`` (difflib; options are
+    compared without their dashes), else ``""``."""
+    names = {str(c).lstrip("-"): str(c) for c in choices}
+    near = difflib.get_close_matches(str(word).lstrip("-"), list(names), n=1, cutoff=0.6)
+    return f" (did you mean {names[near[0]]!r}?)" if near else ""
+
+
+def usage_error_line(e: click.UsageError, args=(), ctx: click.Context | None = None) -> str:
+    """A click usage error as one line: its message, a suggestion for a near miss (an option,
+    a choice or a command name; the plural option, e.g. ``--optimizers`` for a list given to
+    ``--optimizer``) and where to read more. ``args``: the command's own arguments, for the
+    value given; ``ctx``: the command's context, where the error has none."""
+    ctx = e.ctx or ctx
+    message = e.format_message().rstrip(".")
+    command = ctx.command if ctx else None
+    if isinstance(e, click.NoSuchOption) and command is not None:
+        names = [opt for param in command.params for opt in param.opts + param.secondary_opts]
+        message = f"No such option: {e.option_name}{did_you_mean(e.option_name, names)}"
+    elif isinstance(e, click.BadParameter) and isinstance(e.param, click.Option):
+        value = _value_given(args, e.param)
+        plural = [p for p in command.params if p.name == f"{e.param.name}s"] if command else []
+        if plural and (value is None or "," in value):
+            message += f" (for several values, use {plural[0].opts[0]})"
+        elif isinstance(e.param.type, click.Choice) and value is not None:
+            message += did_you_mean(value, e.param.type.choices)
+    where = f"{ctx.command_path} --help" if ctx else "gradwise --help"
+    return f"{message} (see {where})"
+
+
+def _value_given(args, param: click.Parameter) -> str | None:
+    """The value last given to the option ``param`` in ``args`` (``--opt V`` or ``--opt=V``)."""
+    value = None
+    for i, arg in enumerate(args):
+        for opt in param.opts:
+            if arg == opt and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith(f"{opt}="):
+                value = arg[len(opt) + 1 :]
+    return value
+
+
 class OneLineErrors(click.Command):
     """A command whose usage errors (bad option values, unknown options) are one line too:
-    ``gradwise: error: ...`` and exit code 2, instead of click's usage block."""
+    ``gradwise: error: ...`` (see :func:`usage_error_line`) and exit code 2, instead of click's
+    usage block."""
 
     def parse_args(self, ctx, args):
         try:
-            return super().parse_args(ctx, args)
+            return super().parse_args(ctx, list(args))
         except click.UsageError as e:
             if os.environ.get("GRADWISE_DEBUG"):
                 raise
-            echo_error(f"{e.format_message()} (see gradwise {self.name} --help)")
+            echo_error(usage_error_line(e, args, ctx))
             ctx.exit(EXIT_USAGE)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are gradwise's one line and exit code 2 too (for the
+    commands whose options argparse reads: ``gradwise bench``), with the nearest option
+    suggested for an unknown one."""
+
+    def error(self, message: str):
+        unknown = message.partition("unrecognized arguments: ")[2].split()
+        if unknown and unknown[0].startswith("-"):
+            names = [opt for action in self._actions for opt in action.option_strings]
+            message = f"No such option: {unknown[0]}{did_you_mean(unknown[0], names)}"
+        echo_error(f"{message} (see {self.prog} --help)")
+        sys.exit(EXIT_USAGE)
 
 
 def csv_ints(ctx, param, value):
@@ -234,6 +340,20 @@ def train_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def leave_out(*names: str):
+    """A decorator that removes the options ``names`` (parameter names, e.g. ``"early_stop"``)
+    from a command: the training options that do not apply to it."""
+
+    def decorate(command: click.Command) -> click.Command:
+        unknown = set(names) - {param.name for param in command.params}
+        if unknown:
+            raise ValueError(f"leave_out: {command.name} has no option {sorted(unknown)}")
+        command.params = [param for param in command.params if param.name not in names]
+        return command
+
+    return decorate
 
 
 CONFIG_OPTIONS = (

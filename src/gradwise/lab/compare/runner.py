@@ -1,19 +1,26 @@
-"""Running a comparison: :func:`compare` trains every configuration once per seed, each run in
-its own spawned process (at most ``jobs`` at a time, one torch thread each), or one after another
-in this process with ``jobs=1``; :func:`train_one` is one run."""
+"""Running a comparison: :func:`compare` trains every configuration once per seed on at most
+``jobs`` spawned worker processes (one run at a time each, one torch thread each), or one after
+another in this process with ``jobs=1``; :func:`train_one` is one run. However a comparison ends
+(Ctrl-C and SIGTERM included), its workers are stopped and reaped, and a worker whose parent
+dies exits by itself."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import math
 import multiprocessing
+import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait
 from pathlib import Path
 
 from gradwise import checks
@@ -146,24 +153,7 @@ def compare(
         finally:
             torch.set_num_threads(threads)
     else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-            pending = {pool.submit(train_one, *task) for task in tasks}
-            try:
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        done(future.result())
-            except BrokenProcessPool as e:
-                raise RuntimeError(
-                    "compare: a worker process died before finishing its run. Called from a "
-                    "script? Put the call under `if __name__ == '__main__':` (worker processes "
-                    "are spawned and import the script again), or pass jobs=1."
-                ) from e
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+        _run_in_processes(tasks, workers, done)
     comparison = Comparison(
         configs=resolved,
         runs=records,
@@ -229,12 +219,152 @@ def train_one(label: str, config: TrainConfig, folder: Path | None) -> RunRecord
     )
 
 
-def _worker_init() -> None:
+def _run_in_processes(tasks: list[tuple], workers: int, done: Callable[[RunRecord], None]) -> None:
+    """Run ``tasks`` (:func:`train_one`'s arguments) on ``workers`` spawned processes, one task
+    at a time each, calling ``done(record)`` as each run ends.
+
+    However this ends (all done, an error, Ctrl-C, or SIGTERM turned into ``KeyboardInterrupt``
+    by the caller), the workers are stopped and reaped before it returns or raises. Workers
+    ignore SIGINT (a terminal's Ctrl-C reaches the whole process group: this process decides
+    what stops), and exit by themselves if this process dies (:func:`_worker_main`).
+    """
+    context = multiprocessing.get_context("spawn")
+    queue = collections.deque(tasks)
+    pool: list[tuple[multiprocessing.Process, object]] = []  # (process, this end of its pipe)
+    busy: dict[object, tuple] = {}  # pipe end -> (process, task)
+    finished = False
+    try:
+        for i in range(workers):
+            here, there = context.Pipe()
+            process = context.Process(
+                target=_worker_main, args=(there,), name=f"gradwise-compare-{i}"
+            )
+            with _sigint_blocked():  # a Ctrl-C while it starts reaches it blocked, then ignored
+                process.start()
+            there.close()
+            pool.append((process, here))
+        for process, conn in pool:
+            if queue:
+                task = queue.popleft()
+                conn.send(task)
+                busy[conn] = (process, task)
+        while busy:
+            sentinels = {process.sentinel: conn for conn, (process, _) in busy.items()}
+            for ready in wait([*busy, *sentinels], timeout=1.0):
+                conn = sentinels.get(ready, ready)
+                if conn not in busy:  # its message and its exit were both ready
+                    continue
+                process, task = busy.pop(conn)
+                if not conn.poll():  # the process ended without an answer
+                    raise _died(process, task)
+                outcome, value, trace = conn.recv()
+                if outcome == "error":
+                    value.__cause__ = RuntimeError(f"in the worker process:\n{trace}")
+                    raise value
+                done(value)
+                if queue:
+                    task = queue.popleft()
+                    conn.send(task)
+                    busy[conn] = (process, task)
+        for _, conn in pool:
+            conn.send(None)  # no more work: exit
+        finished = True
+    finally:
+        _stop([process for process, _ in pool], grace_s=5.0 if finished else 0.0)
+        for _, conn in pool:
+            conn.close()
+
+
+def _died(process: multiprocessing.Process, task: tuple) -> RuntimeError:
+    process.join(1.0)
+    code = process.exitcode
+    if code is not None and code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    return RuntimeError(
+        f"compare: a worker process {how} before finishing its run ({task[0]}, seed "
+        f"{task[1].seed}). Called from a script? Put the call under "
+        "`if __name__ == '__main__':` (worker processes are spawned and import the script "
+        "again), or pass jobs=1."
+    )
+
+
+def _stop(processes: list[multiprocessing.Process], grace_s: float) -> None:
+    """End the processes and reap them: ``grace_s`` seconds to exit by themselves (those told
+    to), then SIGTERM, then, a second later, SIGKILL."""
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        if grace_s and process.is_alive():
+            process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + 1.0
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this thread for the duration: a process started meanwhile inherits the
+    block (it unblocks once it ignores SIGINT), and one sent here is delivered afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _worker_main(conn) -> None:
+    """A worker process: runs the tasks it receives until it receives ``None`` (or its pipe
+    closes), sending back ``("done", record, "")`` or ``("error", exception, traceback)``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM still ends it
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _exit_with_parent()
     import torch
 
     # one thread per run: with several processes on few cores, OpenMP threads spinning on
     # barriers cost far more than they win (docs/benchmarking.md)
     torch.set_num_threads(1)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        try:
+            message = ("done", train_one(*task), "")
+        except Exception as e:
+            message = ("error", e, traceback.format_exc())
+        try:
+            conn.send(message)
+        except Exception:  # an exception that does not pickle: its text does
+            conn.send(("error", RuntimeError(str(message[1])), message[2]))
+
+
+def _exit_with_parent() -> None:
+    """In a worker: exit at once if the parent process dies (a SIGKILL, a crash), whatever the
+    worker is doing, so that no worker outlives the comparison."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gradwise-parent-watch", daemon=True).start()
 
 
 def _nonfinite(history: History) -> str | None:

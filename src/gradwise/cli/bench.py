@@ -3,7 +3,7 @@
 The arguments go untouched to the harness's own argparse command line (so that ``gradwise bench``
 and ``python benchmarks/*.py`` take the same options): ``--train-step`` picks
 :mod:`gradwise.lab.train_step` (whole iterations), otherwise :mod:`gradwise.lab.bench` (the step
-alone).
+alone). Its errors are one line too (:class:`~gradwise.cli.options.OneLineArgumentParser`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 
 import click
+
+from gradwise.cli.options import OneLineArgumentParser
 
 
 @click.command(
@@ -33,7 +35,8 @@ def bench_command(args):
         from gradwise.lab.train_step import main as train_step_main
 
         args.remove("--train-step")
-        sys.exit(train_step_main(args, prog="gradwise bench --train-step"))
+        prog = "gradwise bench --train-step"
+        sys.exit(train_step_main(args, prog=prog, parser_class=OneLineArgumentParser))
     from gradwise.lab.bench import main as bench_main
 
-    sys.exit(bench_main(args))
+    sys.exit(bench_main(args, prog="gradwise bench", parser_class=OneLineArgumentParser))

@@ -10,11 +10,11 @@ import math
 
 import click
 
-from gradwise.cli.options import csv_ints, friendly, table_console
+from gradwise.cli.options import OneLineErrors, csv_ints, friendly, table_console
 from gradwise.errors import ConfigError
 
 
-@click.command("schedule")
+@click.command("schedule", cls=OneLineErrors)
 @click.argument("texts", nargs=-1, required=True, metavar="SCHEDULE...")
 @click.option("--steps", type=int, default=1000, show_default=True, help="Steps to draw.")
 @click.option(

@@ -380,8 +380,12 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def build_parser(prog: str = "train_step") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser(
+    prog: str = "train_step", parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    """The argparse parser, named ``prog``, of class ``parser_class`` (``gradwise bench``
+    passes one whose errors are one line)."""
+    p = parser_class(
         prog=prog,
         description="Time whole training iterations (default zero_grad, forward, backward, "
         "step): torch.optim's fastest path against gradwise.",
@@ -413,12 +417,16 @@ def build_parser(prog: str = "train_step") -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "train_step") -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    prog: str = "train_step",
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> int:
     import json
 
     from rich.console import Console
 
-    parser = build_parser(prog)
+    parser = build_parser(prog, parser_class)
     args = parser.parse_args(argv)
     try:
         cfg = Config(

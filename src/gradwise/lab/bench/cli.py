@@ -25,9 +25,13 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="optim_step",
+def build_parser(
+    prog: str = "optim_step", parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    """The argparse parser, named ``prog``, of class ``parser_class`` (``gradwise bench``
+    passes one whose errors are one line)."""
+    p = parser_class(
+        prog=prog,
         description="Time optimizer.step(): torch for-loop / foreach / fused vs gradwise.",
     )
     p.add_argument("--quick", action="store_true", help="few rounds; finishes in under a minute")
@@ -84,11 +88,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return quick_config(**overrides) if args.quick else Config(**overrides)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: parse ``argv``, run, print the table, optionally write JSON."""
+def main(
+    argv: Sequence[str] | None = None,
+    prog: str = "optim_step",
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> int:
+    """Command-line entry point: parse ``argv``, run, print the table, optionally write JSON
+    (``prog`` and ``parser_class``: see :func:`build_parser`)."""
     from rich.console import Console
 
-    parser = build_parser()
+    parser = build_parser(prog, parser_class)
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)

@@ -1,11 +1,12 @@
-"""The ``gradwise`` command line: train, lr-find, compare, schedule, bench, cache.
+"""The ``gradwise`` command line: train, lr-find, compare, schedule, bench, cache, export,
+predict.
 
 This package holds the top-level click group, :func:`main` (the ``gradwise`` console script and
-``python -m gradwise``), and registers the commands; each command group lives in its own module
-(:mod:`~gradwise.cli.train`, :mod:`~gradwise.cli.lab`, :mod:`~gradwise.cli.schedule`,
-:mod:`~gradwise.cli.bench`, :mod:`~gradwise.cli.cache`), and what they share in
-:mod:`~gradwise.cli.options`. Command modules import only ``options``, never each other or this
-package's :func:`main`.
+``python -m gradwise``), and registers the commands in :data:`COMMANDS`; each command group lives
+in its own module (:mod:`~gradwise.cli.train`, :mod:`~gradwise.cli.lab`, ...), imported only when
+one of its commands runs (:class:`~gradwise.cli.group.LazyGroup`: ``gradwise --help`` does not
+import torch), and what they share in :mod:`~gradwise.cli.options`. Command modules import only
+``options``, never each other or this package's :func:`main`.
 
 Bad input ends with one line on stderr, ``gradwise: error: ...``, and exit code 2 (no traceback;
 set ``GRADWISE_DEBUG=1`` to see one). A training run that diverges (NaN / inf) ends the same way;
@@ -17,23 +18,61 @@ from __future__ import annotations
 import click
 
 from gradwise import __version__
-from gradwise.cli import bench, cache, export, lab, predict, schedule, train
+from gradwise.cli.group import LazyGroup
+
+#: The commands: name -> (module, click command in it, the one line ``gradwise --help`` shows).
+#: To add a command, add its line; tests/test_cli.py checks that each one imports and that its
+#: line is the first sentence of its docstring.
+COMMANDS = {
+    "train": (
+        "gradwise.cli.train",
+        "train_command",
+        "Train a model and write a run folder: config.toml, metrics.csv, history.jsonl, "
+        "checkpoint.pt and curves.png.",
+    ),
+    "lr-find": ("gradwise.cli.lab", "lr_find_command", "Find a learning rate: the range test."),
+    "compare": (
+        "gradwise.cli.lab",
+        "compare_command",
+        "Compare configurations: every combination of the lists given, each over several seeds.",
+    ),
+    "schedule": (
+        "gradwise.cli.schedule",
+        "schedule_command",
+        "Plot learning-rate schedules before training, and print a few values.",
+    ),
+    "bench": (
+        "gradwise.cli.bench",
+        "bench_command",
+        "Time gradwise against torch.optim: whole training iterations, or the step alone.",
+    ),
+    "cache": (
+        "gradwise.cli.cache",
+        "cache_command",
+        "Show or clear the cache of compiled optimizer kernels.",
+    ),
+    "export": (
+        "gradwise.cli.export",
+        "export_command",
+        "Export the trained model of the run folder RUN (its latest checkpoint).",
+    ),
+    "predict": (
+        "gradwise.cli.predict",
+        "predict_command",
+        "Predict the rows of a CSV file with the model of the run folder RUN (or a file from "
+        "`gradwise export`).",
+    ),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="gradwise")
 def main() -> None:
     """gradwise: train neural networks well and fast on PyTorch.
 
     Start with `gradwise train` (digits, an MLP and Adam, under 10 seconds).
     """
-
-
-main.add_command(train.train_command)
-main.add_command(lab.lr_find_command)
-main.add_command(lab.compare_command)
-main.add_command(schedule.schedule_command)
-main.add_command(bench.bench_command)
-main.add_command(cache.cache_command)
-main.add_command(export.export_command)
-main.add_command(predict.predict_command)

@@ -182,6 +182,10 @@ class Optimizer(torch.optim.Optimizer):
     #: come from the ``step`` tensor itself (in its dtype, on its device), as torch.optim's Adam
     #: computes its bias corrections then
     coefficients_from_step_tensor: ClassVar[bool] = False
+    #: per-parameter 0-d state tensors besides ``step`` (NAdam's ``mu_product``, ASGD's ``eta``
+    #: and ``mu``), kept as torch.optim keeps them and advanced by :meth:`advance`; a class
+    #: that has any runs the per-tensor path, so they are never laid out as elementwise state
+    scalar_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         name = type(self).__name__
@@ -228,6 +232,12 @@ class Optimizer(torch.optim.Optimizer):
         """The rule's keyword arguments that change from step to step (rates, corrections)."""
         raise NotImplementedError
 
+    def advance(self, group: dict, state: dict[str, Tensor], step: int) -> dict[str, Any]:
+        """Advance one parameter's :attr:`scalar_state` by a step, in place, and return the
+        step's coefficients that come from it (added to :meth:`coefficients`'). Called once per
+        parameter and step, after ``step`` is counted, before the rule."""
+        return {}
+
     def state_bytes_per_param(self) -> float:
         """Bytes of optimizer state (moment buffers and step counters) per parameter element."""
         numel = sum(p.numel() for g in self.param_groups for p in g["params"])
@@ -267,7 +277,7 @@ class Optimizer(torch.optim.Optimizer):
             if group.get("state_dtype") is not None:
                 for p in group["params"]:
                     for key, value in self.state.get(p, {}).items():
-                        if key != "step":
+                        if key != "step" and key not in self.scalar_state:
                             self.state[p][key] = value.to(group["state_dtype"])
         self._segments = {}  # the state tensors were replaced: lay them out flat again now
         for group in self.param_groups:
@@ -275,7 +285,7 @@ class Optimizer(torch.optim.Optimizer):
             for seg in self._group_segments(group):
                 if (
                     seg.flattenable
-                    and not _per_tensor(group)
+                    and not self._stays_per_tensor(group)
                     and all(self._has_state(p, names) for p in seg.params)
                 ):
                     engine.flatten(seg, self.state, names, self.has_step)
@@ -352,7 +362,7 @@ class Optimizer(torch.optim.Optimizer):
         return cached[1]
 
     def _step_segment(self, seg: engine.Segment, group: dict) -> None:
-        if _per_tensor(group):  # never flattened: see _per_tensor
+        if self._stays_per_tensor(group):  # never flattened: see _stays_per_tensor
             self._step_each(seg, group)
             return
         if group.get("fused") is True and any(p.grad is not None for p in seg.params):
@@ -498,15 +508,19 @@ class Optimizer(torch.optim.Optimizer):
                     step = int(state["step"].item())
             else:
                 step = 1 if new else 2  # only "first update or not" matters without a counter
+            scalars = self.advance(group, state, step) if self.scalar_state else None
+            # the rule gets the elementwise state only: a step counter or scalar state that went
+            # through update()'s cast to a bfloat16 parameter's dtype would come back rounded
+            state = {n: state[n] for n in names}
             if group.get("differentiable"):
-                self._update_recorded(p, grad, state, step, group)
+                self._update_recorded(p, grad, state, step, group, scalars)
                 continue
             if p.is_complex():  # as PyTorch: a complex number is a pair of real numbers
                 parts = {n: as_real(v) for n, v in state.items()}
-                self._update(as_real(p), as_real(grad), parts, step, group)
+                self._update(as_real(p), as_real(grad), parts, step, group, scalars)
                 continue
-            self._update(p, grad, state, step, group)
-        if _per_tensor(group):
+            self._update(p, grad, state, step, group, scalars)
+        if self._stays_per_tensor(group):
             return
         if seg.steps is not None:
             seg.step = None  # step counts may now differ between parameters
@@ -534,7 +548,7 @@ class Optimizer(torch.optim.Optimizer):
         return all(n in state for n in names) and (not self.has_step or "step" in state)
 
     def _update_recorded(
-        self, param: Tensor, grad: Tensor, state: dict, step: int, group: dict
+        self, param: Tensor, grad: Tensor, state: dict, step: int, group: dict, scalars=None
     ) -> None:
         """``differentiable=True``: the update on copies of θ and its state, which autograd
         records, written back with ``copy_`` (recorded too), so that the new θ and state are
@@ -552,17 +566,23 @@ class Optimizer(torch.optim.Optimizer):
             param_in, state_in = param, {n: state[n] for n in names}
         new_param = param_in.clone()
         new_state = {n: t.clone() for n, t in state_in.items()}
-        self._update(new_param, grad, new_state, step, group)
+        self._update(new_param, grad, new_state, step, group, scalars)
         param_in.copy_(new_param)
         for n, t in new_state.items():
             state_in[n].copy_(t)
 
-    def _update(self, param: Tensor, grad: Tensor, state: dict, step: int, group: dict) -> None:
-        update(type(self).rule, param, grad, state, **self._update_args(group, step))
+    def _update(
+        self, param: Tensor, grad: Tensor, state: dict, step: int, group: dict, scalars=None
+    ) -> None:
+        update(type(self).rule, param, grad, state, **self._update_args(group, step, scalars))
 
-    def _update_args(self, group: dict, step: int) -> dict[str, Any]:
-        """``update``'s keyword arguments for this group and step."""
-        lr, wd, l1 = group["lr"], group["weight_decay"], group.get("l1", 0.0)
+    def _update_args(self, group: dict, step: int, scalars: dict | None = None) -> dict[str, Any]:
+        """``update``'s keyword arguments for this group and step (``scalars``: the
+        coefficients :meth:`advance` gave)."""
+        lr, wd, l1 = group["lr"], group.get("weight_decay", 0.0), group.get("l1", 0.0)
+        coefficients = self.coefficients(group, step)
+        if scalars:
+            coefficients = {**coefficients, **scalars}
         decoupled = group.get("decoupled_weight_decay", False)
         return dict(
             maximize=group["maximize"],
@@ -570,8 +590,13 @@ class Optimizer(torch.optim.Optimizer):
             shrink=1 - lr * wd if decoupled and wd != 0 else None,
             l1_threshold=lr * l1 if l1 else None,
             hyperparameters=self.hyperparameters(group),
-            coefficients=self.coefficients(group, step),
+            coefficients=coefficients,
         )
+
+    def _stays_per_tensor(self, group: dict) -> bool:
+        """Whether a group runs the per-tensor path only: see :func:`_per_tensor`, and
+        :attr:`scalar_state`, which the flat buffers do not hold."""
+        return bool(self.scalar_state) or _per_tensor(group)
 
 
 def _per_tensor(group: dict) -> bool:

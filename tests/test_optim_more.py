@@ -1,0 +1,259 @@
+"""The rest of torch.optim's elementwise algorithms against torch.optim: parameters and every
+state tensor equal to torch's, state_dict both ways, differentiable=True, complex parameters."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import gradwise.optim as go
+
+# (name, gradwise class, torch class, kwargs): each argument at its default and at another value
+GRID = [
+    ("nadam", go.NAdam, torch.optim.NAdam, dict()),
+    (
+        "nadam-all",
+        go.NAdam,
+        torch.optim.NAdam,
+        dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, momentum_decay=0.01),
+    ),
+    (
+        "nadamw-max",
+        go.NAdam,
+        torch.optim.NAdam,
+        dict(weight_decay=0.2, decoupled_weight_decay=True, maximize=True),
+    ),
+]
+IDS = [g[0] for g in GRID]
+SHAPES = [(4, 3), (7,), (0,), (2, 3, 2), (1,)]
+TOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}
+
+
+def make_params(dtype, shapes=SHAPES, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
+
+
+def twins(values):
+    return (
+        [torch.nn.Parameter(v.clone()) for v in values],
+        [torch.nn.Parameter(v.clone()) for v in values],
+    )
+
+
+def run_lockstep(oa, ob, a, b, steps, gen, none_at=()):
+    for i in range(steps):
+        for j, (x, y) in enumerate(zip(a, b)):
+            if (i, j) in none_at:
+                x.grad = y.grad = None
+                continue
+            g = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype)
+            x.grad, y.grad = g.clone(), g.clone()
+        oa.step()
+        ob.step()
+
+
+def assert_close(x, y, dtype, what):
+    if x.numel() == 0:
+        return
+    x, y = x.detach().double(), y.detach().double()
+    err = (x - y).abs().max().item() / max(1.0, y.abs().max().item())
+    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:g}"
+
+
+def assert_same_state(oa, ob, a, b, dtype):
+    """Parameters and every state tensor equal, and of torch's dtypes."""
+    for x, y in zip(a, b):
+        assert_close(x, y, dtype, "param")
+        sa, sb = oa.state.get(x, {}), ob.state.get(y, {})
+        assert set(sa) == set(sb), (set(sa), set(sb))
+        for k, v in sb.items():
+            assert sa[k].shape == v.shape and sa[k].dtype == v.dtype, k
+            assert_close(sa[k], v, dtype, f"state {k}")
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_parity_with_torch(name, cls, tcls, kw, dtype):
+    """Eight steps; parameter 1 has no gradient on step 3 (skipped, as torch skips it), then
+    the parameters' step counts differ."""
+    a, b = twins(make_params(dtype))
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    run_lockstep(oa, ob, a, b, 8, torch.Generator().manual_seed(1), none_at={(3, 1)})
+    assert_same_state(oa, ob, a, b, dtype)
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=IDS)
+def test_param_groups_zero_grad_views_and_torch_scheduler(name, cls, tcls, kw):
+    """Two groups, one added later, gradients from backward into zero_grad(False)'s views, and
+    torch's StepLR changing the lr: still torch's numbers."""
+    torch.manual_seed(0)
+    net_a = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    net_a = net_a.double()
+    net_b = copy.deepcopy(net_a)
+    extra = {"lr": kw.get("lr", 0.01) * 3}
+    oa = cls([{"params": net_a[0].parameters()}, {"params": [net_a[2].weight], **extra}], **kw)
+    ob = tcls(
+        [{"params": net_b[0].parameters()}, {"params": [net_b[2].weight], **extra}],
+        foreach=False,
+        **kw,
+    )
+    sa = torch.optim.lr_scheduler.StepLR(oa, step_size=3, gamma=0.5)
+    sb = torch.optim.lr_scheduler.StepLR(ob, step_size=3, gamma=0.5)
+    x, y = torch.randn(32, 6, dtype=torch.float64), torch.randn(32, 2, dtype=torch.float64)
+    for i in range(8):
+        if i == 4:
+            oa.add_param_group({"params": [net_a[2].bias]})
+            ob.add_param_group({"params": [net_b[2].bias]})
+        for net, opt, sched in ((net_a, oa, sa), (net_b, ob, sb)):
+            opt.zero_grad(set_to_none=False)
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+            sched.step()
+    pa, pb = list(net_a.parameters()), list(net_b.parameters())
+    assert_same_state(oa, ob, pa, pb, torch.float64)
+
+
+@pytest.mark.parametrize("saved_by", ["torch", "gradwise"])
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=IDS)
+def test_state_dict_interchange(name, cls, tcls, kw, saved_by):
+    """A state saved by either library loads into both; the two then continue in lockstep
+    (torch's own load casts per-parameter scalars to the parameter's dtype: both get that)."""
+    first = tcls if saved_by == "torch" else cls
+    vals = make_params(torch.float64)
+    saved = [torch.nn.Parameter(v.clone()) for v in vals]
+    opt = first(saved, **(dict(kw, foreach=False) if first is tcls else kw))
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(6):
+        for p in saved:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        opt.step()
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    a, b = twins([p.detach() for p in saved])
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    for o in (oa, ob):
+        buf.seek(0)
+        o.load_state_dict(torch.load(buf, weights_only=True))
+    assert_same_state(oa, ob, a, b, torch.float64)
+    run_lockstep(oa, ob, a, b, 6, gen)
+    assert_same_state(oa, ob, a, b, torch.float64)
+    assert oa.state_dict()["param_groups"][0]["lr"] == ob.state_dict()["param_groups"][0]["lr"]
+
+
+def differentiable_step(cls, kw, warm_steps=3):
+    """One ``differentiable=True`` step from a state warmed by plain steps: the new parameter
+    and elementwise state, and the vector-Jacobian products of a random cotangent with respect
+    to the old parameter, the gradient and the old elementwise state (per-parameter scalar
+    state, e.g. NAdam's mu_product, is carried over but not differentiated: torch updates it in
+    place)."""
+    gen = torch.Generator().manual_seed(0)
+    warm = torch.randn(5, 3, dtype=torch.float64, generator=gen).requires_grad_()
+    opt = cls([warm], **kw)
+    for _ in range(warm_steps):
+        warm.grad = torch.randn(5, 3, dtype=torch.float64, generator=gen)
+        opt.step()
+    old = opt.state[warm]
+    names = [n for n, t in old.items() if t.shape == warm.shape]
+    inputs = [warm.detach().clone().requires_grad_()]
+    inputs.append(torch.randn(5, 3, dtype=torch.float64, generator=gen).requires_grad_())
+    inputs += [old[n].detach().clone().requires_grad_() for n in names]
+    param = inputs[0].clone()  # not a leaf: the step changes it in place, recorded
+    param.grad = inputs[1]
+    opt_d = cls([param], **dict(kw, differentiable=True))
+    opt_d.state[param].update({n: t.detach().clone() for n, t in old.items()})
+    opt_d.state[param].update(dict(zip(names, (t.clone() for t in inputs[2:]))))
+    opt_d.step()
+    outputs = [param] + [opt_d.state[param][n] for n in names]
+    cotangent = [torch.randn(o.shape, dtype=o.dtype, generator=gen) for o in outputs]
+    vjps = torch.autograd.grad(outputs, inputs, cotangent, allow_unused=True)
+    scalars = {n: t.detach() for n, t in opt_d.state[param].items() if n not in names}
+    return [o.detach() for o in outputs], vjps, scalars
+
+
+#: one configuration per algorithm (the one with the most options on)
+DIFFERENTIABLE = [GRID[1]]
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), DIFFERENTIABLE, ids=IDS[1:2])
+@pytest.mark.parametrize("step_dtype", [torch.float64, torch.float32])
+def test_differentiable_step_has_torchs_values_and_gradients(name, cls, tcls, kw, step_dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(step_dtype)
+    try:
+        want, want_vjps, want_scalars = differentiable_step(tcls, kw)
+        got, got_vjps, got_scalars = differentiable_step(cls, kw)
+    finally:
+        torch.set_default_dtype(previous)
+    tol = (
+        dict(rtol=1e-12, atol=1e-14) if step_dtype == torch.float64 else dict(rtol=1e-6, atol=1e-9)
+    )
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **tol)
+    for g, w in zip(got_vjps, want_vjps, strict=True):
+        assert (g is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(g, w, **tol)
+    assert got_scalars.keys() == want_scalars.keys()
+    for n, w in want_scalars.items():
+        torch.testing.assert_close(got_scalars[n], w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[1:], ids=IDS[1:])
+def test_complex_parameters_match_torch(name, cls, tcls, kw):
+    """A complex parameter is its real and imaginary parts, as in torch.optim."""
+    gen = torch.Generator().manual_seed(5)
+    for dtype, tol in ((torch.complex64, 1e-6), (torch.complex128, 1e-12)):
+        values = [torch.randn(s, generator=gen, dtype=dtype) for s in ((4, 3), (7,))]
+        a, b = twins(values)
+        oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+        run_lockstep(oa, ob, a, b, 6, gen)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+            for key, value in ob.state[y].items():
+                torch.testing.assert_close(oa.state[x][key], value, rtol=tol, atol=tol)
+
+
+def test_bfloat16_step_counters_count_past_256_on_the_per_tensor_path():
+    """A step counter (or per-parameter scalar state) never goes through a bfloat16 parameter's
+    dtype: before, per-tensor steps of a bfloat16 Adam froze ``step`` at 256."""
+    a = [torch.nn.Parameter(torch.randn(3, dtype=torch.bfloat16)) for _ in range(2)]
+    opt = go.Adam(a)
+    for i in range(300):
+        a[0].grad = torch.randn(3, dtype=torch.bfloat16)
+        a[1].grad = None if i % 2 else torch.randn(3, dtype=torch.bfloat16)
+        opt.step()
+    assert opt.state[a[0]]["step"].item() == 300 and opt.state[a[1]]["step"].item() == 150
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[:1], ids=IDS[:1])
+def test_low_precision_and_state_dtype(name, cls, tcls, kw):
+    """bfloat16 parameters follow torch to bfloat16 rounding; ``state_dtype`` keeps the
+    elementwise state in that dtype and the per-parameter scalars in torch's."""
+    a, b = twins(make_params(torch.bfloat16))
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    run_lockstep(oa, ob, a, b, 6, torch.Generator().manual_seed(2))
+    assert_same_state(oa, ob, a, b, torch.bfloat16)
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = cls([p], state_dtype=torch.bfloat16, **kw)
+    p.grad = torch.randn(5)
+    opt.step()
+    for key, value in opt.state[p].items():
+        want = torch.bfloat16 if value.shape == p.shape else torch.float32
+        assert value.dtype == want, key
+
+
+BAD = [
+    (go.NAdam, dict(betas=(1.0, 0.999)), "Invalid beta parameter at index 0"),
+    (go.NAdam, dict(momentum_decay=-1.0), "Invalid momentum_decay value"),
+    (go.NAdam, dict(eps=-1.0), "Invalid epsilon value"),
+]
+
+
+@pytest.mark.parametrize(("cls", "kw", "words"), BAD, ids=[f"{c.__name__}-{w}" for c, _, w in BAD])
+def test_bad_arguments_say_what_torch_optim_says_too(cls, kw, words):
+    with pytest.raises(ValueError, match=words):
+        cls([torch.nn.Parameter(torch.zeros(2))], **kw)

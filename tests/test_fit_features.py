@@ -100,7 +100,8 @@ def test_bfloat16_autocast_forward_with_float32_weights():
 
 def test_an_unknown_precision_is_refused_with_the_choices():
     x, y = data()
-    with pytest.raises(ValueError, match=r"precision must be one of '32', 'bf16'; received precision='16'"):
+    refused = r"precision must be one of '32', 'bf16'; received precision='16'"
+    with pytest.raises(ValueError, match=refused):
         fit_full(model(), x, y, 1, precision="16")
 
 

@@ -16,7 +16,6 @@ import math
 import os
 import pickle
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -308,7 +307,8 @@ class CliCase:
     setup: Callable[[Path], None] | None = None  # writes input files into the sandbox
 
 
-SMALL = ("--dataset", "moons", "--hidden", "8", "--epochs", "1", "--no-progress")
+# a run that learns in one epoch (a classifier at chance accuracy exits 2)
+SMALL = ("--dataset", "moons", "--hidden", "8", "--epochs", "1", "--lr", "0.03", "--no-progress")
 
 CLI_CASES: list[CliCase] = [
     CliCase("epochs-zero", ("--epochs", "0"), r"epochs must be an integer >= 1"),
@@ -1315,11 +1315,11 @@ def test_numerical_faults(name, check, tmp_path):
 
 
 CLI_DIVERGENCE = [
-    # (args, error line, epoch of the checkpoint kept)
+    # (args, error line, whether a checkpoint is kept)
     (
-        ("--optimizer", "sgd", "--lr", "3", "--hidden", "32", "--epochs", "8"),
-        r"training diverged: the loss is inf at step \d+ \(epoch \d, batch \d+\).*"
-        r"The last good checkpoint \(epoch \d\) is kept in",
+        ("--optimizer", "sgd", "--lr", "3", "--schedule", "warmup:150", "--hidden", "32"),
+        r"training diverged: the training loss grew from .* in epoch 3 \(over 10x\).*"
+        r"The last good checkpoint \(epoch 2\) is kept in",
         True,
     ),
     (
@@ -1329,17 +1329,19 @@ CLI_DIVERGENCE = [
     ),
     (
         ("--optimizer", "sgd", "--lr", "1e12", "--hidden", "32", "--nan-policy", "skip"),
-        r"training diverged: \d+ steps in a row had a NaN or inf loss",
-        True,
+        r"training diverged: the training loss grew from .* in epoch 1 .*No checkpoint was written",
+        False,
     ),
 ]
 
 
-@pytest.mark.parametrize(("args", "match", "kept"), CLI_DIVERGENCE, ids=["lr3", "lr1e12", "skip"])
+@pytest.mark.parametrize(
+    ("args", "match", "kept"), CLI_DIVERGENCE, ids=["growth-later", "nan", "skip-growth"]
+)
 def test_cli_divergence_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, args, match, kept):
     out = tmp_path / "run"
     with mock.patch.object(ckpt, "save", wraps=ckpt.save) as save:
-        result = invoke([*args, "--no-progress", "--out", str(out)])
+        result = invoke([*args, "--epochs", "8", "--no-progress", "--out", str(out)])
     assert result.exit_code == 2, (result.stderr, result.exception)
     assert_one_line_error(result.stderr, match)
     assert save.called == kept
@@ -1349,6 +1351,41 @@ def test_cli_divergence_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path,
         assert all(torch.isfinite(t).all() for t in payload["model"].values())
     if "skip" in args:
         assert "gradwise: warning: step skipped:" in result.stderr
+
+
+class _NanFromEpoch2:
+    """Twelve batches an epoch; from the second epoch on their inputs are NaN."""
+
+    def __init__(self):
+        gen = torch.Generator().manual_seed(0)
+        self.x, self.y = (
+            torch.randn(96, 4, generator=gen),
+            torch.randint(0, 2, (96,), generator=gen),
+        )
+        self.epochs = 0
+
+    def __len__(self):
+        return 12
+
+    def __iter__(self):
+        self.epochs += 1
+        for i in range(12):
+            x = self.x[8 * i : 8 * (i + 1)]
+            yield (x * float("nan") if self.epochs > 1 else x), self.y[8 * i : 8 * (i + 1)]
+
+
+def test_skip_gives_up_after_an_epoch_of_skipped_steps_and_keeps_the_last_good_checkpoint(
+    tmp_path,
+):
+    from gradwise.train import fit
+
+    model = torch.nn.Linear(4, 2)
+    with pytest.warns(SkippedStepWarning), pytest.raises(Diverged, match=r"12 steps in a row"):
+        fit(model, _NanFromEpoch2(), epochs=3, nan_policy="skip", checkpoint_dir=tmp_path,
+            progress=False)  # fmt: skip
+    payload, _, _ = ckpt.load_latest(tmp_path)
+    assert payload["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in payload["model"].values())
 
 
 # =============================================================================================
@@ -1636,23 +1673,49 @@ def test_an_option_the_optimizer_ignores_is_refused_from_flags_toml_and_resume(
 
 
 def test_a_run_that_learned_nothing_is_not_reported_as_a_success(tmp_path):
-    """A run that ends without a NaN but with an exploding loss (--lr 1e6) prints its summary,
-    keeps its folder and exits 2 with one line saying so; a classifier at chance accuracy
-    (too few epochs, or a rate too small) finishes with a warning line saying that."""
+    """A loss that explodes without a NaN (--lr 1e6) stops the run at the end of the epoch, before
+    its checkpoint: exit 2, one line, no diverged weights on disk. A classifier whose training
+    accuracy ends at most 1.5x chance (SGD on single samples; a rate of 1e-9) prints its
+    summary, keeps its folder and exits 2 with one line saying so."""
     out = tmp_path / "run"
     done = CliRunner().invoke(cli, ["train", "--lr", "1e6", "--epochs", "2", "--out", str(out)])
     assert done.exit_code == 2, done.output
-    line = assert_one_line_error(
-        done.stderr, r"the model did not learn: the training loss grew from .* to .* in the last"
+    assert_one_line_error(
+        done.stderr, r"training diverged: the training loss grew from .* in epoch 1 \(over 10x\)"
     )
-    assert "gradwise lr-find" in line and str(out) in line
-    assert (out / "metrics.csv").exists() and (out / "checkpoint.pt").exists()
+    assert not (out / "checkpoint.pt").exists()
 
-    args = ["--optimizer", "sgd", "--lr", "1e-9", "--epochs", "1", "--out", str(tmp_path / "b")]
-    done = CliRunner().invoke(cli, ["train", *args])
-    assert done.exit_code == 0, done.output
-    assert re.search(
-        r"gradwise: warning: the model did not learn: test accuracy .* no better than always "
-        r"answering the most common class",
-        done.stderr,
-    ), done.stderr
+    for args in (["--batch-size", "1", "--epochs", "2"], ["--lr", "1e-9", "--epochs", "1"]):
+        out = tmp_path / args[1]
+        done = CliRunner().invoke(cli, ["train", "--optimizer", "sgd", *args, "--out", str(out)])
+        assert done.exit_code == 2, done.output
+        line = assert_one_line_error(
+            done.stderr, r"the model did not learn: its training accuracy .* is at most 1.5x chance"
+        )
+        assert "gradwise lr-find" in line and str(out) in line
+        assert (out / "metrics.csv").exists() and (out / "checkpoint.pt").exists()
+        assert "test accuracy" in done.stdout  # the summary came first
+
+
+def test_fit_raises_when_the_loss_explodes_and_keeps_the_last_good_checkpoint(tmp_path):
+    """fit() from Python: the epoch whose mean loss is over 10x the first step's raises
+    Diverged before its checkpoint; the previous epoch's stays the latest."""
+    from gradwise.train import fit
+    from gradwise.train.callbacks import Callback
+    from gradwise.train.checkpoint import load_latest
+    from gradwise.train.faults import Diverged
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    class Explode(Callback):  # after the first epoch, a rate that makes the loss explode
+        def on_epoch_end(self, state):
+            state.optimizer.param_groups[0]["lr"] = 1e4
+
+    with pytest.raises(Diverged, match=r"the training loss grew from .* in epoch 2 "):
+        fit(model, (x, y), optimizer=opt, epochs=6, batch_size=8, checkpoint_dir=tmp_path,
+            callbacks=[Explode()], progress=False)  # fmt: skip
+    payload, _, _ = load_latest(tmp_path)
+    assert payload["epoch"] == 1

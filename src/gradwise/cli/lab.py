@@ -86,7 +86,7 @@ def _run_folder(kind: str, config) -> Path:
 
 @leave_out(  # lr-find sets the rate itself, for a few batches, and stops at divergence
     "lr", "epochs", "schedule", "plateau", "plateau_patience", "plateau_factor", "early_stop",
-    "nan_policy",
+    "nan_policy", "clip_grad_norm", "precision", "ema", "tensorboard", "accumulate",
 )  # fmt: skip
 @click.command("lr-find", cls=OneLineErrors)
 @train_options

@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +24,7 @@ from gradwise.cli.options import (
     OneLineErrors,
     config_from_options,
     friendly,
+    sigterm_as_interrupt,
     train_options,
 )
 from gradwise.errors import GradwiseError
@@ -92,7 +91,7 @@ def train_command(out, resume_dir, no_progress, nproc, dist_timeout, **options):
     from gradwise.train import checkpoint as ckpt
     from gradwise.train import distributed
     from gradwise.train.faults import Diverged
-    from gradwise.train.run import at_chance, load_run_config, loss_grew, run
+    from gradwise.train.run import at_chance, load_run_config, run
 
     launched = distributed.env_world_size() > 1
     if nproc is not None and launched:
@@ -134,7 +133,9 @@ def train_command(out, resume_dir, no_progress, nproc, dist_timeout, **options):
         _remember_nproc(out, config, nproc)
     terminated: list[bool] = []
     try:
-        with _warnings_as_lines(), _sigterm_as_interrupt(terminated, enabled=not launched):
+        # SIGTERM as Ctrl-C: the last finished epoch is kept and the resume command shown
+        sigterm = sigterm_as_interrupt(terminated) if not launched else contextlib.nullcontext()
+        with _warnings_as_lines(), sigterm:
             result = run(config, out, progress=not no_progress, resume=resume)
     except KeyboardInterrupt:
         if main_rank:
@@ -150,41 +151,13 @@ def train_command(out, resume_dir, no_progress, nproc, dist_timeout, **options):
         ) from None
     if main_rank:
         _print_summary(result)
-        hint = "Try a smaller --lr (gradwise lr-find suggests one) or another --optimizer"
+        hint = (
+            "Try another --lr (gradwise lr-find suggests one), more --epochs or another --optimizer"
+        )
         kept = f"; the run is kept in {out}" if out is not None else ""
-        grew = loss_grew(result)
-        if grew is not None:  # diverged without a NaN: not a success
-            raise GradwiseError(f"the model did not learn: {grew}. {hint}{kept}")
         chance = at_chance(result)
-        if chance is not None:  # maybe too few epochs, maybe a bad rate: said, not hidden
-            click.echo(f"gradwise: warning: the model did not learn: {chance}. {hint}", err=True)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt(terminated: list[bool], enabled: bool = True):
-    """SIGTERM handled as Ctrl-C: the last finished epoch is kept and the resume command shown
-    (a checkpoint being written is finished first, as for Ctrl-C). ``terminated`` records it."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        terminated.append(True)
-        on_interrupt = signal.getsignal(signal.SIGINT)
-        if callable(on_interrupt):  # Python's default raises KeyboardInterrupt; a checkpoint
-            on_interrupt(signal.SIGINT, frame)  # write in progress holds it until it is done
-        else:  # SIGINT ignored (started in the background): stop all the same
-            raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except (ValueError, OSError):  # no signals here
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+        if chance is not None:  # not a success (a diverging loss raised Diverged in fit)
+            raise GradwiseError(f"the model did not learn: {chance}. {hint}{kept}")
 
 
 def _interrupted(out: Path, what: str = "interrupted") -> None:

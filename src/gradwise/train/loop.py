@@ -466,6 +466,7 @@ class _Loop:
             cb.on_epoch_end(state)
         bar.end_epoch(row)
         self.faults.parameters(state.step)  # never checkpoint NaN/inf weights
+        self.faults.loss_growth(state.step)  # nor a diverged run's
         last = last or state.stop is not None
         self.checkpoints.end_epoch(state, self.shuffle, self.callbacks, last)
 

@@ -218,44 +218,27 @@ def run(
     return RunResult(config, history, out_path, model, data)
 
 
-#: a classifier whose test accuracy is within this of always answering the most common class
-#: learned nothing
-CHANCE_MARGIN = 0.02
-#: a run whose last epoch's training loss is this many times its first step's grew instead
-LOSS_GROWTH = 10.0
-#: the smallest test set whose accuracy says whether a classifier learned
-MIN_TEST_ROWS = 50
-
-
-def loss_grew(result: RunResult) -> str | None:
-    """Why a finished run diverged without a NaN, or None: its last epoch's training loss is
-    over :data:`LOSS_GROWTH` times its first step's (or not finite), as with ``--lr 1e6``.
-    Reporting such a run as a success would be garbage."""
-    h = result.history
-    first = h.steps[0]["loss"] if h.steps else None
-    last = h.epochs[-1].get("train_loss") if h.epochs else None
-    known = first is not None and last is not None and math.isfinite(first)
-    if known and (not math.isfinite(last) or last > LOSS_GROWTH * max(first, 1e-12)):
-        return (
-            f"the training loss grew from {first:.4g} at the first step to {last:.4g} in the "
-            "last epoch"
-        )
-    return None
+#: a classifier whose final training accuracy is at most this many times chance (the share of
+#: the most common training class) learned nothing
+CHANCE_FACTOR = 1.5
 
 
 def at_chance(result: RunResult) -> str | None:
-    """Why a finished classifier is no better than no model, or None: its test accuracy is
-    within :data:`CHANCE_MARGIN` of always answering the most common test class (on
-    :data:`MIN_TEST_ROWS`+ rows). Too few epochs can do that as well as a bad rate."""
-    accuracy = result.history.summary.get("test_accuracy")
-    y = result.data.y_test
-    if accuracy is None or y is None or len(y) < MIN_TEST_ROWS:
+    """Why a finished classifier learned nothing, or None: its last epoch's training accuracy
+    is at most :data:`CHANCE_FACTOR` times chance, the share of the most common training class,
+    or chance plus a quarter of the way to 100% where that is lower (two balanced classes:
+    62.5%). Reporting such a run as a success would be garbage (``--optimizer sgd
+    --batch-size 1`` on digits: 8.8% against a chance of 10.1%)."""
+    accuracy = result.history.epochs[-1].get("train_accuracy") if result.history.epochs else None
+    y = result.data.y_train
+    if accuracy is None or y is None or len(y) == 0:
         return None
-    majority = float(torch.bincount(torch.as_tensor(y).long()).max()) / len(y)
-    if accuracy <= majority + CHANCE_MARGIN:
+    chance = float(torch.bincount(torch.as_tensor(y).long()).max()) / len(y)
+    bar = min(CHANCE_FACTOR * chance, chance + (1 - chance) / 4)
+    if accuracy <= bar:
         return (
-            f"test accuracy {accuracy:.2%} is no better than always answering the most common "
-            f"class ({majority:.2%})"
+            f"its training accuracy {accuracy:.2%} is at most {CHANCE_FACTOR:g}x chance "
+            f"({chance:.2%}, always answering the most common class)"
         )
     return None
 

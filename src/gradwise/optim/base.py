@@ -319,7 +319,8 @@ class Optimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for seg in self._group_segments(group):
                 layout = seg.layout() if seg.flat else engine.Segment.MOVED
-                if layout == engine.Segment.MOVED or _placed_elsewhere(seg):
+                moved = layout == engine.Segment.MOVED
+                if moved or (layout == engine.Segment.FLAT and _placed_elsewhere(seg)):
                     for p in seg.params:
                         if p.grad is not None:
                             _zero_in_place(p.grad)

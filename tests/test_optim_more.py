@@ -26,6 +26,14 @@ GRID = [
         torch.optim.NAdam,
         dict(weight_decay=0.2, decoupled_weight_decay=True, maximize=True),
     ),
+    ("radam", go.RAdam, torch.optim.RAdam, dict()),
+    (
+        "radam-all",
+        go.RAdam,
+        torch.optim.RAdam,
+        dict(lr=0.01, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1, maximize=True),
+    ),
+    ("radamw", go.RAdam, torch.optim.RAdam, dict(weight_decay=0.2, decoupled_weight_decay=True)),
 ]
 IDS = [g[0] for g in GRID]
 SHAPES = [(4, 3), (7,), (0,), (2, 3, 2), (1,)]
@@ -175,10 +183,12 @@ def differentiable_step(cls, kw, warm_steps=3):
 
 
 #: one configuration per algorithm (the one with the most options on)
-DIFFERENTIABLE = [GRID[1]]
+DIFFERENTIABLE = [g for g in GRID if g[0].endswith("-all")]
 
 
-@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), DIFFERENTIABLE, ids=IDS[1:2])
+@pytest.mark.parametrize(
+    ("name", "cls", "tcls", "kw"), DIFFERENTIABLE, ids=[g[0] for g in DIFFERENTIABLE]
+)
 @pytest.mark.parametrize("step_dtype", [torch.float64, torch.float32])
 def test_differentiable_step_has_torchs_values_and_gradients(name, cls, tcls, kw, step_dtype):
     previous = torch.get_default_dtype()
@@ -202,7 +212,10 @@ def test_differentiable_step_has_torchs_values_and_gradients(name, cls, tcls, kw
         torch.testing.assert_close(got_scalars[n], w, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[1:], ids=IDS[1:])
+COMPLEX = [g for g in GRID if g[0].endswith("-all") or g[0] == "nadamw-max"]
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), COMPLEX, ids=[g[0] for g in COMPLEX])
 def test_complex_parameters_match_torch(name, cls, tcls, kw):
     """A complex parameter is its real and imaginary parts, as in torch.optim."""
     gen = torch.Generator().manual_seed(5)
@@ -229,7 +242,10 @@ def test_bfloat16_step_counters_count_past_256_on_the_per_tensor_path():
     assert opt.state[a[0]]["step"].item() == 300 and opt.state[a[1]]["step"].item() == 150
 
 
-@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[:1], ids=IDS[:1])
+DEFAULTS = [g for g in GRID if "-" not in g[0]]
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), DEFAULTS, ids=[g[0] for g in DEFAULTS])
 def test_low_precision_and_state_dtype(name, cls, tcls, kw):
     """bfloat16 parameters follow torch to bfloat16 rounding; ``state_dtype`` keeps the
     elementwise state in that dtype and the per-parameter scalars in torch's."""
@@ -250,6 +266,7 @@ BAD = [
     (go.NAdam, dict(betas=(1.0, 0.999)), "Invalid beta parameter at index 0"),
     (go.NAdam, dict(momentum_decay=-1.0), "Invalid momentum_decay value"),
     (go.NAdam, dict(eps=-1.0), "Invalid epsilon value"),
+    (go.RAdam, dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1"),
 ]
 
 
@@ -257,3 +274,59 @@ BAD = [
 def test_bad_arguments_say_what_torch_optim_says_too(cls, kw, words):
     with pytest.raises(ValueError, match=words):
         cls([torch.nn.Parameter(torch.zeros(2))], **kw)
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), DEFAULTS, ids=[g[0] for g in DEFAULTS])
+def test_scalar_state_stays_per_parameter_and_flat_state_is_flat(name, cls, tcls, kw):
+    """Per-parameter scalar state (NAdam's mu_product, ASGD's eta and mu) is one 0-d tensor
+    per parameter and keeps its class on the per-tensor path; every other algorithm here runs
+    flat, with its state tensors views of the segment's buffers."""
+    a = [torch.nn.Parameter(torch.randn(s)) for s in ((3, 2), (5,))]
+    opt = cls(a, **kw)
+    for _ in range(3):
+        for p in a:
+            p.grad = torch.randn(p.shape)
+        opt.step()
+    seg = opt._group_segments(opt.param_groups[0])[0]
+    assert seg.flat == (not cls.scalar_state)
+    for p in a:
+        for key in cls.scalar_state:
+            assert opt.state[p][key].shape == () and opt.state[p][key].dtype == torch.float32
+        for key in opt.state_names(opt.param_groups[0]):
+            assert opt.state[p][key].shape == p.shape
+            assert not seg.flat or opt.state[p][key]._base is seg.state[key]
+
+
+FLAT = [g for g in GRID if not g[1].scalar_state]
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), FLAT, ids=[g[0] for g in FLAT])
+def test_a_kernels_constants_hold_for_every_step_and_its_scalars_give_eagers_numbers(
+    name, cls, tcls, kw
+):
+    """A fused kernel is chosen once per group options, and takes the step's numbers at run
+    time (kernel_args.split): what it bakes in must not change from step to step (RAdam's
+    rectification switches on at step 6 with the default betas), and the rule run on 0-d
+    tensor scalars, as traced, must give the eager numbers. Checked without compiling."""
+    from gradwise.optim import base, kernel_args
+
+    p = torch.nn.Parameter(torch.randn(40))
+    opt = cls([p], **kw)
+    group = opt.param_groups[0]
+    names = opt.state_names(group)
+    state = {n: torch.rand(40) + 0.5 for n in names}  # positive: a valid second moment, step size
+    constants = None
+    for step in range(1, 13):
+        args = opt._update_args(group, step)
+        static, slots, values = kernel_args.split(args)
+        constants = constants or (static, slots)
+        assert (static, slots) == constants, f"step {step}"
+        grad = torch.randn(40)
+        eager_p, eager_s = p.detach().clone(), {n: t.clone() for n, t in state.items()}
+        base.update(cls.rule, eager_p, grad, eager_s, **args)
+        traced = kernel_args.Update(base.update, cls.rule, names, static, slots)
+        scalars = kernel_args.scalar_tensors(values, p.device, torch.float64)
+        traced(p.detach(), grad, *state.values(), *scalars)
+        torch.testing.assert_close(p.detach(), eager_p, rtol=1e-6, atol=1e-7)
+        for n in names:
+            torch.testing.assert_close(state[n], eager_s[n], rtol=1e-6, atol=1e-7)

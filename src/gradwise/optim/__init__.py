@@ -9,6 +9,7 @@ RMSprop    :func:`rmsprop.rmsprop`      ``torch.optim.RMSprop``
 Adam       :func:`adam.adam`            ``torch.optim.Adam``
 AdamW      :func:`adam.adam`            ``torch.optim.AdamW``
 NAdam      :func:`nadam.nadam`          ``torch.optim.NAdam``
+RAdam      :func:`radam.radam`          ``torch.optim.RAdam``
 =========  ===========================  ==========================
 """
 
@@ -16,7 +17,17 @@ from gradwise.optim.adagrad import Adagrad
 from gradwise.optim.adam import Adam, AdamW
 from gradwise.optim.base import Optimizer
 from gradwise.optim.nadam import NAdam
+from gradwise.optim.radam import RAdam
 from gradwise.optim.rmsprop import RMSprop
 from gradwise.optim.sgd import SGD
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "Optimizer"]
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "RMSprop",
+    "Adam",
+    "AdamW",
+    "NAdam",
+    "RAdam",
+    "Optimizer",
+]

@@ -100,7 +100,7 @@ def test_bfloat16_autocast_forward_with_float32_weights():
 
 def test_an_unknown_precision_is_refused_with_the_choices():
     x, y = data()
-    refused = r"precision must be one of '32', 'bf16'; received precision='16'"
+    refused = r"precision must be one of '32', 'bf16', 'fp16'; received precision='16'"
     with pytest.raises(ValueError, match=refused):
         fit_full(model(), x, y, 1, precision="16")
 
@@ -264,3 +264,54 @@ def test_gradient_accumulation_equals_a_larger_batch(n):
         assert a.epochs[-1]["train_loss"] == pytest.approx(b.epochs[-1]["train_loss"])
     assert len(a.steps) == 3 * math.ceil(math.ceil(n / 8) / 3)  # optimizer steps
     assert a.epochs[-1]["step"] == len(a.steps)
+
+
+def scaled_hand_loop(net: nn.Module, x, y, epochs: int):
+    """Full-batch SGD with float16 autocast and a GradScaler, PyTorch's AMP recipe."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu")
+    for _ in range(epochs):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = net(x)
+        scaler.scale(F.cross_entropy(out.float(), y)).backward()
+        scaler.unscale_(opt)
+        scaler.step(opt)
+        scaler.update()
+    return net, scaler
+
+
+def test_float16_with_a_loss_scale_is_torchs_amp_recipe(tmp_path):
+    x, y = data()
+    ours = model()
+    fit_full(ours, x, y, 4, precision="fp16", checkpoint_dir=tmp_path / "a")
+    want, scaler = scaled_hand_loop(model(), x, y, 4)
+    assert_same(ours, want)
+    # the scale is checkpointed: a resumed run goes on with it, to the same weights
+    split = model()
+    fit_full(split, x, y, 2, precision="fp16", checkpoint_dir=tmp_path / "b")
+    fit_full(split, x, y, 4, precision="fp16", checkpoint_dir=tmp_path / "b", resume=True)
+    assert_same(ours, split, rtol=0, atol=0)
+    from gradwise.train.checkpoint import load_latest
+
+    saved = load_latest(tmp_path / "a")[0]["callbacks"][-1]
+    assert saved["scale"] == scaler.get_scale()
+
+
+def test_a_loss_scale_skips_an_overflowing_step_and_halves(monkeypatch):
+    """A scale so large that the scaled gradients overflow: the step is skipped (the weights
+    stay), the scale halves, and training goes on; nan_policy is not triggered."""
+    from gradwise.train import callbacks
+
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(
+        callbacks.torch.amp, "GradScaler", lambda device: real(device, init_scale=2.0**40)
+    )
+    x, y = data()
+    net = model()
+    before = [p.detach().clone() for p in net.parameters()]
+    fit_full(net, x, y, 1, precision="fp16")
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, net.parameters()))
+    history = fit_full(net, x, y, 40, precision="fp16")  # the scale comes down, steps resume
+    assert not torch.equal(before[0], net[0].weight.detach())
+    assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]

@@ -310,8 +310,9 @@ def train_options(fn):
         ),
         click.option(
             "--precision",
-            type=click.Choice(["32", "bf16"]),
-            help="32, or bf16: the forward pass in bfloat16 autocast.  [default: 32]",
+            type=click.Choice(["32", "bf16", "fp16"]),
+            help="32; bf16: the forward pass in bfloat16 autocast; fp16: in float16, with a "
+            "dynamic loss scale (for CUDA).  [default: 32]",
         ),
         click.option(
             "--ema",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from gradwise import checks
@@ -192,6 +193,20 @@ class EMA(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self._pending = state["average"]  # applied once on_fit_start has built the average
+
+
+class LossScaling(Callback):
+    """float16 training's dynamic loss scale (``torch.amp.GradScaler``), kept in checkpoints so
+    that a resumed run goes on with the same scale. ``fit(precision="fp16")`` adds it."""
+
+    def __init__(self, device: str) -> None:
+        self.scaler = torch.amp.GradScaler(device)
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scaler.load_state_dict(state)
 
 
 class TensorBoard(Callback):

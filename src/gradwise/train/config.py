@@ -215,7 +215,7 @@ class TrainConfig:
         if self.clip_grad_norm is not None:
             checks.positive(owner, "clip_grad_norm", self.clip_grad_norm)
         checks.integer(owner, "accumulate", self.accumulate, low=1)
-        checks.choice(owner, "precision", self.precision, ("32", "bf16"))
+        checks.choice(owner, "precision", self.precision, ("32", "bf16", "fp16"))
         if self.ema is not None:
             checks.in_range(owner, "ema", self.ema, 0.0, 1.0)
         if checks.flag(owner, "tensorboard", self.tensorboard):

@@ -123,12 +123,15 @@ class Faults:
         tensors += [g for g in map(_GRAD, self.params) if g is not None]
         return all_finite(tensors, self.flag)
 
-    def at_fault(self, loss: Tensor, step: int, epoch: int, batch: int) -> bool:
+    def at_fault(
+        self, loss: Tensor, step: int, epoch: int, batch: int, gradients: bool = True
+    ) -> bool:
         """A step (1-based ``step``, ``epoch`` and ``batch``) whose loss or gradients are not all
         finite: :class:`Diverged`, or True when the step is to be dropped (``"skip"``); False
-        when a closer look finds everything finite after all."""
+        when a closer look finds everything finite after all. ``gradients=False``: the loss
+        alone (a loss scaler deals with overflowing float16 gradients itself)."""
         self.step, self.epoch, self.batch = step, epoch, batch
-        return self._loss(loss) or self._gradients(loss)
+        return self._loss(loss) or (gradients and self._gradients(loss))
 
     def stepped(self) -> None:
         """A step was taken: the count of skipped steps in a row starts over."""

@@ -24,7 +24,7 @@ from gradwise import checks
 from gradwise.errors import ConfigError
 from gradwise.train import distributed
 from gradwise.train.batches import Batches
-from gradwise.train.callbacks import EMA, Callback, TensorBoard
+from gradwise.train.callbacks import EMA, Callback, LossScaling, TensorBoard
 from gradwise.train.faults import Faults
 from gradwise.train.history import History
 from gradwise.train.progress import Progress
@@ -36,8 +36,10 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "mse": nn.functional.mse_loss,
 }
 NAN_POLICIES = ("raise", "skip")
-#: ``fit(precision=...)``: float32, or bfloat16 autocast (CPU and CUDA; no loss scaling needed)
-PRECISIONS = ("32", "bf16")
+#: ``fit(precision=...)``: float32; bfloat16 autocast (no loss scaling needed); float16 autocast
+#: with a dynamic loss scale (``GradScaler``; made for CUDA, slow on the CPU)
+PRECISIONS = ("32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -134,9 +136,12 @@ def fit(
     ``clip_grad_norm``: before each step the gradients are scaled down so that their global
     L2 norm is at most this (``torch.nn.utils.clip_grad_norm_``). ``precision="bf16"``: the
     forward pass runs under ``torch.autocast`` in bfloat16 (the loss, the backward pass's
-    accumulation and the weights stay float32; validation runs in float32). ``ema``: the decay
-    of an exponential moving average of the weights (:class:`~gradwise.train.callbacks.EMA`),
-    which validation evaluates and which the model ends with. ``tensorboard``: a folder to log
+    accumulation and the weights stay float32; validation runs in float32). ``"fp16"``: the
+    same in float16, with a dynamic loss scale (``torch.amp.GradScaler``: a step whose scaled
+    gradients overflow is skipped and the scale halved; the scale is checkpointed). ``ema``:
+    the decay of an exponential moving average of the weights
+    (:class:`~gradwise.train.callbacks.EMA`), which validation evaluates and which the model
+    ends with. ``tensorboard``: a folder to log
     to (:class:`~gradwise.train.callbacks.TensorBoard`). ``accumulate=k``: gradient
     accumulation, one optimizer step per ``k`` batches, each batch's loss divided by the number
     of batches in its group (the last group of an epoch may be smaller), so that with a mean loss
@@ -172,6 +177,8 @@ def fit(
     callbacks = list(callbacks)
     if ema is not None:
         callbacks.append(EMA(ema))
+    if precision == "fp16":
+        callbacks.append(LossScaling(dev.type))
     if tensorboard is not None and (ctx is None or ctx.is_main):
         callbacks.append(TensorBoard(tensorboard))
     data = Batches(train, batch_size, dev, "train")
@@ -210,7 +217,11 @@ def fit(
         monitor=monitor,
         scheduler_interval=scheduler_interval,
         clip_grad_norm=clip_grad_norm,
-        autocast=torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else None,
+        autocast=(
+            torch.autocast(dev.type, dtype=AUTOCAST_DTYPES[precision])
+            if precision in AUTOCAST_DTYPES
+            else None
+        ),
         accumulate=accumulate,
     )
     processes = _Processes(ctx, model, optimizer, dev)
@@ -307,6 +318,7 @@ class _Loop:
         self.callbacks, self.faults, self.checkpoints = callbacks, faults, checkpoints
         self.penalty, self.monitor, self.interval = penalty, monitor, scheduler_interval
         self.clip_grad_norm, self.autocast, self.accumulate = clip_grad_norm, autocast, accumulate
+        self.scaler = next((cb.scaler for cb in callbacks if isinstance(cb, LossScaling)), None)
         batches = data.steps_per_epoch
         #: optimizer steps per epoch (None for a loader without a length)
         self.steps_per_epoch = None if batches is None else math.ceil(batches / accumulate)
@@ -323,8 +335,8 @@ class _Loop:
             state.epoch = epoch
             if processes.fault_hook is not None:
                 processes.fault_hook(epoch)
-            if self.accumulate > 1:
-                record = self._train_epoch_accumulating(epoch, processes, bar)
+            if self.accumulate > 1 or self.scaler is not None:
+                record = self._train_epoch_general(epoch, processes, bar)
             else:
                 record = self._train_epoch(epoch, processes, bar)
             self._end_epoch(epoch, record, processes, bar, last=epoch + 1 == epochs)
@@ -392,13 +404,13 @@ class _Loop:
             loss = loss + self.penalty()
         return out, loss
 
-    def _train_epoch_accumulating(
-        self, epoch: int, processes: _Processes, bar: Progress
-    ) -> EpochRecord:
-        """One epoch with gradient accumulation (see ``fit(accumulate=)``): the gradients of a
-        group of batches add up, each batch's loss divided by the group's size, before one
-        step. A NaN/inf in any batch of a group drops the whole group (``"skip"``) or raises."""
-        state, faults, k = self.state, self.faults, self.accumulate
+    def _train_epoch_general(self, epoch: int, processes: _Processes, bar: Progress) -> EpochRecord:
+        """One epoch with gradient accumulation (see ``fit(accumulate=)``) and/or a loss scale
+        (``precision="fp16"``): the gradients of a group of batches add up, each batch's loss
+        divided by the group's size, before one step. A NaN/inf in any batch of a group drops
+        the whole group (``"skip"``) or raises; with a loss scale, only the loss is checked
+        (the scaler skips steps whose scaled gradients overflow)."""
+        state, faults, k, scaler = self.state, self.faults, self.accumulate, self.scaler
         model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
         step_scheduler = scheduler is not None and self.interval == "step"
         model.train()
@@ -415,10 +427,18 @@ class _Loop:
                 size = k if batches is None else min(k, batches - batch + 1)
                 group, rows, total, poisoned = 0, 0, None, False
             out, batch_loss = self._forward_loss(xb, yb, processes)
-            (batch_loss / size).backward()
+            part = batch_loss / size
+            (part if scaler is None else scaler.scale(part)).backward()
             group += 1
-            if not poisoned and not faults.all_finite(batch_loss.detach()):
-                poisoned = faults.at_fault(batch_loss, state.step + 1, epoch + 1, batch)
+            finite = (
+                bool(torch.isfinite(batch_loss.detach()))
+                if scaler is not None
+                else faults.all_finite(batch_loss.detach())
+            )
+            if not poisoned and not finite:
+                poisoned = faults.at_fault(
+                    batch_loss, state.step + 1, epoch + 1, batch, gradients=scaler is None
+                )
             share = batch_loss.detach() / size
             total = share if total is None else total + share
             rows += yb.shape[0]
@@ -428,9 +448,15 @@ class _Loop:
                 continue
             if poisoned:
                 continue
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # the true gradients, for clipping and the step
             if self.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(faults.params, self.clip_grad_norm)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:  # skipped when the scaled gradients overflowed; the scale adapts
+                scaler.step(optimizer)
+                scaler.update()
             state.step += 1
             faults.stepped()
             lr = optimizer.param_groups[0]["lr"]

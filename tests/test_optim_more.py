@@ -34,6 +34,13 @@ GRID = [
         dict(lr=0.01, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1, maximize=True),
     ),
     ("radamw", go.RAdam, torch.optim.RAdam, dict(weight_decay=0.2, decoupled_weight_decay=True)),
+    ("adamax", go.Adamax, torch.optim.Adamax, dict()),
+    (
+        "adamax-all",
+        go.Adamax,
+        torch.optim.Adamax,
+        dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.1, maximize=True),
+    ),
 ]
 IDS = [g[0] for g in GRID]
 SHAPES = [(4, 3), (7,), (0,), (2, 3, 2), (1,)]
@@ -267,6 +274,7 @@ BAD = [
     (go.NAdam, dict(momentum_decay=-1.0), "Invalid momentum_decay value"),
     (go.NAdam, dict(eps=-1.0), "Invalid epsilon value"),
     (go.RAdam, dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1"),
+    (go.Adamax, dict(eps=-1.0), "Invalid epsilon value"),
 ]
 
 

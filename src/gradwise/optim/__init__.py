@@ -10,11 +10,13 @@ Adam       :func:`adam.adam`            ``torch.optim.Adam``
 AdamW      :func:`adam.adam`            ``torch.optim.AdamW``
 NAdam      :func:`nadam.nadam`          ``torch.optim.NAdam``
 RAdam      :func:`radam.radam`          ``torch.optim.RAdam``
+Adamax     :func:`adamax.adamax`        ``torch.optim.Adamax``
 =========  ===========================  ==========================
 """
 
 from gradwise.optim.adagrad import Adagrad
 from gradwise.optim.adam import Adam, AdamW
+from gradwise.optim.adamax import Adamax
 from gradwise.optim.base import Optimizer
 from gradwise.optim.nadam import NAdam
 from gradwise.optim.radam import RAdam
@@ -29,5 +31,6 @@ __all__ = [
     "AdamW",
     "NAdam",
     "RAdam",
+    "Adamax",
     "Optimizer",
 ]

@@ -41,6 +41,13 @@ GRID = [
         torch.optim.Adamax,
         dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.1, maximize=True),
     ),
+    ("adadelta", go.Adadelta, torch.optim.Adadelta, dict()),
+    (
+        "adadelta-all",
+        go.Adadelta,
+        torch.optim.Adadelta,
+        dict(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.1, maximize=True),
+    ),
 ]
 IDS = [g[0] for g in GRID]
 SHAPES = [(4, 3), (7,), (0,), (2, 3, 2), (1,)]
@@ -275,6 +282,7 @@ BAD = [
     (go.NAdam, dict(eps=-1.0), "Invalid epsilon value"),
     (go.RAdam, dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1"),
     (go.Adamax, dict(eps=-1.0), "Invalid epsilon value"),
+    (go.Adadelta, dict(rho=1.5), "Invalid rho value"),
 ]
 
 

@@ -11,9 +11,11 @@ AdamW      :func:`adam.adam`            ``torch.optim.AdamW``
 NAdam      :func:`nadam.nadam`          ``torch.optim.NAdam``
 RAdam      :func:`radam.radam`          ``torch.optim.RAdam``
 Adamax     :func:`adamax.adamax`        ``torch.optim.Adamax``
+Adadelta   :func:`adadelta.adadelta`    ``torch.optim.Adadelta``
 =========  ===========================  ==========================
 """
 
+from gradwise.optim.adadelta import Adadelta
 from gradwise.optim.adagrad import Adagrad
 from gradwise.optim.adam import Adam, AdamW
 from gradwise.optim.adamax import Adamax
@@ -32,5 +34,6 @@ __all__ = [
     "NAdam",
     "RAdam",
     "Adamax",
+    "Adadelta",
     "Optimizer",
 ]

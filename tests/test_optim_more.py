@@ -48,6 +48,13 @@ GRID = [
         torch.optim.Adadelta,
         dict(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.1, maximize=True),
     ),
+    ("rprop", go.Rprop, torch.optim.Rprop, dict()),
+    (
+        "rprop-all",
+        go.Rprop,
+        torch.optim.Rprop,
+        dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.2), maximize=True),
+    ),
 ]
 IDS = [g[0] for g in GRID]
 SHAPES = [(4, 3), (7,), (0,), (2, 3, 2), (1,)]
@@ -283,6 +290,7 @@ BAD = [
     (go.RAdam, dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1"),
     (go.Adamax, dict(eps=-1.0), "Invalid epsilon value"),
     (go.Adadelta, dict(rho=1.5), "Invalid rho value"),
+    (go.Rprop, dict(etas=(1.5, 2.0)), "Invalid eta values"),
 ]
 
 
@@ -290,6 +298,19 @@ BAD = [
 def test_bad_arguments_say_what_torch_optim_says_too(cls, kw, words):
     with pytest.raises(ValueError, match=words):
         cls([torch.nn.Parameter(torch.zeros(2))], **kw)
+
+
+def test_an_option_torchs_class_lacks_is_refused():
+    """Rprop has no weight decay in torch: refused in the constructor and in a new group."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(TypeError):
+        go.Rprop([p], weight_decay=0.1)
+    opt = go.Rprop([p])
+    with pytest.raises(ValueError, match="weight_decay"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))], "weight_decay": 0.1})
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))], "weight_decay": 0})
+    with pytest.raises(TypeError):
+        go.NAdam([p], fused=True)  # torch's NAdam and ASGD have no fused implementation
 
 
 @pytest.mark.parametrize(("name", "cls", "tcls", "kw"), DEFAULTS, ids=[g[0] for g in DEFAULTS])

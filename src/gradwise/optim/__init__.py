@@ -12,6 +12,7 @@ NAdam      :func:`nadam.nadam`          ``torch.optim.NAdam``
 RAdam      :func:`radam.radam`          ``torch.optim.RAdam``
 Adamax     :func:`adamax.adamax`        ``torch.optim.Adamax``
 Adadelta   :func:`adadelta.adadelta`    ``torch.optim.Adadelta``
+Rprop      :func:`rprop.rprop`          ``torch.optim.Rprop``
 =========  ===========================  ==========================
 """
 
@@ -23,6 +24,7 @@ from gradwise.optim.base import Optimizer
 from gradwise.optim.nadam import NAdam
 from gradwise.optim.radam import RAdam
 from gradwise.optim.rmsprop import RMSprop
+from gradwise.optim.rprop import Rprop
 from gradwise.optim.sgd import SGD
 
 __all__ = [
@@ -35,5 +37,6 @@ __all__ = [
     "RAdam",
     "Adamax",
     "Adadelta",
+    "Rprop",
     "Optimizer",
 ]

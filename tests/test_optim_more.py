@@ -55,6 +55,13 @@ GRID = [
         torch.optim.Rprop,
         dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.2), maximize=True),
     ),
+    ("asgd", go.ASGD, torch.optim.ASGD, dict()),
+    (
+        "asgd-all",
+        go.ASGD,
+        torch.optim.ASGD,
+        dict(lr=0.05, lambd=1e-2, alpha=0.5, t0=3, weight_decay=0.1, maximize=True),
+    ),
 ]
 IDS = [g[0] for g in GRID]
 SHAPES = [(4, 3), (7,), (0,), (2, 3, 2), (1,)]
@@ -291,6 +298,7 @@ BAD = [
     (go.Adamax, dict(eps=-1.0), "Invalid epsilon value"),
     (go.Adadelta, dict(rho=1.5), "Invalid rho value"),
     (go.Rprop, dict(etas=(1.5, 2.0)), "Invalid eta values"),
+    (go.ASGD, dict(weight_decay=-1.0), "Invalid weight_decay value"),
 ]
 
 

@@ -13,6 +13,7 @@ RAdam      :func:`radam.radam`          ``torch.optim.RAdam``
 Adamax     :func:`adamax.adamax`        ``torch.optim.Adamax``
 Adadelta   :func:`adadelta.adadelta`    ``torch.optim.Adadelta``
 Rprop      :func:`rprop.rprop`          ``torch.optim.Rprop``
+ASGD       :func:`asgd.asgd`            ``torch.optim.ASGD``
 =========  ===========================  ==========================
 """
 
@@ -20,6 +21,7 @@ from gradwise.optim.adadelta import Adadelta
 from gradwise.optim.adagrad import Adagrad
 from gradwise.optim.adam import Adam, AdamW
 from gradwise.optim.adamax import Adamax
+from gradwise.optim.asgd import ASGD
 from gradwise.optim.base import Optimizer
 from gradwise.optim.nadam import NAdam
 from gradwise.optim.radam import RAdam
@@ -38,5 +40,6 @@ __all__ = [
     "Adamax",
     "Adadelta",
     "Rprop",
+    "ASGD",
     "Optimizer",
 ]

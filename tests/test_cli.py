@@ -30,6 +30,30 @@ def test_help_does_not_import_torch():
     assert done.stdout.strip().endswith("torch imported: False"), done.stdout + done.stderr
 
 
+def test_version_is_single_sourced_and_printed_without_torch():
+    import importlib.metadata
+
+    import gradwise
+
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['gradwise', '--version']\n"
+        "try:\n"
+        "    runpy.run_module('gradwise', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stdout.strip().splitlines()
+    assert lines == [f"gradwise, version {gradwise.__version__}", "torch imported: False"], lines
+    # pyproject.toml takes the version from __version__ ([tool.hatch.version]); an editable
+    # install made before a version bump shows the old one until it is reinstalled
+    assert importlib.metadata.version("gradwise") == gradwise.__version__
+
+
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_each_registered_command_imports_and_lists_its_own_first_line(name):
     module, attribute, line = COMMANDS[name]

@@ -367,9 +367,10 @@ def init_model(
     Differences: PyTorch initializes every layer with U(±1/sqrt(fan_in)) (``"torch"``, the LeCun
     variance / 3) whatever follows it; Keras uses Glorot uniform everywhere.
 
-    >>> net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
-    >>> [layer.scheme for layer in init_model(net)]
-    ['he_normal', 'xavier_normal']
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+        >>> [layer.scheme for layer in init_model(net)]
+        ['he_normal', 'xavier_normal']
     """
     owner = "init_model"
     if not isinstance(model, nn.Module):

@@ -35,11 +35,11 @@ from gradwise.errors import ConfigError
 from gradwise.train.loop import LOSSES
 from gradwise.train.smoothing import MovingAverage, zero_lag_smooth
 
-#: the suggestion rules of :func:`lr_find`, as written on its plot
 RULES = {
     "minimum/10": "a tenth of the rate at the smoothed loss's minimum",
     "steepest": "the rate of steepest descent of the smoothed loss",
 }
+"""The suggestion rules of :func:`lr_find` (its ``rule`` argument), as written on its plot."""
 
 
 @dataclass
@@ -138,7 +138,8 @@ def lr_find(
             afterwards; param groups keep their ratio of rates), a function ``params ->
             optimizer``, or ``None`` for :class:`gradwise.optim.Adam`.
         loss: ``"cross_entropy"``, ``"mse"`` or a function ``(output, target) -> loss``.
-        start_lr, end_lr: the range, ``0 < start_lr < end_lr``.
+        start_lr: the low end of the range, ``0 < start_lr < end_lr``.
+        end_lr: the high end of the range.
         steps: the most steps to take (>= 5).
         batch_size: rows per batch for tensor data: an integer or ``"full"``.
         smoothing: β of the moving average, in [0, 1) (0.8: about 5 steps).

@@ -25,6 +25,8 @@ FORMS = (
     "multistep:M1/M2/...[:GAMMA]",
     "exp:GAMMA",
 )
+"""The text forms that :func:`parse` accepts, one per schedule; a comma joins several in
+sequence (``"warmup:100,cosine"``)."""
 _ALLOWED = "allowed forms: " + ", ".join(FORMS)
 
 

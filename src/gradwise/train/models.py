@@ -173,7 +173,8 @@ def cnn1d(
         in_length: the sequence length L, >= 1.
         out_features: output size (logits), >= 1.
         channels: output channels of each convolution (at least one).
-        kernel_size, stride: of every convolution, >= 1.
+        kernel_size: kernel size of every convolution, >= 1.
+        stride: stride of every convolution, >= 1.
         activation: as for :func:`mlp`.
         dropout: drop probability after every activation, in [0, 1).
         init: a scheme of :func:`gradwise.init.init_model`.

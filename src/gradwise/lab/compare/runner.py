@@ -61,7 +61,8 @@ def compare(
             (classification only). Default: 95% of the best configuration's mean best
             accuracy, rounded down to a whole percent.
         on_result: called as ``on_result(record, done, total)`` after each run.
-        title, command: written at the top of ``summary.md`` (and ``title`` on the plot).
+        title: written at the top of ``summary.md`` and on the plot.
+        command: written at the top of ``summary.md``.
 
     A run that diverges (``Diverged`` with ``nan_policy="raise"``, or a non-finite final loss)
     is recorded as diverged, with its history up to its last finished epoch; any other error in

@@ -355,23 +355,26 @@ def test_a_kernels_constants_hold_for_every_step_and_its_scalars_give_eagers_num
     tensor scalars, as traced, must give the eager numbers. Checked without compiling."""
     from gradwise.optim import base, kernel_args
 
-    p = torch.nn.Parameter(torch.randn(40))
+    gen = torch.Generator().manual_seed(7)
+    p = torch.nn.Parameter(torch.randn(40, dtype=torch.float64, generator=gen))
     opt = cls([p], **kw)
     group = opt.param_groups[0]
     names = opt.state_names(group)
-    state = {n: torch.rand(40) + 0.5 for n in names}  # positive: a valid second moment, step size
+    # positive: a valid second moment and step size
+    state = {n: torch.rand(40, dtype=torch.float64, generator=gen) + 0.5 for n in names}
     constants = None
     for step in range(1, 13):
         args = opt._update_args(group, step)
         static, slots, values = kernel_args.split(args)
         constants = constants or (static, slots)
         assert (static, slots) == constants, f"step {step}"
-        grad = torch.randn(40)
+        grad = torch.randn(40, dtype=torch.float64, generator=gen)
         eager_p, eager_s = p.detach().clone(), {n: t.clone() for n, t in state.items()}
         base.update(cls.rule, eager_p, grad, eager_s, **args)
         traced = kernel_args.Update(base.update, cls.rule, names, static, slots)
         scalars = kernel_args.scalar_tensors(values, p.device, torch.float64)
         traced(p.detach(), grad, *state.values(), *scalars)
-        torch.testing.assert_close(p.detach(), eager_p, rtol=1e-6, atol=1e-7)
+        # float64: the two orders of rounding (Python numbers, 0-d tensors) agree to 1e-12
+        torch.testing.assert_close(p.detach(), eager_p, rtol=1e-12, atol=1e-14)
         for n in names:
-            torch.testing.assert_close(state[n], eager_s[n], rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(state[n], eager_s[n], rtol=1e-12, atol=1e-14)

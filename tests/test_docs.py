@@ -69,7 +69,11 @@ def test_every_public_name_is_in_the_reference(site, page):
     missing = [
         name for name in module.__all__ if not any(i.rsplit(".", 1)[-1] == name for i in ids)
     ]
-    assert not missing, f"docs/api/{page}.md does not document {PAGES[page]}.{missing}"
+    assert not missing, (
+        f"docs/api/{page}.md does not document {missing} of {PAGES[page]}.__all__: add a "
+        f"'::: {PAGES[page]}.NAME' directive for each (or '::: {PAGES[page]}.SUBMODULE.NAME' "
+        "where a submodule has the same name)"
+    )
 
 
 def test_gradwise_load_is_documented(site):

@@ -92,6 +92,8 @@ def invoke(args: list[str]):
 
 
 def write_checkpoint_bytes(path: Path, body: bytes, version: int = 1) -> None:
+    """A checkpoint in the version 1 layout (a header line, then any payload bytes), which
+    gradwise still reads: a valid checksum over whatever ``body`` is."""
     digest = hashlib.sha256(body).hexdigest().encode()
     path.write_bytes(b"GRADWISE-CHECKPOINT %d sha256=" % version + digest + b"\n" + body)
 
@@ -674,9 +676,11 @@ def _planted(version: int = 1) -> Callable[[Path], None]:
 
 
 def _future_version(d: Path) -> None:
-    body = (d / "run" / ckpt.CURRENT).read_bytes().partition(b"\n")[2]
+    path = d / "run" / ckpt.CURRENT
+    stamp_at = path.read_bytes().rfind(ckpt.MAGIC)
+    body = path.read_bytes()[: stamp_at - 2] + b"\0\0"  # the payload, its comment removed
     (d / "run" / ckpt.PREVIOUS).unlink()
-    write_checkpoint_bytes(d / "run" / ckpt.CURRENT, body, version=2)
+    path.write_bytes(ckpt.stamped(body, version=3))
 
 
 RESUME_CASES: list[CliCase] = [
@@ -716,7 +720,7 @@ RESUME_CASES: list[CliCase] = [
     CliCase(
         "future-format-version",
         ("--resume", "{d}/run"),
-        r"has checkpoint format version 2; this gradwise reads version 1",
+        r"has checkpoint format version 3; this gradwise reads versions 1 to 2",
         _future_version,
     ),
     CliCase(
@@ -911,23 +915,25 @@ def _flip(i: int) -> Callable[[bytes], bytes]:
     return lambda b: b[:i] + bytes([b[i] ^ 0x10]) + b[i + 1 :]
 
 
-def _header_len(b: bytes) -> int:
-    return b.index(b"\n") + 1
+def _stamp_at(b: bytes) -> int:
+    """Where a checkpoint's stamp (its zip comment, the file's last bytes) starts."""
+    return b.rfind(ckpt.MAGIC)
 
 
 #: (name, damage to a checkpoint file's bytes, error message)
 CORRUPTIONS: list[tuple[str, Callable[[bytes], bytes], str]] = [
-    ("empty file", lambda b: b"", r"no valid header"),
-    ("truncated to the header", lambda b: b[: _header_len(b)], r"corrupted or truncated"),
+    ("empty file", lambda b: b"", r"not a gradwise checkpoint"),
+    ("only the stamp left", lambda b: b[_stamp_at(b) :], r"not a gradwise checkpoint"),
     ("truncated to half", lambda b: b[: len(b) // 2], r"corrupted or truncated"),
     ("last byte missing", lambda b: b[:-1], r"corrupted or truncated"),
     ("bytes appended", lambda b: b + b"\x00" * 7, r"corrupted or truncated"),
     ("bit flipped in the payload", lambda b: _flip(len(b) // 2)(b), r"corrupted or truncated"),
     ("bit flipped in the last byte", lambda b: _flip(len(b) - 1)(b), r"corrupted or truncated"),
-    ("bit flipped in the checksum", lambda b: _flip(_header_len(b) - 5)(b), r"corrupted"),
-    ("magic changed", lambda b: b"X" + b[1:], r"not a gradwise checkpoint"),
-    ("header line removed", lambda b: b[_header_len(b) :], r"not a gradwise checkpoint"),
-    ("format version 2", lambda b: b.replace(b" 1 sha256", b" 2 sha256", 1), r"version 2"),
+    ("bit flipped in the checksum", lambda b: _flip(len(b) - 5)(b), r"corrupted"),
+    ("magic changed", lambda b: _flip(_stamp_at(b))(b), r"corrupted or truncated"),
+    ("stamp removed", lambda b: b[: _stamp_at(b)], r"corrupted or truncated"),
+    ("comment length changed", lambda b: _flip(_stamp_at(b) - 2)(b), r"corrupted or truncated"),
+    ("format version 3", lambda b: b.replace(b" 2 sha256", b" 3 sha256", 1), r"version 3"),
     ("random bytes", lambda b: bytes(random.Random(0).randrange(256) for _ in range(4096)), r"."),
     ("text file", lambda b: b"model = 'fine'\n", r"not a gradwise checkpoint"),
 ]
@@ -956,6 +962,24 @@ def _saved(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
+
+
+def test_torch_load_reads_a_checkpoint_as_it_is(tmp_path):
+    """The stamp is the zip's comment: ``torch.load(weights_only=True)`` reads checkpoint.pt
+    directly, to the payload gradwise's own loader gives."""
+    ckpt.save({"n": 1, "w": torch.arange(10.0)}, tmp_path)
+    plain = torch.load(tmp_path / ckpt.CURRENT, weights_only=True)
+    checked = ckpt.load_file(tmp_path / ckpt.CURRENT)
+    assert plain["n"] == checked["n"] == 1 and torch.equal(plain["w"], checked["w"])
+    assert ckpt.is_checkpoint(tmp_path / ckpt.CURRENT)
+
+
+def test_a_version_1_checkpoint_still_loads(tmp_path):
+    body = io.BytesIO()
+    torch.save({"n": 5}, body)
+    write_checkpoint_bytes(tmp_path / ckpt.CURRENT, body.getvalue(), version=1)
+    assert ckpt.load_file(tmp_path / ckpt.CURRENT) == {"n": 5}
+    assert ckpt.is_checkpoint(tmp_path / ckpt.CURRENT)
 
 
 @pytest.mark.parametrize(("name", "damage", "match"), CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])

@@ -1,9 +1,14 @@
 """Checkpoints that survive a crash at any moment and never execute code when loaded.
 
-File layout: one header line, then the payload as written by ``torch.save``::
+File layout (version 2): the payload as ``torch.save`` writes it, a zip archive, whose comment
+(the archive's last bytes) is the stamp::
 
-    GRADWISE-CHECKPOINT 1 sha256=<hex digest of the payload bytes>\\n
-    <payload>
+    <payload: torch.save's zip, its end record giving the comment's length>
+    GRADWISE-CHECKPOINT 2 sha256=<hex digest of the payload with an empty comment>
+
+so that ``torch.load("checkpoint.pt", weights_only=True)`` reads a checkpoint as it is (zip
+readers skip the comment). Version 1 files (a header line ``GRADWISE-CHECKPOINT 1 sha256=…``
+before the payload), written by gradwise before, are still read.
 
 Writing goes to a temporary file in the same folder, which is flushed and fsynced; the current
 ``checkpoint.pt`` is then hard-linked to ``checkpoint.prev.pt`` and the temporary file renamed over
@@ -12,7 +17,7 @@ complete checkpoint is on disk, and ``checkpoint.pt`` itself is never missing on
 temporary file left by a killed write is never read, and the next save deletes it. SIGINT is held
 back while a checkpoint is written, so Ctrl-C lands before or after a write, not inside it.
 
-Loading checks the header, the version and the checksum, then unpickles with
+Loading checks the stamp, the version and the checksum, then unpickles with
 ``torch.load(..., weights_only=True)``, which refuses any object that is not plain data (tensors,
 numbers, strings, lists, dicts): a planted pickle cannot run.
 
@@ -42,7 +47,10 @@ from gradwise.errors import CheckpointError
 
 MAGIC = b"GRADWISE-CHECKPOINT"
 TMP_PREFIX = ".gradwise-tmp."  # temporary files: .gradwise-tmp.<pid>.<name>
-VERSION = 1
+VERSION = 2
+#: a zip's end-of-central-directory record: its signature; the record is 22 bytes, the last two
+#: the length of the comment that follows it
+END_RECORD, END_RECORD_SIZE = b"PK\x05\x06", 22
 CURRENT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 
@@ -55,19 +63,17 @@ def save(payload: dict, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    body = buffer.getvalue()
-    header = b"%s %d sha256=%s\n" % (MAGIC, VERSION, hashlib.sha256(body).hexdigest().encode())
+    data = stamped(buffer.getvalue())
     target, previous = folder / CURRENT, folder / PREVIOUS
     tmp = folder / f"{TMP_PREFIX}{os.getpid()}.{CURRENT}"
     with _sigint_held():
         remove_stale_tmp(folder, keep=tmp)
         try:
             with open(tmp, "wb") as f:
-                f.write(header)
                 if _crash_point() == "mid_tmp_write":
-                    f.write(body[: len(body) // 2])
+                    f.write(data[: len(data) // 2])
                     _crash(f)
-                f.write(body)
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
         except BaseException:  # e.g. a full disk: the old checkpoints stay as they were
@@ -81,6 +87,29 @@ def save(payload: dict, folder: str | Path) -> Path:
         os.replace(tmp, target)
         _fsync_dir(folder)
     return target
+
+
+def stamped(body: bytes, version: int = VERSION) -> bytes:
+    """``torch.save``'s zip ``body`` with the stamp (version, checksum) as its comment."""
+    end = len(body) - END_RECORD_SIZE
+    if end < 0 or body[end : end + 4] != END_RECORD or body[-2:] != b"\0\0":
+        raise CheckpointError("torch.save wrote a payload that is not a zip without a comment")
+    stamp = b"%s %d sha256=%s" % (MAGIC, version, hashlib.sha256(body).hexdigest().encode())
+    return body[:-2] + len(stamp).to_bytes(2, "little") + stamp
+
+
+def _unstamped(data: bytes, path: Path) -> tuple[list[bytes], bytes]:
+    """The stamp's fields and the payload (with an empty comment again) of a version 2 file."""
+    at = data.rfind(MAGIC)
+    end = at - END_RECORD_SIZE
+    if at < 0 or end < 0 or data[end : end + 4] != END_RECORD:
+        if data.startswith(b"PK\x03\x04"):  # a zip that lost its end
+            raise CheckpointError(f"{path} is corrupted or truncated (its stamp is missing)")
+        raise CheckpointError(f"{path} is not a gradwise checkpoint (no valid header or stamp)")
+    stamp = data[at:]
+    if int.from_bytes(data[at - 2 : at], "little") != len(stamp):
+        raise CheckpointError(f"{path} is corrupted or truncated (its stamp is damaged)")
+    return stamp.split(b" "), data[: at - 2] + b"\0\0"
 
 
 def atomic_save(payload: dict, path: str | Path) -> None:
@@ -106,6 +135,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether the file at ``path`` looks like a gradwise checkpoint (its stamp at the end, or a
+    version 1 header at the start); :func:`load_file` checks it fully."""
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) == MAGIC:
+            return True
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 128))
+        return MAGIC in f.read()
+
+
 def exists(folder: str | Path) -> bool:
     """Whether ``folder`` holds a checkpoint file (good or not)."""
     return any((Path(folder) / name).exists() for name in (CURRENT, PREVIOUS))
@@ -120,14 +160,17 @@ def load_file(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except OSError as e:
         raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror}") from None
-    header, _, body = data.partition(b"\n")
-    parts = header.split(b" ")
+    if data.startswith(MAGIC + b" 1 "):  # version 1: a header line, then the payload
+        header, _, body = data.partition(b"\n")
+        parts = header.split(b" ")
+    else:
+        parts, body = _unstamped(data, path)
     if len(parts) != 3 or parts[0] != MAGIC or not parts[2].startswith(b"sha256="):
-        raise CheckpointError(f"{path} is not a gradwise checkpoint (no valid header)")
-    if parts[1] != str(VERSION).encode():
+        raise CheckpointError(f"{path} is not a gradwise checkpoint (no valid header or stamp)")
+    if parts[1] not in (b"1", str(VERSION).encode()):
         raise CheckpointError(
             f"{path} has checkpoint format version {parts[1].decode(errors='replace')}; "
-            f"this gradwise reads version {VERSION}"
+            f"this gradwise reads versions 1 to {VERSION}"
         )
     if hashlib.sha256(body).hexdigest().encode() != parts[2][len(b"sha256=") :]:
         raise CheckpointError(f"{path} is corrupted or truncated (checksum mismatch)")

@@ -292,11 +292,10 @@ def load_with_description(source: str | Path) -> tuple[nn.Module, dict]:
         description = json.loads(metadata["gradwise"])
         return _with_weights(description, load_file(str(path)), path), description
     if suffix in (".pt", ".pth"):
-        with open(path, "rb") as f:
-            if f.read(len(ckpt.MAGIC)) == ckpt.MAGIC:  # a run's checkpoint.pt: its run folder
-                weights = ckpt.load_file(path)["model"]
-                description = read_description(path.parent)
-                return _with_weights(description, weights, path), description
+        if ckpt.is_checkpoint(path):  # a run's checkpoint.pt: its run folder describes it
+            weights = ckpt.load_file(path)["model"]
+            description = read_description(path.parent)
+            return _with_weights(description, weights, path), description
         try:
             payload = torch.load(path, weights_only=True, map_location="cpu")
         except Exception as e:

@@ -136,6 +136,9 @@ class TrainConfig:
     plateau_factor: float = 0.5
     early_stop: int = 0
     seed: int = 0
+    #: the seed that chooses the validation rows (and a data file's test rows); None: ``seed``.
+    #: Set it to train several seeds on one split (``gradwise tune``'s retrain does)
+    split_seed: int | None = None
     val_fraction: float = 0.1
     device: str = "auto"
     threads: int | None = None
@@ -210,6 +213,11 @@ class TrainConfig:
             checks.integer(owner, "threads", self.threads, low=1)
         if checks.integer(owner, "seed", self.seed, low=0) >= 2**64:
             checks.refuse(owner, "seed", "an integer in [0, 2**64)", self.seed)
+        if (
+            self.split_seed is not None
+            and checks.integer(owner, "split_seed", self.split_seed, low=0) >= 2**64
+        ):
+            checks.refuse(owner, "split_seed", "an integer in [0, 2**64)", self.split_seed)
         checks.choice(owner, "activation", self.activation, tuple(ACTIVATIONS))
         checks.integer(owner, "checkpoint_every", self.checkpoint_every, low=1)
         if self.clip_grad_norm is not None:
@@ -305,6 +313,7 @@ def _coerce(source: str, key: str, value, default):
         "model": str,
         "schedule": str,
         "threads": int,
+        "split_seed": int,
         "extra": dict,
     }.get(key, type(default))
     if expected is tuple:

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from gradwise.errors import ConfigError
 from gradwise.regularization import l2_penalty, param_groups, weight_params
 from gradwise.train import checkpoint as ckpt
 from gradwise.train import distributed
-from gradwise.train.callbacks import EarlyStopping
+from gradwise.train.callbacks import Callback, EarlyStopping
 from gradwise.train.config import TrainConfig, parse_batch_size
 from gradwise.train.data import Dataset, load_dataset
 from gradwise.train.export import build, describe, save_description, start_from
@@ -42,12 +43,14 @@ from gradwise.train.predict import original_units_errors
 
 
 def build_data(config: TrainConfig) -> Dataset:
+    """The data ``config`` names, split by ``config.split_seed`` (else ``config.seed``)."""
+    seed = config.seed if config.split_seed is None else config.split_seed
     if config.data is not None:
         check_fits_in_memory(config.data)
         return load_file(
-            config.data, target=config.target, seed=config.seed, val_fraction=config.val_fraction
+            config.data, target=config.target, seed=seed, val_fraction=config.val_fraction
         )
-    return load_dataset(config.dataset, seed=config.seed, val_fraction=config.val_fraction)
+    return load_dataset(config.dataset, seed=seed, val_fraction=config.val_fraction)
 
 
 def build_model(config: TrainConfig, data: Dataset) -> torch.nn.Module:
@@ -118,12 +121,15 @@ def run(
     progress: bool = True,
     resume: bool = False,
     plots: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Train per ``config``; with ``out``, write config, metrics, history, checkpoint and plots.
 
     Started by a launcher on several processes (``torchrun``, ``gradwise train --nproc N``),
     every process calls it: they train together (:func:`fit` with DDP, ``batch_size`` the global
     batch, ``config.zero`` shards the optimizer state) and only rank 0 writes the run folder.
+    ``callbacks`` go to :func:`fit` after the configuration's own (``gradwise tune`` reports
+    each epoch to its pruner with one).
     """
     config = config.resolved()
     started = time.perf_counter()
@@ -151,7 +157,10 @@ def run(
     steps = math.ceil(batches / config.accumulate)  # optimizer steps an epoch
     scheduler = build_scheduler(config, optimizer, steps)
     classification = data.task == "classification"
-    callbacks = [EarlyStopping(patience=config.early_stop)] if config.early_stop else []
+    callbacks = [
+        *([EarlyStopping(patience=config.early_stop)] if config.early_stop else []),
+        *callbacks,
+    ]
     weights = weight_params(model)
     penalty = (lambda: l2_penalty(weights, config.l2)) if config.l2 else None
     out_path = Path(out) if out is not None else None

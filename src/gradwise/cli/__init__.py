@@ -62,6 +62,7 @@ COMMANDS = {
         "Predict the rows of a CSV file with the model of the run folder RUN (or a file from "
         "`gradwise export`).",
     ),
+    "tune": ("gradwise.cli.tune", "tune_command", "Search training configurations with Optuna."),
 }
 
 

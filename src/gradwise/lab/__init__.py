@@ -4,10 +4,12 @@
   the smoothed loss's minimum) and restores the model and optimizer afterwards.
 * :func:`compare` — trains configurations x seeds in parallel processes and summarizes them
   (``curves.png``, ``summary.md``, ``summary.csv``); :func:`grid` builds the configurations.
+* :func:`tune` — searches configurations with Optuna (``gradwise[tune]``) and reports the best.
 """
 
 from gradwise.lab.compare import Comparison, RunRecord, compare, grid
 from gradwise.lab.lr_find import RULES, LRFindResult, lr_find
+from gradwise.lab.tune import tune
 
 __all__ = [
     "RULES",
@@ -17,4 +19,5 @@ __all__ = [
     "compare",
     "grid",
     "lr_find",
+    "tune",
 ]

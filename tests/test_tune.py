@@ -1,0 +1,208 @@
+"""``gradwise tune`` / ``gradwise.lab.tune``: the search space and its errors, a small search's
+report (best.toml runs with ``gradwise train --config``), pruning, a search killed and resumed,
+and two worker processes sharing one SQLite storage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+optuna = pytest.importorskip("optuna")
+
+from gradwise.cli import main  # noqa: E402
+from gradwise.errors import ConfigError  # noqa: E402
+from gradwise.lab import tune  # noqa: E402
+from gradwise.lab.tune import Space  # noqa: E402
+
+#: a tiny space: moons, an MLP of one narrow layer, a few epochs (a trial takes ~0.2 s)
+TINY = {"epochs": [2, 3], "width": [4, 16], "depth": 1, "batch_size": [32, 64]}
+
+
+def finished(db: Path) -> int:
+    """Completed and pruned trials in a study file (read without Optuna: a child writes it)."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            rows = con.execute(
+                "select count(*) from trials where state in ('COMPLETE', 'PRUNED')"
+            ).fetchone()
+        return rows[0]
+    except sqlite3.OperationalError:  # the tables are being made
+        return 0
+
+
+def cmdline(pid: str) -> str:
+    """A live process's command line ("" once it has ended)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_space_refuses_bad_input_with_one_clear_error():
+    with pytest.raises(ConfigError, match="unknown space key 'lrr'.*did you mean 'lr'"):
+        Space.build("moons", "mlp", {"lrr": [1e-3, 1e-1]})
+    with pytest.raises(ConfigError, match="empty range"):
+        Space.build("moons", "mlp", {"dropout": [0.3, 0.1]})
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamx'"):
+        Space.build("moons", "mlp", {"optimizer": ["adam", "adamx"]})
+    with pytest.raises(ConfigError, match="empty list"):
+        Space.build("moons", "mlp", {"schedule": []})
+    space = Space.build("moons", "mlp", {"optimizer": "adam", "lr": {"adam": [1e-3, 1e-2]}})
+    assert space.values["lr"] == {"adam": [1e-3, 1e-2]} or "adam" in space.values["lr"]
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    space = tmp_path / "space.toml"
+    space.write_text("epoch = [1, 2]\n")
+    runner = CliRunner()
+    cases = [
+        (["--space", str(space)], "unknown space key 'epoch'"),
+        (["--storage", "nosuch://x"], "cannot open the storage"),
+        (["--storage", "plainfile"], "neither a database URL"),
+        (["--time", "ten minutes"], "expected a duration"),
+    ]
+    for args, message in cases:
+        done = runner.invoke(
+            main, ["tune", "--dataset", "moons", "--out", str(tmp_path / "o"), *args]
+        )
+        assert done.exit_code == 2, done.output
+        lines = done.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("gradwise: error: "), done.output
+        assert message in lines[0]
+
+
+def test_small_search_writes_a_runnable_best_toml_a_summary_and_plots(tmp_path):
+    out = tmp_path / "t"
+    seen = []
+    result = tune(
+        "moons",
+        "mlp",
+        out=out,
+        trials=5,
+        space=TINY,
+        retrain_seeds=2,
+        sampler_seed=0,
+        on_progress=seen.append,
+    )
+    assert result.completed + result.pruned == 5 and 0 < result.best_value <= 1
+    assert seen and seen[-1].completed + seen[-1].pruned == 5
+    summary = (out / "summary.md").read_text()
+    assert "Top 5 trials" in summary and "test acc" in summary and "defaults" in summary
+    assert set(result.retrain) == {"tuned", "defaults"} and result.seeds == [0, 1]
+    assert {"history.png", "importances.png", "parallel.png"} <= set(result.plots)
+    for name in result.plots:
+        assert (out / name).stat().st_size > 1000
+    # the retrain and the search share one train/validation split
+    assert result.best_config.split_seed == 0
+    done = CliRunner().invoke(
+        main, ["train", "--config", str(out / "best.toml"), "--out", str(tmp_path / "run")]
+    )
+    assert done.exit_code == 0, done.output
+    # a study of the same name with another space is refused
+    with pytest.raises(ConfigError, match="another search space"):
+        tune("moons", "mlp", out=out, trials=6, space={**TINY, "depth": 2}, retrain_seeds=0)
+
+
+def test_pruning_is_wired_to_the_validation_accuracy(tmp_path):
+    # SGD at rates from hopeless to fine, 10 epochs (a report each): the pruner stops the
+    # hopeless ones after two trials set the median
+    space = {
+        **TINY,
+        "optimizer": "sgd",
+        "lr": {"sgd": [1e-6, 1.0]},
+        "epochs": 10,
+        "schedule": "constant",
+        "weight_decay": 0.0,
+        "l1": 0.0,
+    }
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    result = tune(
+        "moons",
+        out=tmp_path,
+        trials=8,
+        space=space,
+        pruner=pruner,
+        retrain_seeds=0,
+        plots=False,
+        sampler_seed=1,
+    )
+    assert result.pruned >= 1
+    study = optuna.load_study(study_name=result.study, storage=result.storage)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert all(t.intermediate_values and max(t.intermediate_values) < 100 for t in pruned)
+
+
+def test_killed_search_resumes_and_two_workers_share_the_storage(tmp_path):
+    """A search on two worker processes, stopped by SIGTERM once a few trials have finished,
+    exits with 143, leaves no process and says what it kept; the same search run again (two
+    workers, one SQLite file) continues the study."""
+    out = tmp_path / "t"
+    space = tmp_path / "space.toml"
+    space.write_text("epochs = [2, 3]\nwidth = [4, 16]\ndepth = 1\nbatch_size = [32, 64]\n")
+    args = ["--dataset", "moons", "--model", "mlp", "--space", str(space), "--seeds", "0"]
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gradwise",
+            "tune",
+            *args,
+            "--trials",
+            "400",
+            "--jobs",
+            "2",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while finished(out / "study.db") < 3 and time.monotonic() < deadline:
+            assert child.poll() is None, child.communicate()
+            time.sleep(0.2)
+        kids = subprocess.run(["pgrep", "-P", str(child.pid)], capture_output=True, text=True)
+        workers = [pid for pid in kids.stdout.split() if "spawn_main" in cmdline(pid)]
+        assert len(workers) == 2
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "run the same command again" in err, err
+    assert not [pid for pid in workers if cmdline(pid)]  # every worker is gone
+    before = finished(out / "study.db")
+    assert before >= 3
+    result = tune(
+        "moons",
+        "mlp",
+        out=out,
+        trials=before + 4,
+        space=space,
+        jobs=2,
+        retrain_seeds=0,
+        plots=False,
+    )
+    study = optuna.load_study(study_name=result.study, storage=result.storage)
+    states = optuna.trial.TrialState
+    done = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)]
+    assert len(done) >= before + 4
+    late = [t for t in done if t.number >= before]
+    assert len({t.user_attrs["worker"] for t in late}) == 2  # both workers took trials
+    # the trials in flight at SIGTERM are marked failed, none is left running
+    assert not [t for t in study.trials if t.state == states.RUNNING]

@@ -89,7 +89,8 @@ def default_space(dataset: str, model: str) -> dict[str, Any]:
         "l1": [0, 1e-4],
         "dropout": [0.0, 0.5],
         "init": ["auto", "he", "xavier", "orthogonal"],
-        "batch_size": [32, 64, 128],
+        # the dataset's own batch size among them, so that the defaults are one of the trials
+        "batch_size": sorted({32, 64, 128, int(defaults.get("batch_size", 32))}),
         "schedule": list(SCHEDULES),
         "warmup": [0.01, 0.2],
         "epochs": [max(2, epochs // 4), max(3, epochs)],
@@ -186,6 +187,10 @@ class Space:
             "width": max(widths) if widths else None,
             "depth": len(widths),
         }
+        if optimizer not in OPTIMIZER_OPTIONS["momentum"]:
+            del wanted["momentum"]
+        if optimizer not in OPTIMIZER_OPTIONS["betas"]:
+            del wanted["beta1"], wanted["beta2"]
         for key, value in wanted.items():
             spec = self.spec(key, optimizer)
             if isinstance(spec, list) and key in CHOICE_KEYS:

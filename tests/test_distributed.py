@@ -123,9 +123,11 @@ def test_two_processes_end_with_the_weights_of_one(one_process, two_processes):
         "checkpoint.prev.pt",
         "checkpoint.pt",
         "config.toml",
+        "confusion.png",
         "curves.png",
         "history.jsonl",
         "metrics.csv",
+        "model.json",
     ]
 
 

@@ -14,6 +14,7 @@ Adamax     :func:`adamax.adamax`        ``torch.optim.Adamax``
 Adadelta   :func:`adadelta.adadelta`    ``torch.optim.Adadelta``
 Rprop      :func:`rprop.rprop`          ``torch.optim.Rprop``
 ASGD       :func:`asgd.asgd`            ``torch.optim.ASGD``
+Lion       :func:`lion.lion`            ``lion_pytorch.Lion``
 =========  ===========================  ==========================
 """
 
@@ -23,6 +24,7 @@ from gradwise.optim.adam import Adam, AdamW
 from gradwise.optim.adamax import Adamax
 from gradwise.optim.asgd import ASGD
 from gradwise.optim.base import Optimizer
+from gradwise.optim.lion import Lion
 from gradwise.optim.nadam import NAdam
 from gradwise.optim.radam import RAdam
 from gradwise.optim.rmsprop import RMSprop
@@ -41,5 +43,6 @@ __all__ = [
     "Adadelta",
     "Rprop",
     "ASGD",
+    "Lion",
     "Optimizer",
 ]

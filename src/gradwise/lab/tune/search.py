@@ -322,8 +322,8 @@ def tune(
     """Search training configurations of ``model`` on ``dataset`` with Optuna, and report.
 
     Args:
-        dataset, model: a bundled classification dataset and ``mlp`` / ``cnn1d`` (default: the
-            dataset's model).
+        dataset: a bundled classification dataset.
+        model: ``mlp`` or ``cnn1d`` (default: the dataset's model).
         out: the output folder: ``study.db`` (the default storage), ``best.toml`` (runnable as
             ``gradwise train --config best.toml``), ``summary.md``, the plots
             (``history.png``, ``importances.png``, ``parallel.png``) and ``retrain/``.

@@ -248,8 +248,9 @@ def summary_markdown(result: TuneResult, done: list, command: str | None) -> str
     for trial in top:
         config = trial_config(trial)
         cells = [describe_setting(config, name) for name in COLUMNS]
+        value = "diverged" if trial.user_attrs.get("diverged") else pct(trial.value)
         lines.append(
-            f"| {trial.number} | {pct(trial.value)} | "
+            f"| {trial.number} | {value} | "
             f"{pct(trial.user_attrs.get('test_accuracy'))} | " + " | ".join(cells) + " |"
         )
     if result.plots:

@@ -28,7 +28,7 @@ from typing import Any
 
 from gradwise.errors import ConfigError
 from gradwise.init import SCHEMES
-from gradwise.train.config import OPTIMIZER_OPTIONS, OPTIMIZERS, TrainConfig
+from gradwise.train.config import OPTIMIZER_LR, OPTIMIZER_OPTIONS, OPTIMIZERS, TrainConfig
 
 #: the schedules a trial chooses among, and their text in the schedule language
 #: (``warmup+cosine`` warms up over ``warmup`` x the run's steps, then decays to 0)
@@ -70,7 +70,9 @@ def default_space(dataset: str, model: str) -> dict[str, Any]:
         width, depth = [32, 512], [1, 3]
     return {
         "optimizer": list(OPTIMIZERS),
+        # an optimizer without its own range here: its default rate / 30 to x 10
         "lr": {
+            **{name: [OPTIMIZER_LR[name] / 30, OPTIMIZER_LR[name] * 10] for name in OPTIMIZERS},
             "sgd": [1e-2, 0.5],
             "momentum": [1e-3, 0.2],
             "nesterov": [1e-3, 0.2],

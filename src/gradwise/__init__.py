@@ -7,7 +7,6 @@ Public modules: :mod:`gradwise.optim`, :mod:`gradwise.schedules`, :mod:`gradwise
 __version__ = "0.1.0"
 
 
-
 def load(source):
     """The trained model of a run folder or of a file written by ``gradwise export`` (``.pt``,
     ``.safetensors``): an ``nn.Module`` in eval mode, rebuilt from its saved configuration

@@ -7,7 +7,6 @@ dies exits by itself."""
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import math
 import multiprocessing
@@ -27,6 +26,7 @@ from gradwise import checks
 from gradwise.errors import ConfigError
 from gradwise.lab.compare.grids import label_configs
 from gradwise.lab.compare.records import Comparison, RunRecord
+from gradwise.lab.workers import blocked_signals, stop_workers
 from gradwise.train.config import TrainConfig
 from gradwise.train.history import History
 
@@ -240,7 +240,7 @@ def _run_in_processes(tasks: list[tuple], workers: int, done: Callable[[RunRecor
             process = context.Process(
                 target=_worker_main, args=(there,), name=f"gradwise-compare-{i}"
             )
-            with _sigint_blocked():  # a Ctrl-C while it starts reaches it blocked, then ignored
+            with blocked_signals(signal.SIGINT):  # a Ctrl-C while it starts: blocked, then ignored
                 process.start()
             there.close()
             pool.append((process, here))
@@ -271,7 +271,7 @@ def _run_in_processes(tasks: list[tuple], workers: int, done: Callable[[RunRecor
             conn.send(None)  # no more work: exit
         finished = True
     finally:
-        _stop([process for process, _ in pool], grace_s=5.0 if finished else 0.0)
+        stop_workers([process for process, _ in pool], grace_s=5.0 if finished else 0.0)
         for _, conn in pool:
             conn.close()
 
@@ -292,38 +292,6 @@ def _died(process: multiprocessing.Process, task: tuple) -> RuntimeError:
         "`if __name__ == '__main__':` (worker processes are spawned and import the script "
         "again), or pass jobs=1."
     )
-
-
-def _stop(processes: list[multiprocessing.Process], grace_s: float) -> None:
-    """End the processes and reap them: ``grace_s`` seconds to exit by themselves (those told
-    to), then SIGTERM, then, a second later, SIGKILL."""
-    deadline = time.monotonic() + grace_s
-    for process in processes:
-        if grace_s and process.is_alive():
-            process.join(max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    deadline = time.monotonic() + 1.0
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.kill()
-            process.join()
-
-
-@contextlib.contextmanager
-def _sigint_blocked():
-    """SIGINT blocked in this thread for the duration: a process started meanwhile inherits the
-    block (it unblocks once it ignores SIGINT), and one sent here is delivered afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _worker_main(conn) -> None:

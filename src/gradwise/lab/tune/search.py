@@ -11,7 +11,6 @@ storage (a PostgreSQL / MySQL URL, or an Optuna journal file on a shared disk).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import multiprocessing
@@ -30,6 +29,7 @@ from pathlib import Path
 from gradwise import checks
 from gradwise.errors import ConfigError, GradwiseError
 from gradwise.lab.tune.space import Space
+from gradwise.lab.workers import blocked_signals, stop_workers
 from gradwise.train.callbacks import Callback
 from gradwise.train.config import TrainConfig
 
@@ -241,7 +241,7 @@ def run_trial(study, objective: Objective) -> None:
     states = optuna.trial.TrialState
     trial, state, value = None, states.FAIL, None
     try:
-        with signals_blocked():
+        with blocked_signals(signal.SIGINT, signal.SIGTERM):
             trial = study.ask()
         value = objective(trial)
         state = states.COMPLETE
@@ -249,7 +249,7 @@ def run_trial(study, objective: Objective) -> None:
         state = states.PRUNED
     finally:
         if trial is not None:
-            with signals_blocked():
+            with blocked_signals(signal.SIGINT, signal.SIGTERM):
                 study.tell(trial, value if state == states.COMPLETE else None, state=state)
 
 
@@ -477,7 +477,7 @@ def run_workers(
                 args=(there, url, name, objective, pruner, budget, sampler_seed, i),
                 name=f"gradwise-tune-{i}",
             )
-            with sigint_blocked():
+            with blocked_signals(signal.SIGINT):
                 process.start()
             there.close()
             pool.append((process, here))
@@ -505,7 +505,8 @@ def run_workers(
                     on_progress(progress)
                 last = key
     finally:
-        stop([process for process, _ in pool])
+        # SIGTERM: each marks its trial failed and exits
+        stop_workers([process for process, _ in pool], kill_after_s=2.0)
         for _, conn in pool:
             conn.close()
 
@@ -544,44 +545,3 @@ def worker_main(conn, url, name, objective, pruner, budget, sampler_seed, index)
             conn.send(("error", RuntimeError(str(e)), traceback.format_exc()))
         return
     conn.send(("done", None, ""))
-
-
-def stop(processes: list[multiprocessing.Process]) -> None:
-    """SIGTERM to the workers still running (each marks its trial failed and exits), two
-    seconds, then SIGKILL; all reaped."""
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    deadline = time.monotonic() + 2.0
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.kill()
-            process.join()
-
-
-@contextlib.contextmanager
-def signals_blocked():
-    """Ctrl-C and SIGTERM held back for the duration (delivered afterwards); main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-@contextlib.contextmanager
-def sigint_blocked():
-    """SIGINT blocked while a worker starts (it inherits the block, then ignores SIGINT)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

@@ -4,6 +4,7 @@ and two worker processes sharing one SQLite storage."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import sqlite3
@@ -188,6 +189,7 @@ def test_killed_search_resumes_and_two_workers_share_the_storage(tmp_path):
     assert not [pid for pid in workers if cmdline(pid)]  # every worker is gone
     before = finished(out / "study.db")
     assert before >= 3
+    resumed = datetime.datetime.now()
     result = tune(
         "moons",
         "mlp",
@@ -202,7 +204,9 @@ def test_killed_search_resumes_and_two_workers_share_the_storage(tmp_path):
     states = optuna.trial.TrialState
     done = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)]
     assert len(done) >= before + 4
-    late = [t for t in done if t.number >= before]
+    late = [t for t in done if t.datetime_start >= resumed]
     assert len({t.user_attrs["worker"] for t in late}) == 2  # both workers took trials
-    # the trials in flight at SIGTERM are marked failed, none is left running
-    assert not [t for t in study.trials if t.state == states.RUNNING]
+    # the trials in flight at SIGTERM are marked failed, none is left running (a worker killed
+    # inside Optuna's own ask(), before the trial is marked as its, is the one exception)
+    running = [t for t in study.trials if t.state == states.RUNNING]
+    assert not [(t.number, t.user_attrs) for t in running if "worker" in t.user_attrs]

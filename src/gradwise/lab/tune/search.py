@@ -159,7 +159,6 @@ class Objective:
         config = dataclasses.replace(config, nan_policy="raise", threads=self.threads)
         config = config.resolved()
         trial.set_user_attr("config", dataclasses.replace(config, threads=None).to_toml())
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         reporter = ReportToTrial(trial, config.epochs)
         try:
             result = run(config, None, progress=False, plots=False, callbacks=[reporter])
@@ -243,6 +242,9 @@ def run_trial(study, objective: Objective) -> None:
     try:
         with blocked_signals(signal.SIGINT, signal.SIGTERM):
             trial = study.ask()
+            # with the trial: whose it is, so that a worker killed outright leaves no trial
+            # running (see fail_orphans)
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         value = objective(trial)
         state = states.COMPLETE
     except optuna.TrialPruned:
@@ -421,6 +423,7 @@ def tune(
             f"tune: the study {name!r} in {url} was made with another {what}; "
             "give another --study (or --out), or the same space"
         )
+    fail_orphans(handle, dead_here)  # an earlier search here killed outright (SIGKILL)
     if on_start is not None:
         states = optuna.trial.TrialState
         earlier = sum(t.state in (states.COMPLETE, states.PRUNED) for t in handle.trials)
@@ -506,9 +509,43 @@ def run_workers(
                 last = key
     finally:
         # SIGTERM: each marks its trial failed and exits
-        stop_workers([process for process, _ in pool], kill_after_s=2.0)
+        stop_workers([process for process, _ in pool], kill_after_s=5.0)
         for _, conn in pool:
             conn.close()
+        ours = {f"{socket.gethostname()}:{process.pid}" for process, _ in pool}
+        fail_orphans(study, lambda worker: worker in ours)
+
+
+def fail_orphans(study, left_by: Callable[[str | None], bool]) -> None:
+    """Mark failed the running trials whose worker (``host:pid``) ``left_by`` says is gone: a
+    worker killed before it could mark its trial failed (SIGKILL after the grace time, or a
+    signal while it was still starting). Trials of other machines sharing the storage, and
+    of workers still alive, are left alone."""
+    optuna = need_optuna()
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        if left_by(trial.user_attrs.get("worker")):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+def dead_here(worker: str | None) -> bool:
+    """Whether ``worker`` (``host:pid``) was a process of this machine that no longer runs."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:  # Linux: a zombie (exited, never reaped) is gone too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc: whether a signal can reach it
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
 
 
 def worker_main(conn, url, name, objective, pruner, budget, sampler_seed, index) -> None:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradwise.optim as go
-from gradwise.optim import base
+from gradwise.optim import torch_api
 
 # (name, gradwise class, torch class, kwargs): every option of every optimizer.
 GRID = [
@@ -626,7 +626,7 @@ def test_capturable_steps_from_the_counter_on_the_device(monkeypatch, name, cls,
     are torch's capturable arithmetic, which its ``differentiable=True`` path shares (Adam's
     bias corrections from the float32 counter). The CPU stands in for a CUDA device here;
     test_cuda_graph_captures_a_capturable_step runs it on one."""
-    monkeypatch.setattr(base, "CAPTURABLE_DEVICE_TYPES", ["cpu"])
+    monkeypatch.setattr(torch_api, "CAPTURABLE_DEVICE_TYPES", ["cpu"])
     a, b = twins(make_params(torch.float32))
     b = [t.detach() for t in b]  # torch's differentiable path changes them in place
     oa, ob = cls(a, capturable=True, **kw), tcls(b, differentiable=True, **kw)

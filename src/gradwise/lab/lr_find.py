@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from gradwise import checks
 from gradwise.errors import ConfigError
-from gradwise.train.loop import LOSSES
+from gradwise.train.metrics import LOSSES
 from gradwise.train.smoothing import MovingAverage, zero_lag_smooth
 
 RULES = {

@@ -17,37 +17,15 @@ group at once.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim import optimizer as torch_optimizer
 
 from gradwise import checks
-from gradwise.optim import compiled, engine, kernel_args, kernels
-
-#: The words of torch.optim's own argument checks, which code written against torch (PyTorch's
-#: optimizer test suite among it) looks for: gradwise's message adds them in parentheses.
-TORCH_WORDS = {
-    "lr": "Invalid learning rate: {}",
-    "eps": "Invalid epsilon value: {}",
-    "momentum": "Invalid momentum value: {}",
-    "weight_decay": "Invalid weight_decay value: {}",
-    "betas[0]": "Invalid beta parameter at index 0: {}",
-    "betas[1]": "Invalid beta parameter at index 1: {}",
-    "lr_decay": "Invalid lr_decay value: {}",
-    "initial_accumulator_value": "Invalid initial_accumulator_value value: {}",
-    "alpha": "Invalid alpha value: {}",
-}
-
-
-def torch_words(name: str, value: object) -> str | None:
-    """What torch.optim says of a bad ``name`` (see :data:`TORCH_WORDS`)."""
-    words = TORCH_WORDS.get(name)
-    return None if words is None else words.format(value)
-
+from gradwise.optim import compiled, engine, kernel_args, kernels, torch_api
+from gradwise.optim.torch_api import TORCH_WORDS, torch_words  # noqa: F401 (their home before)
 
 #: Arguments PyTorch accepts for choosing its implementation; gradwise's engine chooses itself.
 IMPLEMENTATION_FLAGS = ("foreach", "fused")
@@ -96,67 +74,6 @@ def update(
             stored[name].copy_(t)
     if l1_threshold is not None:
         l1_proximal_(param, l1_threshold)
-
-
-def _unless_dynamo(method):
-    """``torch.optim.Optimizer``'s ``method``, called plainly until Dynamo is imported.
-
-    PyTorch wraps ``add_param_group``, ``state_dict``, ``load_state_dict`` and ``zero_grad`` in
-    ``torch._disable_dynamo``, whose first call imports ``torch._dynamo``: 1.3 s, a quarter of
-    the wall time of ``gradwise train`` on digits. The wrapper only matters while Dynamo traces,
-    which needs Dynamo imported; until then the method runs unwrapped, and afterwards as PyTorch
-    wraps it."""
-    plain = getattr(method, "__wrapped__", method)
-
-    @functools.wraps(plain)
-    def call(self, *args, **kwargs):
-        if "torch._dynamo" in sys.modules:
-            return method(self, *args, **kwargs)
-        return plain(self, *args, **kwargs)
-
-    return call
-
-
-_torch_state_dict = _unless_dynamo(torch.optim.Optimizer.state_dict)
-_torch_load_state_dict = _unless_dynamo(torch.optim.Optimizer.load_state_dict)
-_torch_zero_grad = _unless_dynamo(torch.optim.Optimizer.zero_grad)
-
-
-def _with_hooks(step):
-    """``step`` wrapped as ``torch.optim`` wraps it — step pre-hooks (global, then the
-    optimizer's; either may replace the arguments), the step, ``_optimizer_step_code()``, post
-    hooks (the optimizer's, then global) — but with its ``record_function`` range opened only
-    while a profiler is running. PyTorch opens the range on every step, profiler or not, which
-    costs ~20 µs a step (Adam on a 17K-parameter MLP: 87 µs a step wrapped, 65 µs without)."""
-
-    @functools.wraps(step)
-    def wrapper(self, *args, **kwargs):
-        if torch._C._autograd._profiler_enabled():
-            name = f"Optimizer.step#{type(self).__name__}.step"
-            with torch.autograd.profiler.record_function(name):
-                return _run_with_hooks(step, self, args, kwargs)
-        return _run_with_hooks(step, self, args, kwargs)
-
-    return wrapper
-
-
-def _run_with_hooks(step, self, args: tuple, kwargs: dict):
-    global_pre = torch_optimizer._global_optimizer_pre_hooks
-    for hook in (*global_pre.values(), *self._optimizer_step_pre_hooks.values()):
-        result = hook(self, args, kwargs)
-        if result is not None:
-            if not (isinstance(result, tuple) and len(result) == 2):
-                raise RuntimeError(
-                    f"{step} must return None or a tuple of (new_args, new_kwargs), "
-                    f"but got {result}."
-                )
-            args, kwargs = result
-    out = step(self, *args, **kwargs)
-    self._optimizer_step_code()
-    global_post = torch_optimizer._global_optimizer_post_hooks
-    for hook in (*self._optimizer_step_post_hooks.values(), *global_post.values()):
-        hook(self, args, kwargs)
-    return out
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -251,14 +168,15 @@ class Optimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------------------- torch API
     def _patch_step_function(self) -> None:
-        """As ``torch.optim.Optimizer``'s, with the lighter wrapper of :func:`_with_hooks`."""
+        """As ``torch.optim.Optimizer``'s, with the lighter wrapper of
+        :func:`~gradwise.optim.torch_api.with_hooks`."""
         self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
         cls = type(self)
         if not getattr(cls.step, "hooked", False):
-            cls.step = _with_hooks(cls.step)
+            cls.step = torch_api.with_hooks(cls.step)
             cls.step.hooked = True
 
-    add_param_group = _unless_dynamo(torch.optim.Optimizer.add_param_group)
+    add_param_group = torch_api.unless_dynamo(torch.optim.Optimizer.add_param_group)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -269,7 +187,7 @@ class Optimizer(torch.optim.Optimizer):
         self._segments = {}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        _torch_load_state_dict(self, state_dict)  # casts state to each parameter's dtype
+        torch_api.torch_load_state_dict(self, state_dict)  # casts state to each parameter's dtype
         for state in self.state.values():  # torch < 1.12 saved ``step`` as a plain number
             if isinstance(state, dict) and isinstance(state.get("step"), int | float):
                 state["step"] = torch.tensor(float(state["step"]), dtype=_step_dtype())
@@ -292,7 +210,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict:
         """PyTorch's layout; ``step`` tensors are copies so that each stands on its own."""
-        sd = _torch_state_dict(self)
+        sd = torch_api.torch_state_dict(self)
         sd["state"] = {
             k: {
                 n: (v.clone() if n == "step" and isinstance(v, Tensor) else v) for n, v in s.items()
@@ -314,7 +232,7 @@ class Optimizer(torch.optim.Optimizer):
         over. Gradients that are ``None`` stay ``None``, as in PyTorch.
         """
         if set_to_none:
-            _torch_zero_grad(self, set_to_none=True)
+            torch_api.torch_zero_grad(self, set_to_none=True)
             return
         for group in self.param_groups:
             for seg in self._group_segments(group):
@@ -367,7 +285,7 @@ class Optimizer(torch.optim.Optimizer):
             self._step_each(seg, group)
             return
         if group.get("fused") is True and any(p.grad is not None for p in seg.params):
-            _check_fusable(seg.params[0])  # parameters without gradients are not stepped
+            torch_api.check_fusable(seg.params[0])  # parameters without gradients are not stepped
         layout = seg.layout() if seg.flat else engine.Segment.MOVED
         if seg.flat and layout == engine.Segment.MOVED:
             seg.flat = False  # a parameter was moved or replaced: flatten again once possible
@@ -498,7 +416,7 @@ class Optimizer(torch.optim.Optimizer):
             else:
                 state = self.state.get(p, {})
             if group.get("capturable"):
-                _check_capturable(p, state.get("step"))
+                torch_api.check_capturable(p, state.get("step"))
             if self.has_step:
                 state["step"] += 1
                 if group.get("capturable") or (
@@ -608,22 +526,6 @@ def _per_tensor(group: dict) -> bool:
     return bool(group.get("differentiable") or group.get("capturable"))
 
 
-#: device types whose parameters ``capturable=True`` takes, as torch.optim's (CUDA graphs)
-CAPTURABLE_DEVICE_TYPES = ["cuda", "xpu", "hpu", "privateuseone", "xla"]
-
-
-def _check_capturable(param: Tensor, step: Tensor | None) -> None:
-    """``capturable=True`` on a device without graph capture (the CPU) is refused at step()
-    as torch.optim refuses it: an AssertionError with its words."""
-    devices = {param.device.type} | ({step.device.type} if step is not None else set())
-    if len(devices) != 1 or param.device.type not in CAPTURABLE_DEVICE_TYPES:
-        raise AssertionError(
-            "If capturable=True, params and state_steps must be on supported devices: "
-            f"{CAPTURABLE_DEVICE_TYPES}; received a parameter on {param.device.type}"
-            + (f" and its step on {step.device.type}" if step is not None else "")
-        )
-
-
 def _placed_elsewhere(seg: engine.Segment) -> bool:
     """Whether a gradient of ``seg`` is a view into another owner's buffer (DDP's
     ``gradient_as_bucket_view=True`` buckets, which its all-reduce reads): then gradients stay
@@ -657,21 +559,6 @@ def _shape(value):
     if isinstance(value, tuple | list):
         return tuple(map(_shape, value))
     return (type(value).__name__, id(value))  # e.g. a tensor: never mistaken for another
-
-
-#: device types whose parameters ``fused=True`` takes, as torch.optim's fused implementations
-FUSED_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "hpu", "mtia")
-
-
-def _check_fusable(param: Tensor) -> None:
-    """``fused=True`` on parameters no fused update serves (a meta tensor, an integer one) is
-    refused as torch.optim refuses it, with its words."""
-    if param.device.type not in FUSED_DEVICE_TYPES or not param.is_floating_point():
-        raise RuntimeError(
-            "`fused=True` requires all the params to be floating point Tensors of supported "
-            f"devices: {list(FUSED_DEVICE_TYPES)}; received a {param.dtype} parameter on "
-            f"{param.device.type}"
-        )
 
 
 def as_real(t: Tensor) -> Tensor:

@@ -5,7 +5,8 @@ from gradwise.train.data import DATASETS, Dataset, load_dataset
 from gradwise.train.faults import Diverged
 from gradwise.train.files import load_file
 from gradwise.train.history import History
-from gradwise.train.loop import evaluate, fit
+from gradwise.train.loop import fit
+from gradwise.train.metrics import evaluate
 from gradwise.train.models import cnn1d, mlp
 
 __all__ = [

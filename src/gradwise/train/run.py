@@ -29,14 +29,9 @@ from gradwise.train.data import Dataset, load_dataset
 from gradwise.train.export import build, describe, save_description, start_from
 from gradwise.train.files import load_file
 from gradwise.train.history import History
-from gradwise.train.loop import (
-    confusion_matrix,
-    evaluate,
-    fit,
-    resolve_device,
-    training_threads,
-)
+from gradwise.train.loop import fit, resolve_device, training_threads
 from gradwise.train.memory import check_fits_in_memory, check_model_fits_in_memory
+from gradwise.train.metrics import confusion_matrix, evaluate
 from gradwise.train.predict import original_units_errors
 
 # ------------------------------------------------------------------------------------ builders

@@ -103,6 +103,9 @@ class Optimizer(torch.optim.Optimizer):
     #: and ``mu``), kept as torch.optim keeps them and advanced by :meth:`advance`; a class
     #: that has any runs the per-tensor path, so they are never laid out as elementwise state
     scalar_state: ClassVar[tuple[str, ...]] = ()
+    #: whether the rule places ``weight_decay`` itself, not step 2 (LAMB: inside the trust
+    #: ratio, Schedule-Free AdamW: at y, Prodigy: scaled by d·lr)
+    decay_in_rule: ClassVar[bool] = False
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         name = type(self).__name__
@@ -154,6 +157,11 @@ class Optimizer(torch.optim.Optimizer):
         step's coefficients that come from it (added to :meth:`coefficients`'). Called once per
         parameter and step, after ``step`` is counted, before the rule."""
         return {}
+
+    def piece_arguments(self, seg: engine.Segment, where: slice) -> dict[str, Any] | None:
+        """A rule with per-tensor reductions (LAMB's): its arguments for the piece ``where``
+        of a flat segment, then updated whole (no chunks, no kernel). None: elementwise."""
+        return None
 
     def state_bytes_per_param(self) -> float:
         """Bytes of optimizer state (moment buffers and step counters) per parameter element."""
@@ -300,6 +308,12 @@ class Optimizer(torch.optim.Optimizer):
                 if seg.steps is not None:
                     seg.steps += 1
                 seg.step = step + 1
+                if self.piece_arguments(seg, pieces[0][0]) is not None:  # reductions: whole
+                    for where, grad in pieces:
+                        param, state = seg.buffers_at(where)
+                        extra = self.piece_arguments(seg, where)
+                        self._update(param, grad, dict(state), seg.step, group, extra)
+                    return
                 targets = [(*seg.buffers_at(where), grad) for where, grad in pieces]
                 targets = [(param, grad, state) for param, state, grad in targets]
                 done = 0
@@ -372,6 +386,7 @@ class Optimizer(torch.optim.Optimizer):
             return None
         run_kernel, values = found
         if kernels.compiled_here(device):
+            run_kernel = run_kernel.runner()  # this segment's own scalars and CUDA graphs
 
             def run(values: list[float], targets: list) -> int:
                 if any(param.numel() < 2 for param, _, _ in targets):
@@ -381,6 +396,8 @@ class Optimizer(torch.optim.Optimizer):
                 except Exception as e:
                     kernels.disable(e)
                     return 0
+
+            run.replayer = run_kernel.replayer  # its CUDA graphs, for tests and reports
 
         else:
             scalars = kernel_args.Scalars(len(values), kernel_args.scalar_dtype(grad.dtype))
@@ -498,7 +515,8 @@ class Optimizer(torch.optim.Optimizer):
     def _update_args(self, group: dict, step: int, scalars: dict | None = None) -> dict[str, Any]:
         """``update``'s keyword arguments for this group and step (``scalars``: the
         coefficients :meth:`advance` gave)."""
-        lr, wd, l1 = group["lr"], group.get("weight_decay", 0.0), group.get("l1", 0.0)
+        lr, l1 = group["lr"], group.get("l1", 0.0)
+        wd = 0.0 if self.decay_in_rule else group.get("weight_decay", 0.0)
         coefficients = self.coefficients(group, step)
         if scalars:
             coefficients = {**coefficients, **scalars}

@@ -12,12 +12,13 @@ makes a later process's compile short.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from gradwise.optim import kernel_args, kernels
+from gradwise.optim import graphs, kernel_args, kernels
 
 
 def jit(
@@ -30,21 +31,21 @@ def jit(
     pieces: int,
     *,
     missing: str,
-) -> tuple[Callable, list[float]] | None:
+) -> tuple[CompiledUpdate, list[float]] | None:
     """The in-process kernel for this update over ``pieces`` pieces of a segment, and the step's
     scalars; None where ``missing`` is ``SKIP`` and it is not compiled yet in this process.
 
-    The kernel is ``kernel(targets, values)``, with ``targets`` a list of ``pieces`` triples
-    ``(param, grad, state)`` (1-D tensors; on CUDA, the small tensors' gathered gradients and
-    each large tensor's gradient where backward left it): one call for all of them, one
-    Triton launch each. Compiling takes seconds the first time on a machine, less once Inductor's
+    Its :meth:`CompiledUpdate.runner` is ``run(targets, values)``, with ``targets`` a list of
+    ``pieces`` triples ``(param, grad, state)`` (1-D tensors; on CUDA, the small tensors'
+    gathered gradients and each large tensor's gradient where backward left it): one call for
+    all of them. Compiling takes seconds the first time on a machine, less once Inductor's
     cache holds it; it happens once per process, at the step that first needs it. An error or
     a kernel that disagrees with the eager update raises (the caller turns kernels off)."""
     names = tuple(sorted(state))
     static, slots, values = kernel_args.split(args)
     dtypes = (param.dtype, grad.dtype, *(state[n].dtype for n in names))
     memo = ("jit", pieces, rule, update, names, repr(static), tuple(slots), param.device, dtypes)
-    memo += (COMBO_KERNELS,)
+    memo += (COMBO_KERNELS, scalar_places(param.device))
     kernel = kernels.kernel_for(memo)
     if kernel is None:
         if missing == kernels.SKIP:
@@ -54,18 +55,18 @@ def jit(
     return kernel, values
 
 
-#: where a compiled kernel's scalars live, in the order tried: 0-d CPU tensors (Inductor passes
-#: them to the GPU kernel as arguments: no copy, no wait) or the device (one small copy a step)
-SCALAR_PLACES = ("cpu", "device")
+def scalar_places(device: torch.device) -> tuple[str, ...]:
+    """Where a compiled kernel's scalars may live, in the order tried: 0-d CPU tensors (Inductor
+    passes them to the GPU kernel as arguments: no copy, no wait) or the device (one small copy
+    a step). A CUDA graph would bake CPU scalars' values in, so where steps are replayed as
+    graphs (:mod:`graphs`) the device comes first."""
+    return ("device", "cpu") if graphs.recorder(device) is not None else ("cpu", "device")
 
 
 def _scalars_on(place: str, values: list[float], device: torch.device, dtype: torch.dtype):
-    if place == "cpu" or not values:
-        return kernel_args.scalar_tensors(values, torch.device("cpu"), dtype)
-    host = torch.tensor(values, dtype=dtype)
-    if device.type == "cuda":
-        host = host.pin_memory()  # a copy that does not wait for the GPU
-    return list(host.to(device, non_blocking=True).unbind())
+    return kernel_args.scalar_tensors(
+        values, torch.device("cpu") if place == "cpu" else device, dtype
+    )
 
 
 def _compile_checked(
@@ -74,7 +75,7 @@ def _compile_checked(
     values: list[float],
     device: torch.device,
     dtypes: tuple,
-) -> Callable:
+) -> CompiledUpdate:
     """``torch.compile`` of ``module`` applied to ``pieces`` pieces, checked against the eager
     update on small pieces laid out as a segment's are; the first place of the scalars
     (:data:`SCALAR_PLACES`) that compiles and agrees is kept."""
@@ -104,7 +105,7 @@ def _compile_checked(
             module(*tensors[i * width : (i + 1) * width], *scalars)
 
     failure: BaseException | None = None
-    for place in SCALAR_PLACES:
+    for place in scalar_places(device):
         compiled = _compiled_function(module, pieces, width)
         try:
             ran, expected = inputs(), inputs()
@@ -118,32 +119,63 @@ def _compile_checked(
         for a, b in zip(ran, expected):
             if not torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-5, equal_nan=True):
                 raise RuntimeError("the compiled kernel disagrees with the eager update")
-        return _calling(compiled, place, module.names, len(values), device, scalar_type)
+        return CompiledUpdate(compiled, place, module.names, len(values), device, scalar_type)
     assert failure is not None
     raise failure
 
 
-def _calling(
-    compiled: Callable,
-    place: str,
-    names: tuple[str, ...],
-    count: int,
-    device: torch.device,
-    scalar_type: torch.dtype,
-) -> Callable:
-    """``kernel(targets, values)`` around a compiled function whose scalars live at ``place``."""
-    held = kernel_args.Scalars(count, scalar_type) if place == "cpu" else None
+class CompiledUpdate:
+    """A compiled function of a step's pieces (the module's docstring), whose scalars live at
+    ``place``: ``"cpu"`` (0-d CPU tensors, refilled in place) or ``"device"`` (a device buffer,
+    refilled by one copy a step, which lets a CUDA graph replay the step: :mod:`graphs`)."""
 
-    def kernel(targets, values) -> int:
-        tensors = [t for p, g, st in targets for t in (p, g, *(st[n] for n in names))]
-        if held is not None:
-            compiled(*tensors, *held.filled(values))
+    def __init__(
+        self,
+        compiled: Callable,
+        place: str,
+        names: tuple[str, ...],
+        count: int,
+        device: torch.device,
+        scalar_type: torch.dtype,
+    ) -> None:
+        self.compiled, self.place, self.names = compiled, place, names
+        self.count, self.device, self.scalar_type = count, device, scalar_type
+
+    def runner(self) -> Callable[[list, list[float]], int]:
+        """``run(targets, values) -> how many targets it updated``, for one segment of one
+        optimizer: its own scalars and its own graphs (keyed by its tensors' addresses, which
+        only name the same tensors within one segment, whose pieces keep their sizes), which
+        go when the segment lets go of it. ``run.replayer`` is its :class:`graphs.Replayer`, or
+        None."""
+        compiled, names, scalar_type = self.compiled, self.names, self.scalar_type
+        replayer = None
+        if self.place == "cpu":
+            held = kernel_args.Scalars(self.count, scalar_type)
+
+            def run_with(tensors: list[Tensor], values: list[float]) -> None:
+                compiled(*tensors, *held.filled(values))
+
         else:
-            compiled(*tensors, *_scalars_on(place, values, device, scalar_type))
-        return len(targets)
+            buffer = torch.zeros(self.count, dtype=scalar_type, device=self.device)
+            call = functools.partial(_run_unpacked, compiled, buffer.unbind())
+            record = graphs.recorder(self.device)
+            replayer = graphs.Replayer(call, record) if record is not None else None
 
-    kernel.place = place  # where its scalars live, for reports (scripts/gpu_check.py)
-    return kernel
+            def run_with(tensors: list[Tensor], values: list[float]) -> None:
+                if values:  # from pageable memory: staged at once, never waits for the GPU
+                    buffer.copy_(torch.tensor(values, dtype=scalar_type), non_blocking=True)
+                (replayer or call)(tensors)
+
+        def run(targets: list, values: list[float]) -> int:
+            run_with([t for p, g, st in targets for t in (p, g, *(st[n] for n in names))], values)
+            return len(targets)
+
+        run.replayer = replayer
+        return run
+
+
+def _run_unpacked(compiled: Callable, scalars: tuple[Tensor, ...], tensors: list[Tensor]) -> None:
+    compiled(*tensors, *scalars)
 
 
 def _compiled_function(module: kernel_args.Update, pieces: int, width: int) -> Callable:

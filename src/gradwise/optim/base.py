@@ -271,7 +271,7 @@ class Optimizer(torch.optim.Optimizer):
         torch._C._set_grad_enabled(self.defaults.get("differentiable", False))
         try:
             if self._may_capture:
-                self._cuda_graph_capture_health_check()  # torch's check, with its words
+                torch_api.graph_capture_health_check(self)  # torch's check, with its words
             for group in self.param_groups:
                 for seg in self._group_segments(group):
                     self._step_segment(seg, group)

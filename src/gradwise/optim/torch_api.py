@@ -123,3 +123,11 @@ def check_fusable(param: Tensor) -> None:
             f"devices: {list(FUSED_DEVICE_TYPES)}; received a {param.dtype} parameter on "
             f"{param.device.type}"
         )
+
+
+def graph_capture_health_check(optimizer: torch.optim.Optimizer) -> None:
+    """torch.optim's check that a step being recorded in a CUDA graph is capturable, with its
+    words (named ``_cuda_graph_capture_health_check`` in some releases and
+    ``_accelerator_graph_capture_health_check`` in others, torch 2.11's)."""
+    check = getattr(optimizer, "_cuda_graph_capture_health_check", None)
+    (check or optimizer._accelerator_graph_capture_health_check)()

@@ -16,6 +16,14 @@ Rprop      :func:`rprop.rprop`          ``torch.optim.Rprop``
 ASGD       :func:`asgd.asgd`            ``torch.optim.ASGD``
 Lion       :func:`lion.lion`            ``lion_pytorch.Lion``
 =========  ===========================  ==========================
+
+=================  =======================================  ==================================
+class              rule (the math, once)                    reference implementation
+=================  =======================================  ==================================
+AdamWScheduleFree  :func:`schedulefree.schedulefree_adamw`  ``schedulefree.AdamWScheduleFree``
+SGDScheduleFree    :func:`schedulefree.schedulefree_sgd`    ``schedulefree.SGDScheduleFree``
+Lamb               :func:`lamb.lamb`                        ``pytorch_optimizer.Lamb``
+=================  =======================================  ==================================
 """
 
 from gradwise.optim.adadelta import Adadelta
@@ -24,11 +32,13 @@ from gradwise.optim.adam import Adam, AdamW
 from gradwise.optim.adamax import Adamax
 from gradwise.optim.asgd import ASGD
 from gradwise.optim.base import Optimizer
+from gradwise.optim.lamb import Lamb
 from gradwise.optim.lion import Lion
 from gradwise.optim.nadam import NAdam
 from gradwise.optim.radam import RAdam
 from gradwise.optim.rmsprop import RMSprop
 from gradwise.optim.rprop import Rprop
+from gradwise.optim.schedulefree import AdamWScheduleFree, SGDScheduleFree
 from gradwise.optim.sgd import SGD
 
 __all__ = [
@@ -44,5 +54,8 @@ __all__ = [
     "Rprop",
     "ASGD",
     "Lion",
+    "AdamWScheduleFree",
+    "SGDScheduleFree",
+    "Lamb",
     "Optimizer",
 ]

@@ -151,7 +151,10 @@ def fit(
     accumulation, one optimizer step per ``k`` batches, each batch's loss divided by the number
     of batches in its group (the last group of an epoch may be smaller), so that with a mean loss
     a step equals one on a ``k`` times larger batch; steps (and a scheduler's steps, the
-    recorded losses and ``state.step``) count optimizer steps. Callbacks (``callbacks``) are
+    recorded losses and ``state.step``) count optimizer steps. An optimizer with ``train()``
+    and ``eval()`` methods (Schedule-Free's) is put in train mode before each epoch's steps
+    and in eval mode at its end, so that validation, callbacks, checkpoints and the model
+    ``fit`` returns see its averaged weights. Callbacks (``callbacks``) are
     called at the start, after every step, at each epoch's end and at the end
     (:class:`~gradwise.train.callbacks.Callback`).
     """
@@ -355,6 +358,7 @@ class _Loop:
         model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
         step_scheduler = scheduler is not None and self.interval == "step"
         model.train()
+        optimizer_mode(optimizer, "train")  # Schedule-Free: the parameters at y
         clip, step_callbacks = self.clip_grad_norm, self.step_callbacks
         record = EpochRecord(
             faults.params,
@@ -419,6 +423,7 @@ class _Loop:
         model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
         step_scheduler = scheduler is not None and self.interval == "step"
         model.train()
+        optimizer_mode(optimizer, "train")  # Schedule-Free: the parameters at y
         record = EpochRecord(
             faults.params, processes.device, "accuracy" in self.metrics, native=False
         )
@@ -481,6 +486,9 @@ class _Loop:
     ) -> None:
         state = self.state
         history, optimizer, scheduler = state.history, state.optimizer, state.scheduler
+        # Schedule-Free: the parameters at x, the average, for validation, callbacks, the
+        # checkpoint and whatever follows fit() (export, predict)
+        optimizer_mode(optimizer, "eval")
         row = record.row(history, epoch, state.step, processes.reduce())
         if self.val_data is not None:
             model = next(
@@ -500,6 +508,15 @@ class _Loop:
         self.faults.loss_growth(state.step)  # nor a diverged run's
         last = last or state.stop is not None
         self.checkpoints.end_epoch(state, self.shuffle, self.callbacks, last)
+
+
+def optimizer_mode(optimizer, mode: str) -> None:
+    """``optimizer.train()`` or ``optimizer.eval()`` (``mode``) where the optimizer has them:
+    a Schedule-Free optimizer's parameters hold the point where gradients are taken in train
+    mode and the average that is evaluated in eval mode. Nothing for the others."""
+    switch = getattr(optimizer, mode, None)
+    if callable(switch):
+        switch()
 
 
 def resolve_device(device) -> torch.device:

@@ -314,7 +314,7 @@ def test_compare_default_target_and_errors():
     with pytest.raises(ValueError, match="seeds must be an integer >= 1"):
         compare(configs, seeds=0)
     with pytest.raises(ValueError, match="optimizer"):
-        compare([TrainConfig(optimizer="lion")], seeds=1)
+        compare([TrainConfig(optimizer="adamm")], seeds=1)
 
 
 def test_grid_labels_and_choices():
@@ -441,7 +441,7 @@ def test_compare_command(tmp_path):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["--optimizers", "sgd,lion"], "unknown optimizer 'lion'"),
+        (["--optimizers", "sgd,adamm"], "unknown optimizer 'adamm'"),
         (["--optimizer", "sgd", "--optimizers", "sgd,adam"], "not both"),
         (["--schedules", "cosine;bogus:1"], "unknown schedule name 'bogus'"),
         (["--lrs", "0.1,fast"], "'fast' is not a number"),

@@ -350,7 +350,7 @@ CLI_CASES: list[CliCase] = [
     ),
     CliCase("plateau-patience-negative", ("--plateau-patience", "-1"), r"plateau_patience"),
     CliCase("early-stop-negative", ("--early-stop", "-2"), r"early_stop must be an integer >= 0"),
-    CliCase("optimizer-unknown", ("--optimizer", "adamax"), r"'--optimizer'.*'adamax'.*'sgd'"),
+    CliCase("optimizer-unknown", ("--optimizer", "adamq"), r"'--optimizer'.*'adamq'.*'sgd'"),
     CliCase("model-unknown", ("--model", "resnet"), r"model must be one of 'mlp'.*model='resnet'"),
     CliCase("init-unknown", ("--init", "zeros"), r"'--init'.*'zeros'.*'he'"),
     CliCase(
@@ -603,7 +603,7 @@ CONFIG_CASES: list[CliCase] = [
         "optimizer-unknown",
         _config(),
         r"optimizer must be one of 'sgd'",
-        _toml('optimizer = "adamax"\n'),
+        _toml('optimizer = "adamq"\n'),
     ),
     CliCase("betas-one-number", _config(), r"betas must be a pair", _toml("betas = [0.9]\n")),
 ]

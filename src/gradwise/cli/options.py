@@ -197,14 +197,38 @@ def csv_ints(ctx, param, value):
     return items
 
 
-def _betas(ctx, param, value):
+def _pair(ctx, param, value):
     if value is None:
         return None
     try:
-        b1, b2 = (float(v) for v in value.split(","))
+        first, second = (float(v) for v in value.split(","))
     except ValueError:
-        raise click.BadParameter(f"expected two numbers like 0.9,0.999, got {value!r}") from None
-    return (b1, b2)
+        raise click.BadParameter(
+            f"expected two numbers separated by a comma (e.g. 0.9,0.999), got {value!r}"
+        ) from None
+    return (first, second)
+
+
+def hyperparameter_options() -> list:
+    """One click option per hyperparameter that only some optimizers take
+    (:data:`gradwise.train.optimizers.HYPERPARAMETERS`), its help naming those optimizers."""
+    from gradwise.train.optimizers import HYPERPARAMETERS, defaults_text, users_text
+
+    options = []
+    for name, hyper in HYPERPARAMETERS.items():
+        flag = "--" + name.replace("_", "-")
+        help = f"{hyper.help} For {users_text(name)}."
+        if hyper.kind == "flag":
+            option = click.option(f"{flag}/--no-{flag[2:]}", default=None, help=help)
+            options.append(option)
+            continue
+        help += f"  [default: {defaults_text(name)}]"
+        if hyper.kind == "pair":
+            option = click.option(flag, callback=_pair, help=help)
+        else:
+            option = click.option(flag, type=float, help=help)
+        options.append(option)
+    return options
 
 
 def train_options(fn):
@@ -245,14 +269,7 @@ def train_options(fn):
             "--optimizer", type=click.Choice(OPTIMIZERS), help="Update rule.  [default: adam]"
         ),
         click.option("--lr", type=float, help="Learning rate.  [default: per optimizer]"),
-        click.option("--momentum", type=float, help="Momentum (momentum, nesterov, rmsprop)."),
-        click.option("--betas", callback=_betas, help="Adam's β1,β2.  [default: 0.9,0.999]"),
-        click.option("--eps", type=float, help="ε of Adam/RMSprop/Adagrad."),
-        click.option(
-            "--weight-decay",
-            type=float,
-            help="The optimizer's weight decay (coupled; decoupled for adamw), on weights only.",
-        ),
+        *hyperparameter_options(),
         click.option(
             "--l1",
             type=float,
@@ -369,10 +386,6 @@ CONFIG_OPTIONS = (
     "init",
     "optimizer",
     "lr",
-    "momentum",
-    "betas",
-    "eps",
-    "weight_decay",
     "l1",
     "l2",
     "batch_size",
@@ -400,10 +413,12 @@ CONFIG_OPTIONS = (
 def config_from_options(options: dict):
     """A TrainConfig from a config file (if any) overridden by the options given."""
     from gradwise.train.config import TrainConfig
+    from gradwise.train.optimizers import HYPERPARAMETERS
 
     config_file = options.pop("config_file", None)
     base = TrainConfig.from_toml(config_file) if config_file else TrainConfig()
-    values = {k: v for k, v in options.items() if k in CONFIG_OPTIONS and v is not None}
+    names = (*CONFIG_OPTIONS, *HYPERPARAMETERS)
+    values = {k: v for k, v in options.items() if k in names and v is not None}
     if "batch_size" in values:
         values["batch_size"] = str(values["batch_size"])
     if "dataset" in values and "data" not in values:

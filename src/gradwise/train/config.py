@@ -21,20 +21,22 @@ from gradwise.errors import ConfigError
 from gradwise.init import SCHEMES
 from gradwise.train.data import DATASETS
 from gradwise.train.models import ACTIVATIONS
+from gradwise.train.optimizers import (
+    HYPERPARAMETERS,
+    SPECS,
+    check_hyperparameters,
+    is_given,
+    resolved_value,
+    users,
+    users_text,
+)
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+#: every name of ``--optimizer`` (one entry each in :data:`gradwise.train.optimizers.SPECS`)
+OPTIMIZERS = tuple(SPECS)
 MODELS = ("mlp", "cnn1d")
 
 #: default learning rate of each optimizer name
-OPTIMIZER_LR = {
-    "sgd": 0.1,
-    "momentum": 0.05,
-    "nesterov": 0.05,
-    "adagrad": 0.05,
-    "rmsprop": 1e-3,
-    "adam": 1e-3,
-    "adamw": 1e-3,
-}
+OPTIMIZER_LR = {name: spec.lr for name, spec in SPECS.items()}
 
 #: gradwise's defaults for each bundled dataset; a nested dict holds a model's own defaults.
 #: ``lr`` maps optimizer names to the dataset's default rate (else OPTIMIZER_LR's).
@@ -65,24 +67,15 @@ FALLBACKS: dict[str, Any] = dict(
 
 #: options that only some optimizers use, and which ones: given to another, they are refused
 #: (an option accepted and then ignored would train something else than what was asked)
-OPTIMIZER_OPTIONS = {
-    "momentum": ("momentum", "nesterov", "rmsprop"),
-    "betas": ("adam", "adamw"),
-    "eps": ("adagrad", "rmsprop", "adam", "adamw"),
-}
-DEFAULT_BETAS = (0.9, 0.999)
+OPTIMIZER_OPTIONS = {name: users(name) for name in HYPERPARAMETERS}
 #: what each of those options is when it is not given
-OPTION_DEFAULTS = {"momentum": None, "betas": DEFAULT_BETAS, "eps": None}
+OPTION_DEFAULTS = dict.fromkeys(HYPERPARAMETERS)
 
 
 def options_given(config: TrainConfig) -> dict[str, bool]:
     """For each option of :data:`OPTIMIZER_OPTIONS`, whether ``config`` sets it (a zero
-    momentum is the same as none)."""
-    return {
-        "momentum": config.momentum not in (None, 0, 0.0),
-        "betas": tuple(config.betas) != DEFAULT_BETAS,
-        "eps": config.eps is not None,
-    }
+    momentum or weight decay is the same as none; Adam's betas are every run's)."""
+    return {name: is_given(name, getattr(config, name)) for name in HYPERPARAMETERS}
 
 
 def check_model(model: str) -> str:
@@ -97,13 +90,13 @@ def check_model(model: str) -> str:
 def refuse_unused_options(config: TrainConfig) -> None:
     """A ``ConfigError`` naming the first option that ``config.optimizer`` would ignore."""
     given = options_given(config)
-    for option, users in OPTIMIZER_OPTIONS.items():
-        if given[option] and config.optimizer not in users:
+    for option, taking in OPTIMIZER_OPTIONS.items():
+        if given[option] and config.optimizer not in taking:
             value = getattr(config, option)
             hint = " (SGD with momentum is --optimizer momentum)" if option == "momentum" else ""
             raise ConfigError(
                 f"train: {option}={value!r} has no effect with optimizer={config.optimizer!r}; "
-                f"it applies to {', '.join(users)}{hint}"
+                f"it applies to {users_text(option)}{hint}"
             )
 
 
@@ -122,10 +115,20 @@ class TrainConfig:
     init: str = "auto"
     optimizer: str = "adam"
     lr: float | None = None
+    # the hyperparameters only some optimizers take (train/optimizers.HYPERPARAMETERS), under
+    # their constructors' names; None: the optimizer's default
     momentum: float | None = None
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] | None = None
     eps: float | None = None
     weight_decay: float | None = None
+    momentum_decay: float | None = None
+    decoupled_weight_decay: bool | None = None
+    rho: float | None = None
+    etas: tuple[float, float] | None = None
+    step_sizes: tuple[float, float] | None = None
+    lambd: float | None = None
+    alpha: float | None = None
+    t0: float | None = None
     l1: float = 0.0
     l2: float = 0.0
     batch_size: str | None = None
@@ -184,11 +187,9 @@ class TrainConfig:
             values["schedule"] = layered.get("schedule")
         if values["lr"] is None:
             values["lr"] = layered.get("lr", {}).get(self.optimizer, OPTIMIZER_LR[self.optimizer])
-        if values["momentum"] is None:
-            values["momentum"] = 0.9 if self.optimizer in ("momentum", "nesterov") else 0.0
-        if values["weight_decay"] is None:
-            values["weight_decay"] = 1e-2 if self.optimizer == "adamw" else 0.0
-        for key in ("hidden", "channels", "betas"):
+        for name in HYPERPARAMETERS:
+            values[name] = resolved_value(self.optimizer, name, values[name])
+        for key in ("hidden", "channels"):
             values[key] = tuple(values[key])
         values["batch_size"] = str(values["batch_size"])
         config = TrainConfig(**values)
@@ -205,6 +206,7 @@ class TrainConfig:
         checks.at_least(owner, "lr", self.lr, 0.0)
         for name in ("l1", "l2", "weight_decay", "momentum"):
             checks.at_least(owner, name, getattr(self, name), 0.0)
+        check_hyperparameters(self)
         checks.integer(owner, "epochs", self.epochs, low=1)
         checks.integer(owner, "early_stop", self.early_stop, low=0)
         checks.integer(owner, "plateau_patience", self.plateau_patience, low=0)
@@ -296,15 +298,13 @@ class TrainConfig:
 
 def _coerce(source: str, key: str, value, default):
     """Check a config file's value against the setting's type (TOML has no tuples or None)."""
+    kinds = {"float": float, "pair": tuple, "flag": bool}
     expected = {
+        **{name: kinds[hyper.kind] for name, hyper in HYPERPARAMETERS.items()},
         "hidden": tuple,
         "channels": tuple,
-        "betas": tuple,
         "lr": float,
         "dropout": float,
-        "momentum": float,
-        "eps": float,
-        "weight_decay": float,
         "epochs": int,
         "batch_size": str,
         "data": str,

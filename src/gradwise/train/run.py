@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from gradwise import optim
 from gradwise.errors import ConfigError
 from gradwise.regularization import l2_penalty, param_groups, weight_params
 from gradwise.train import checkpoint as ckpt
@@ -32,6 +31,7 @@ from gradwise.train.history import History
 from gradwise.train.loop import fit, resolve_device, training_threads
 from gradwise.train.memory import check_fits_in_memory, check_model_fits_in_memory
 from gradwise.train.metrics import confusion_matrix, evaluate
+from gradwise.train.optimizers import constructor, users
 from gradwise.train.predict import original_units_errors
 
 # ------------------------------------------------------------------------------------ builders
@@ -55,25 +55,18 @@ def build_model(config: TrainConfig, data: Dataset) -> torch.nn.Module:
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The named optimizer; weight decay and L1 apply to weights, not to biases or norms."""
+    """The named optimizer (:data:`gradwise.train.optimizers.SPECS`) with ``config``'s
+    hyperparameters; weight decay and L1 apply to weights, not to biases or norms."""
     groups = param_groups(model, weight_decay=config.weight_decay)
     weights = {id(p) for p in weight_params(model)}
     for group in groups:  # L1 on the weights, not on biases and norms (a group is one or other)
         group["l1"] = config.l1 if id(group["params"][0]) in weights else 0.0
-    name, lr = config.optimizer, config.lr
-    eps = {} if config.eps is None else {"eps": config.eps}
-    if name in ("sgd", "momentum", "nesterov"):
-        cls, kwargs = (
-            optim.SGD,
-            dict(momentum=config.momentum if name != "sgd" else 0.0, nesterov=name == "nesterov"),
-        )
-    elif name == "adagrad":
-        cls, kwargs = optim.Adagrad, eps
-    elif name == "rmsprop":
-        cls, kwargs = optim.RMSprop, dict(momentum=config.momentum, **eps)
-    else:
-        cls = optim.AdamW if name == "adamw" else optim.Adam
-        kwargs = dict(betas=config.betas, **eps)
+    cls, kwargs = constructor(config)
+    kwargs.pop("weight_decay", None)  # the groups' own: the weights decay, biases and norms not
+    if config.optimizer not in users("weight_decay"):  # it has none (Rprop): no key either
+        for group in groups:
+            del group["weight_decay"]
+    lr = config.lr
     if config.zero and distributed.launched():  # one process has nothing to shard
         from torch.distributed.optim import ZeroRedundancyOptimizer
 

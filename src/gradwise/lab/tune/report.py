@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradwise.errors import GradwiseError
-from gradwise.train.config import TrainConfig
+from gradwise.train.config import OPTIMIZER_OPTIONS, TrainConfig
 
 #: the trials summary.md lists
 TOP = 10
@@ -190,10 +190,10 @@ def describe_setting(config: TrainConfig, name: str) -> str:
         widths = config.channels if config.model == "cnn1d" else config.hidden
         return "×".join(map(str, widths))
     value = getattr(config, name)
-    if name == "momentum" and config.optimizer not in ("momentum", "nesterov", "rmsprop"):
+    if name in OPTIMIZER_OPTIONS and config.optimizer not in OPTIMIZER_OPTIONS[name]:
         return ""
     if name == "betas":
-        return f"{value[0]:.3g},{value[1]:.4g}" if config.optimizer in ("adam", "adamw") else ""
+        return f"{value[0]:.3g},{value[1]:.4g}"
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)

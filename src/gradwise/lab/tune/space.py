@@ -6,12 +6,13 @@ value. ``lr`` and ``weight_decay`` may differ per optimizer (a table ``{adam = [
 ...}``). A range whose low end is 0 (``weight_decay = [0, 1e-3]``, ``l1``) is "off, or
 log-uniform over ``[high / 1000, high]``". :meth:`Space.suggest` turns an Optuna trial into a
 :class:`~gradwise.train.config.TrainConfig`: only the options the drawn optimizer uses are drawn
-(momentum for SGD with momentum, Nesterov and RMSprop; betas for Adam and AdamW), as
-``TrainConfig`` refuses the others.
+(momentum for SGD with momentum, Nesterov and RMSprop; betas for the Adam family and Lion;
+weight decay for all but Rprop), as ``TrainConfig`` refuses the others. The other
+hyperparameters of an optimizer (Adadelta's ``rho``, ...) keep their defaults.
 
 A TOML file (``--space FILE.toml``) overrides the defaults key by key::
 
-    optimizer = ["adam", "adamw"]
+    optimizer = ["adam", "adamw", "nadam", "lion"]   # any of train.config.OPTIMIZERS
     lr = [1e-4, 3e-2]              # or a table per optimizer: lr = {adam = [1e-4, 3e-2]}
     epochs = 40                    # fixed
     schedule = ["cosine", "warmup+cosine"]
@@ -29,10 +30,16 @@ from typing import Any
 from gradwise.errors import ConfigError
 from gradwise.init import SCHEMES
 from gradwise.train.config import OPTIMIZER_LR, OPTIMIZER_OPTIONS, OPTIMIZERS, TrainConfig
+from gradwise.train.optimizers import SPECS
 
 #: the schedules a trial chooses among, and their text in the schedule language
 #: (``warmup+cosine`` warms up over ``warmup`` x the run's steps, then decays to 0)
 SCHEDULES = ("constant", "cosine", "warmup+cosine", "onecycle")
+
+#: the optimizers a search draws from unless ``--space`` names others (any of OPTIMIZERS): the
+#: seven the README's searches were measured with; each name more spreads a search's trials
+#: thinner, and digits' defaults put none of the others ahead (README's optimizer table)
+DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 
 #: keys whose value is a list of choices (or one fixed value)
 CHOICE_KEYS = ("optimizer", "schedule", "init", "batch_size")
@@ -69,7 +76,7 @@ def default_space(dataset: str, model: str) -> dict[str, Any]:
     else:
         width, depth = [32, 512], [1, 3]
     return {
-        "optimizer": list(OPTIMIZERS),
+        "optimizer": list(DEFAULT_OPTIMIZERS),
         # an optimizer without its own range here: its default rate / 30 to x 10
         "lr": {
             **{name: [OPTIMIZER_LR[name] / 30, OPTIMIZER_LR[name] * 10] for name in OPTIMIZERS},
@@ -84,10 +91,8 @@ def default_space(dataset: str, model: str) -> dict[str, Any]:
         "momentum": [0.8, 0.99],
         "beta1": [0.8, 0.95],
         "beta2": [0.99, 0.9999],
-        # coupled (L2 in the gradient) for all but adamw, decoupled there
-        "weight_decay": {
-            name: ([1e-3, 0.3] if name == "adamw" else [0, 1e-3]) for name in OPTIMIZERS
-        },
+        # coupled (L2 in the gradient), or decoupled (adamw, lion): larger; none for Rprop
+        "weight_decay": {name: _decay_range(name) for name in OPTIMIZERS},
         "l1": [0, 1e-4],
         "dropout": [0.0, 0.5],
         "init": ["auto", "he", "xavier", "orthogonal"],
@@ -99,6 +104,12 @@ def default_space(dataset: str, model: str) -> dict[str, Any]:
         "width": width,
         "depth": depth,
     }
+
+
+def _decay_range(optimizer: str) -> list[float] | float:
+    if optimizer not in OPTIMIZER_OPTIONS["weight_decay"]:
+        return 0.0
+    return [1e-3, 0.3] if SPECS[optimizer].decoupled else [0, 1e-3]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +154,8 @@ class Space:
             values["momentum"] = self._number(trial, "momentum")
         if optimizer in OPTIMIZER_OPTIONS["betas"]:
             values["betas"] = (self._number(trial, "beta1"), self._number(trial, "beta2"))
-        values["weight_decay"] = self._number(trial, "weight_decay", optimizer)
+        if optimizer in OPTIMIZER_OPTIONS["weight_decay"]:
+            values["weight_decay"] = self._number(trial, "weight_decay", optimizer)
         values["l1"] = self._number(trial, "l1")
         values["dropout"] = self._number(trial, "dropout")
         values["init"] = self._pick(trial, "init")
@@ -193,6 +205,8 @@ class Space:
             del wanted["momentum"]
         if optimizer not in OPTIMIZER_OPTIONS["betas"]:
             del wanted["beta1"], wanted["beta2"]
+        if optimizer not in OPTIMIZER_OPTIONS["weight_decay"]:
+            del wanted["weight_decay"]
         for key, value in wanted.items():
             spec = self.spec(key, optimizer)
             if isinstance(spec, list) and key in CHOICE_KEYS:

@@ -23,6 +23,7 @@ class              rule (the math, once)                    reference implementa
 AdamWScheduleFree  :func:`schedulefree.schedulefree_adamw`  ``schedulefree.AdamWScheduleFree``
 SGDScheduleFree    :func:`schedulefree.schedulefree_sgd`    ``schedulefree.SGDScheduleFree``
 Lamb               :func:`lamb.lamb`                        ``pytorch_optimizer.Lamb``
+Prodigy            :func:`prodigy.prodigy`                  ``prodigyopt.Prodigy``
 =================  =======================================  ==================================
 """
 
@@ -35,6 +36,7 @@ from gradwise.optim.base import Optimizer
 from gradwise.optim.lamb import Lamb
 from gradwise.optim.lion import Lion
 from gradwise.optim.nadam import NAdam
+from gradwise.optim.prodigy import Prodigy
 from gradwise.optim.radam import RAdam
 from gradwise.optim.rmsprop import RMSprop
 from gradwise.optim.rprop import Rprop
@@ -57,5 +59,6 @@ __all__ = [
     "AdamWScheduleFree",
     "SGDScheduleFree",
     "Lamb",
+    "Prodigy",
     "Optimizer",
 ]

@@ -17,6 +17,8 @@ group at once.
 from __future__ import annotations
 
 import functools
+import itertools
+import operator
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -24,8 +26,10 @@ import torch
 from torch import Tensor
 
 from gradwise import checks
-from gradwise.optim import compiled, engine, kernel_args, kernels, torch_api
+from gradwise.optim import engine, plans, torch_api
 from gradwise.optim.torch_api import TORCH_WORDS, torch_words  # noqa: F401 (their home before)
+
+_GRAD = operator.attrgetter("grad")
 
 #: Arguments PyTorch accepts for choosing its implementation; gradwise's engine chooses itself.
 IMPLEMENTATION_FLAGS = ("foreach", "fused")
@@ -300,6 +304,8 @@ class Optimizer(torch.optim.Optimizer):
         views = layout == engine.Segment.VIEWS  # the usual case after zero_grad(False)
         step = engine.uniform_step(seg) if seg.flat else None
         if step is not None:
+            if seg.kernel_plans and self._step_replayed(seg, group, step, views):
+                return
             # views: one update of the whole buffers; else (the default zero_grad()) backward's
             # own gradient tensors, or None when one is missing
             whole = [(slice(0, seg.param.numel()), seg.grad)]
@@ -308,22 +314,57 @@ class Optimizer(torch.optim.Optimizer):
                 if seg.steps is not None:
                     seg.steps += 1
                 seg.step = step + 1
-                if self.piece_arguments(seg, pieces[0][0]) is not None:  # reductions: whole
-                    for where, grad in pieces:
-                        param, state = seg.buffers_at(where)
-                        extra = self.piece_arguments(seg, where)
-                        self._update(param, grad, dict(state), seg.step, group, extra)
-                    return
-                targets = [(*seg.buffers_at(where), grad) for where, grad in pieces]
-                targets = [(param, grad, state) for param, state, grad in targets]
-                done = 0
-                kernel = self._kernel(seg, seg.grad, group, len(targets))
-                if kernel is not None:
-                    done = kernel(targets)
-                for param, grad, state in targets[done:]:
-                    self._update_chunked(param, grad, state, seg.step, group)
+                self._step_pieces(seg, group, pieces)
                 return
         self._step_each(seg, group)
+
+    def _step_pieces(self, seg: engine.Segment, group: dict, pieces: list) -> None:
+        """The flat update of ``pieces`` (``(where, grad)`` pairs), its step already counted."""
+        if pieces and self.piece_arguments(seg, pieces[0][0]) is not None:  # whole
+            for where, grad in pieces:
+                param, state = seg.buffers_at(where)
+                extra = self.piece_arguments(seg, where)
+                self._update(param, grad, dict(state), seg.step, group, extra)
+            return
+        targets = plans.targets(seg, pieces)
+        done = 0
+        kernel = self._kernel(seg, seg.grad, group, len(targets))
+        if kernel is not None:
+            done = kernel(targets)
+        for param, grad, state in targets[done:]:
+            self._update_chunked(param, grad, state, seg.step, group)
+
+    def _step_replayed(self, seg: engine.Segment, group: dict, step: int, views: bool) -> bool:
+        """The whole step as one CUDA graph replay (:mod:`graphs`), where the segment's compiled
+        kernel records graphs: the gather of the small tensors' gradients and the compiled
+        update, recorded the second time every gradient lies where it lies now. False, having
+        done nothing, where that does not apply: no graphs here, a gradient missing or sparse,
+        or gradients at addresses seen for the first time (the usual path runs the step)."""
+        count = 1 if views else (1 if seg.small else 0) + len(seg.large)
+        plan = seg.kernel_plans.get(count)
+        replayer = plan.replayer if plan is not None else None
+        if replayer is None:
+            return False
+        # every tensor a graph touches: the flat buffers, and where backward left each gradient
+        buffers = (seg.param, seg.grad, *seg.state.values())
+        try:
+            grads = () if views else map(_GRAD, seg.params)
+            key = tuple(map(Tensor.data_ptr, itertools.chain(grads, buffers)))
+        except (TypeError, RuntimeError):  # a gradient missing (None) or sparse
+            return False
+        if not replayer.knows(key):
+            return False
+        if seg.steps is not None:
+            seg.steps += 1
+        seg.step = step + 1
+        kernel = self._kernel(seg, seg.grad, group, count)
+        if kernel is None or kernel.func is not plan.run:  # kernels off, or a flag changed
+            whole = [(slice(0, seg.param.numel()), seg.grad)]
+            self._step_pieces(seg, group, whole if views else seg.gradient_pieces())
+            return True
+        plan.runner.scalars(kernel.args[0])
+        replayer(key, lambda: plans.bound_step(seg, views, plan.runner))
+        return True
 
     def _update_chunked(
         self, param: Tensor, grad: Tensor, state: dict[str, Tensor], step: int, group: dict
@@ -339,84 +380,10 @@ class Optimizer(torch.optim.Optimizer):
     def _kernel(
         self, seg: engine.Segment, grad: Tensor, group: dict, pieces: int
     ) -> Callable[[list], int] | None:
-        """The fused kernel (see :mod:`kernels`) that runs this step's flat update, if that is
-        the choice, as ``kernel(targets) -> how many it updated`` over the step's ``pieces``
-        ``(param, grad, state)`` targets: ``fused=False`` never; ``True`` always (waiting for
-        its build or compile if needed); ``None`` when the kernel is on disk (or compiled in this
-        process), or, for a segment large enough to pay for one, once a build started in the
-        background has put it there (on the CPU; on CUDA it is compiled at once). None: the
-        eager update."""
-        fused, numel, device = group.get("fused"), seg.param.numel(), seg.param.device
-        if fused is False or numel < 2:
-            return None
-        if fused is None and numel < engine.KERNEL_MIN_NUMEL:
-            return None
-        if not kernels.supports(device):
-            if fused is True:
-                kernels.unsupported(device)
-            return None
-        if not kernels.available(device.type):
-            if fused is True or numel >= engine.AUTO_BUILD_NUMEL:
-                kernels.unproven(device.type)
-            return None
-        if fused is True:
-            missing = kernels.WAIT
-        elif numel >= engine.AUTO_BUILD_NUMEL:
-            missing = kernels.START
-        else:
-            missing = kernels.SKIP
-        args = self._update_args(group, seg.step)
-        options = [value for key, value in group.items() if key != "params"]
-        plan = seg.kernel_plans.get(pieces)
-        if plan is not None and (plan[0] == options or plan[1] == _signature(group)):
-            plan[0] = options  # a new learning rate, say: the same kernel, new scalars
-            return functools.partial(plan[2], kernel_args.values_at(args, plan[3]))
-        rule = type(self).rule
-        try:
-            if kernels.compiled_here(device):
-                found = compiled.jit(
-                    update, rule, seg.param, grad, seg.state, args, pieces, missing=missing
-                )
-            else:
-                found = kernels.get(update, rule, seg.param, grad, seg.state, args, missing=missing)
-        except Exception as e:  # a package that will not load, a compile that fails, ...
-            kernels.disable(e)
-            return None
-        if found is None:
-            return None
-        run_kernel, values = found
-        if kernels.compiled_here(device):
-            run_kernel = run_kernel.runner()  # this segment's own scalars and CUDA graphs
-
-            def run(values: list[float], targets: list) -> int:
-                if any(param.numel() < 2 for param, _, _ in targets):
-                    return 0  # a 1-element piece: Dynamo would specialize on it; eager
-                try:
-                    return run_kernel(targets, values)
-                except Exception as e:
-                    kernels.disable(e)
-                    return 0
-
-            run.replayer = run_kernel.replayer  # its CUDA graphs, for tests and reports
-
-        else:
-            scalars = kernel_args.Scalars(len(values), kernel_args.scalar_dtype(grad.dtype))
-
-            def run(values: list[float], targets: list) -> int:
-                filled = scalars.filled(values)
-                for done, (param, grad, state) in enumerate(targets):
-                    if param.numel() < 2:
-                        return done
-                    try:
-                        run_kernel(param, grad, state, filled)
-                    except Exception as e:  # e.g. an input the kernel was not built for
-                        kernels.disable(e)
-                        return done
-                return len(targets)
-
-        # chosen once for these options: later steps only read the scalars' new values
-        seg.kernel_plans[pieces] = [options, _signature(group), run, kernel_args.split(args)[1]]
-        return functools.partial(run, values)
+        """The fused kernel that runs this step's flat update, if that is the choice (see
+        :func:`plans.choose`), as ``kernel(targets) -> how many it updated``; None: eager."""
+        args = functools.partial(self._update_args, group, seg.step)
+        return plans.choose(seg, grad, group, pieces, args, type(self).rule, update)
 
     def _step_each(self, seg: engine.Segment, group: dict) -> None:
         """The per-tensor path: the same rule, one parameter at a time."""
@@ -561,22 +528,6 @@ def _zero_in_place(grad: Tensor) -> None:
     else:
         grad.requires_grad_(False)
     grad.zero_()
-
-
-def _signature(group: dict) -> tuple:
-    """What of a group's options shapes its kernel: flags, dtypes, and which numbers are zero
-    (the numbers themselves are the kernel's runtime scalars, see ``kernel_args.split``)."""
-    return tuple((key, _shape(value)) for key, value in group.items() if key != "params")
-
-
-def _shape(value):
-    if isinstance(value, bool) or value is None or isinstance(value, str | torch.dtype):
-        return value
-    if isinstance(value, int | float):
-        return value == 0
-    if isinstance(value, tuple | list):
-        return tuple(map(_shape, value))
-    return (type(value).__name__, id(value))  # e.g. a tensor: never mistaken for another
 
 
 def as_real(t: Tensor) -> Tensor:

@@ -12,7 +12,6 @@ makes a later process's compile short.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -141,41 +140,81 @@ class CompiledUpdate:
         self.compiled, self.place, self.names = compiled, place, names
         self.count, self.device, self.scalar_type = count, device, scalar_type
 
-    def runner(self) -> Callable[[list, list[float]], int]:
-        """``run(targets, values) -> how many targets it updated``, for one segment of one
-        optimizer: its own scalars and its own graphs (keyed by its tensors' addresses, which
-        only name the same tensors within one segment, whose pieces keep their sizes), which
-        go when the segment lets go of it. ``run.replayer`` is its :class:`graphs.Replayer`, or
-        None."""
-        compiled, names, scalar_type = self.compiled, self.names, self.scalar_type
-        replayer = None
-        if self.place == "cpu":
-            held = kernel_args.Scalars(self.count, scalar_type)
+    def runner(self) -> Runner:
+        """A way to run it for one segment of one optimizer, with its own scalars."""
+        return Runner(self)
 
-            def run_with(tensors: list[Tensor], values: list[float]) -> None:
-                compiled(*tensors, *held.filled(values))
 
+class Runner:
+    """:class:`CompiledUpdate` for one segment: ``run(targets, values) -> how many targets it
+    updated``, or, to record the call in a CUDA graph, :meth:`scalars` (outside the graph)
+    then :meth:`call` (inside it). ``recordable``: whether its scalars live on the device and
+    this device records graphs (:mod:`graphs`)."""
+
+    def __init__(self, update: CompiledUpdate) -> None:
+        self.compiled, self.names, self.scalar_type = (
+            update.compiled,
+            update.names,
+            update.scalar_type,
+        )
+        if update.place == "cpu":  # 0-d CPU tensors, read when the kernel is launched
+            self.held = kernel_args.Scalars(update.count, self.scalar_type)
+            self.buffer, self.views = None, self.held.views
         else:
-            buffer = torch.zeros(self.count, dtype=scalar_type, device=self.device)
-            call = functools.partial(_run_unpacked, compiled, buffer.unbind())
-            record = graphs.recorder(self.device)
-            replayer = graphs.Replayer(call, record) if record is not None else None
+            self.held = None
+            self.buffer = torch.zeros(update.count, dtype=self.scalar_type, device=update.device)
+            self.views = self.buffer.unbind()
+            self.staged = _Staging(update.count, self.scalar_type, update.device)
+        self.recordable = self.buffer is not None and graphs.recorder(update.device) is not None
 
-            def run_with(tensors: list[Tensor], values: list[float]) -> None:
-                if values:  # from pageable memory: staged at once, never waits for the GPU
-                    buffer.copy_(torch.tensor(values, dtype=scalar_type), non_blocking=True)
-                (replayer or call)(tensors)
+    def scalars(self, values: list[float]) -> None:
+        """This step's scalars, where the compiled function reads them."""
+        if self.held is not None:
+            self.held.filled(values)
+        elif values:
+            self.staged.copy(values, self.buffer)
 
-        def run(targets: list, values: list[float]) -> int:
-            run_with([t for p, g, st in targets for t in (p, g, *(st[n] for n in names))], values)
-            return len(targets)
+    def call(self, targets: list) -> int:
+        names = self.names
+        self.compiled(
+            *[t for p, g, st in targets for t in (p, g, *(st[n] for n in names))], *self.views
+        )
+        return len(targets)
 
-        run.replayer = replayer
-        return run
+    def __call__(self, targets: list, values: list[float]) -> int:
+        self.scalars(values)
+        return self.call(targets)
 
 
-def _run_unpacked(compiled: Callable, scalars: tuple[Tensor, ...], tensors: list[Tensor]) -> None:
-    compiled(*tensors, *scalars)
+class _Staging:
+    """Host buffers for copying a step's scalars to the device without waiting for the GPU.
+    On CUDA: a ring of pinned buffers, each refilled only once its last copy is done (an event
+    recorded after the copy, long done by then: a step queues one copy and the ring holds 8).
+    A copy from ordinary (pageable) memory may wait for the stream's queued work first, which
+    would stall the training loop at every step."""
+
+    RING = 8
+
+    def __init__(self, count: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.pinned = device.type == "cuda"
+        buffers = [torch.zeros(count, dtype=dtype) for _ in range(self.RING if self.pinned else 1)]
+        self.buffers = [b.pin_memory() for b in buffers] if self.pinned else buffers
+        self.arrays = [b.numpy() for b in self.buffers]
+        self.events: list = [None] * len(self.buffers)
+        self.next = 0
+
+    def copy(self, values: list[float], to: Tensor) -> None:
+        """``to.copy_(values)``, queued on the current stream."""
+        i = self.next
+        self.next = (i + 1) % len(self.buffers)
+        if self.events[i] is not None:
+            self.events[i].synchronize()
+        self.arrays[i][:] = values
+        to.copy_(self.buffers[i], non_blocking=True)
+        if self.pinned:
+            if self.events[i] is None:
+                self.events[i] = torch.cuda.Event()
+            self.events[i].record()
 
 
 def _compiled_function(module: kernel_args.Update, pieces: int, width: int) -> Callable:

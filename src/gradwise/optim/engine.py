@@ -25,6 +25,7 @@ import itertools
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -87,7 +88,7 @@ class Segment:
     ptr_array: Tensor | None = None
     small_offsets: Tensor | None = None
     # the optimizer's chosen kernel for a step of this many pieces (see Optimizer._kernel)
-    kernel_plans: dict[int, list] = field(default_factory=dict)
+    kernel_plans: dict[int, Any] = field(default_factory=dict)  # pieces -> plans.Plan
     # views of the flat buffers, by (start, stop): made once per layout (see buffers_at)
     views_at: dict[tuple[int, int], tuple[Tensor, dict[str, Tensor]]] = field(default_factory=dict)
 
@@ -165,6 +166,24 @@ class Segment:
             pieces.append((sl, g.view(-1) if g.is_contiguous() else g.reshape(-1)))
         return pieces
 
+    def gatherer(self) -> Callable[[], list[tuple[slice, Tensor]]]:
+        """:meth:`gradient_pieces` for a step recorded as a CUDA graph: a function that gathers
+        the small tensors' gradients of this step (the tensors bound now, as a graph binds
+        them) and returns the pieces. Every gradient must be there and dense."""
+        small = list(map(_GRAD, self.small_params))
+        large = [(where, p.grad) for p, where in self.large]
+
+        def gather() -> list[tuple[slice, Tensor]]:
+            pieces = []
+            if self.small:
+                torch._foreach_copy_(self.small_views, small)
+                pieces.append((slice(0, self.small), self.grad[: self.small]))
+            for where, g in large:
+                pieces.append((where, g.view(-1) if g.is_contiguous() else g.reshape(-1)))
+            return pieces
+
+        return gather
+
 
 def split_group(params: list[Tensor]) -> list[Segment]:
     """Partition a group's params by (device, dtype), keeping their order within each segment."""
@@ -207,6 +226,7 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
             states[p][name] = view
         seg.state[name] = buf
     seg.views_at = {}
+    seg.kernel_plans = {}  # their CUDA graphs (plans.Plan) are bound to the old buffers
     seg.grad = torch.zeros(seg.small, dtype=like.dtype, device=like.device)
     seg.whole_grad = False
     seg.small_views = [seg.grad[seg.slices[i]].view_as(params[i]) for i in small]

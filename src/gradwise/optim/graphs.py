@@ -5,16 +5,17 @@ guards, AOTAutograd's and Inductor's wrappers, one launch per kernel). A CUDA gr
 same launches for ~10 µs. A graph bakes in its inputs' addresses, and the default
 ``zero_grad()`` hands ``step()`` new gradient tensors every iteration; but PyTorch's caching
 allocator gives backward the same blocks iteration after iteration, so in a training loop the
-addresses repeat. :class:`Replayer` keys its graphs by every input's address:
+addresses repeat. A segment's :class:`Replayer` keys its graphs by where every gradient lies:
 
-- a set of addresses seen for the first time runs the compiled function (nothing recorded);
-- seen a second time, the call is recorded as a graph, which is then replayed;
-- seen again, the graph is replayed.
+- a set of addresses seen for the first time: the step runs as usual (nothing recorded);
+- seen a second time: the step (gathering the small tensors' gradients, then the compiled
+  update) is recorded as a graph, which is then replayed;
+- seen again: the graph is replayed.
 
-A graph's inputs are exactly its key's tensors: the same addresses with the same shapes and
-dtypes, since a kernel serves one segment's pieces, whose sizes and dtypes are fixed. The
-runtime scalars (learning rate, bias corrections, ...) live in a device buffer that the caller
-refills before each call, so a graph never holds a stale hyperparameter.
+A graph's inputs are the segment's flat buffers (fixed for its life) and the gradients at its
+key's addresses, with the parameters' shapes and dtypes. The runtime scalars (learning rate,
+bias corrections, ...) live in a device buffer that the caller refills before each replay, so a
+graph never holds a stale hyperparameter.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
 
 #: whether compiled steps are replayed as CUDA graphs (see :class:`Replayer`)
 ENABLED = True
@@ -36,11 +36,21 @@ MAX_SEEN = 8
 def record_cuda_graph(run: Callable[[], None]) -> Callable[[], None]:
     """``run``'s launches recorded (not executed) as a CUDA graph; returns its ``replay``.
 
-    ``thread_local``: another thread's CUDA calls during the recording (a DataLoader's pinning
-    thread, say) neither break it nor are refused."""
+    On a side stream, as CUDA requires, with ``CUDAGraph.capture_begin``/``capture_end``
+    rather than the ``torch.cuda.graph`` context, which first empties the allocator's cache:
+    that would move the next iterations' gradients to new addresses, which need a graph of
+    their own. ``thread_local``: another thread's CUDA calls during the recording (a
+    DataLoader's pinning thread, say) neither break it nor are refused."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        run()
+    current, side = torch.cuda.current_stream(), torch.cuda.Stream()
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        graph.capture_begin(capture_error_mode="thread_local")
+        try:
+            run()
+        finally:
+            graph.capture_end()
+    current.wait_stream(side)
     return graph.replay
 
 
@@ -58,28 +68,49 @@ def recorder(device: torch.device) -> Callable | None:
 
 
 class Replayer:
-    """``replayer(tensors)`` runs ``run(tensors)``, replaying a recorded graph of it when
-    ``tensors`` lie at addresses already recorded (see the module's docstring)."""
+    """One segment's recorded steps, keyed by where its tensors lie (see the module's
+    docstring). The caller asks :meth:`knows` first: True when the key has a graph or is due
+    for one (seen before, room for it), and then calls ``replayer(key, run)``; False (the key
+    is remembered) when the step should run as usual, without a graph."""
 
-    def __init__(self, run: Callable[[list[Tensor]], None], record: Callable) -> None:
-        self.run, self.record = run, record
+    def __init__(self, record: Callable[[Callable[[], None]], Callable[[], None]]) -> None:
+        self.record = record
         self.graphs: dict[tuple[int, ...], Callable[[], None]] = {}
         self.seen: dict[tuple[int, ...], None] = {}  # insertion order: oldest first
         self.recording = True
         self.replays = 0  # for tests and reports
 
-    def __call__(self, tensors: list[Tensor]) -> None:
-        key = tuple(map(Tensor.data_ptr, tensors))
+    def knows(self, key: tuple[int, ...]) -> bool:
+        if key in self.graphs:
+            return True
+        if key in self.seen and self._may_record():
+            return True
+        self.seen.pop(key, None)
+        self.seen[key] = None
+        if len(self.seen) > MAX_SEEN:
+            del self.seen[next(iter(self.seen))]
+        return False
+
+    def __call__(self, key: tuple[int, ...], make_run: Callable[[], Callable[[], None]]) -> None:
+        """Replays ``key``'s graph. If it has none, ``make_run()`` gives the step's launches,
+        their tensors bound (as a graph binds them when it is recorded), which are recorded and
+        replayed; where recording fails, they run as they are (and no more are recorded)."""
         replay = self.graphs.get(key)
-        if replay is None and key in self.seen and self._may_record():
-            replay = self._recorded(tensors, key)
         if replay is None:
-            self.seen.pop(key, None)
-            self.seen[key] = None
-            if len(self.seen) > MAX_SEEN:
-                del self.seen[next(iter(self.seen))]
-            self.run(tensors)
-            return
+            run = make_run()
+            try:
+                replay = self.record(run)
+            except Exception as e:  # nothing ran
+                self.recording = False
+                warnings.warn(
+                    f"gradwise: the optimizer step could not be recorded as a CUDA graph "
+                    f"({e!r}); it runs without one (correct, with more CPU time per step)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                run()
+                return
+            self.graphs[key] = replay
         replay()
         self.replays += 1
 
@@ -89,18 +120,3 @@ class Replayer:
             and len(self.graphs) < MAX_GRAPHS
             and not torch.compiler.is_compiling()  # inside the user's torch.compile: trace it
         )
-
-    def _recorded(self, tensors: list[Tensor], key: tuple[int, ...]) -> Callable[[], None] | None:
-        try:
-            replay = self.record(lambda: self.run(tensors))
-        except Exception as e:  # nothing ran: the caller runs the step without a graph
-            self.recording = False
-            warnings.warn(
-                f"gradwise: the optimizer step could not be recorded as a CUDA graph ({e!r}); "
-                "it runs without one (correct, with more CPU time per step)",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            return None
-        self.graphs[key] = replay
-        return replay

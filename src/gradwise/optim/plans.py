@@ -1,0 +1,179 @@
+"""A segment's kernel plan: which fused kernel runs its flat update, chosen once for a set of
+options (later steps only pass the scalars' new values), and on CUDA its graphs.
+
+The choice (:func:`choose`): ``fused=False`` never a kernel; ``True`` always (waiting for its
+build or compile if needed); ``None`` (the default) when the kernel is on disk or compiled in
+this process, or, for a segment large enough to pay for one, once a build started in the
+background has put it there (on the CPU; on CUDA it is compiled at once). Without a kernel, the
+eager update runs.
+
+On CUDA the whole step (gathering the small tensors' gradients, then the compiled update) is
+replayed as a CUDA graph once its gradients lie where an earlier step's did (:mod:`graphs`,
+:func:`bound_step`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gradwise.optim import compiled, engine, graphs, kernel_args, kernels
+
+
+@dataclass
+class Plan:
+    """The kernel chosen for a segment's step of a given number of pieces."""
+
+    options: list  # the group's options it was chosen for
+    signature: tuple  # what of them shapes the kernel (:func:`signature`)
+    run: Callable[[list[float], list], int]  # run(values, targets) -> how many it updated
+    slots: list[tuple]  # where the runtime scalars are in the update's arguments
+    runner: compiled.Runner | None = None  # CUDA: the compiled kernel, for graphs
+    replayer: graphs.Replayer | None = None  # CUDA: the step's graphs
+
+
+def choose(
+    seg: engine.Segment,
+    grad: Tensor,
+    group: dict,
+    pieces: int,
+    args: Callable[[], dict],
+    rule: Callable,
+    update: Callable,
+) -> Callable[[list], int] | None:
+    """The kernel for this step's flat update over ``pieces`` ``(param, grad, state)`` targets,
+    as ``kernel(targets) -> how many it updated`` (a ``functools.partial`` of its plan's
+    ``run`` with this step's scalars), or None: the eager update. ``args()`` gives ``update``'s
+    keyword arguments for this step."""
+    fused, numel, device = group.get("fused"), seg.param.numel(), seg.param.device
+    if fused is False or numel < 2:
+        return None
+    if fused is None and numel < engine.KERNEL_MIN_NUMEL:
+        return None
+    if not kernels.supports(device):
+        if fused is True:
+            kernels.unsupported(device)
+        return None
+    if not kernels.available(device.type):
+        if fused is True or numel >= engine.AUTO_BUILD_NUMEL:
+            kernels.unproven(device.type)
+        return None
+    if fused is True:
+        missing = kernels.WAIT
+    elif numel >= engine.AUTO_BUILD_NUMEL:
+        missing = kernels.START
+    else:
+        missing = kernels.SKIP
+    step_args = args()
+    options = [value for key, value in group.items() if key != "params"]
+    plan = seg.kernel_plans.get(pieces)
+    if plan is not None and (plan.options == options or plan.signature == signature(group)):
+        plan.options = options  # a new learning rate, say: the same kernel, new scalars
+        return functools.partial(plan.run, kernel_args.values_at(step_args, plan.slots))
+    try:
+        if kernels.compiled_here(device):
+            found = compiled.jit(
+                update, rule, seg.param, grad, seg.state, step_args, pieces, missing=missing
+            )
+        else:
+            found = kernels.get(
+                update, rule, seg.param, grad, seg.state, step_args, missing=missing
+            )
+    except Exception as e:  # a package that will not load, a compile that fails, ...
+        kernels.disable(e)
+        return None
+    if found is None:
+        return None
+    kernel, values = found
+    slots = kernel_args.split(step_args)[1]
+    if kernels.compiled_here(device):
+        plan = _compiled_plan(seg, kernel.runner(), options, signature(group), slots)
+    else:
+        plan = Plan(options, signature(group), _ahead_of_time(kernel, len(values), grad), slots)
+    seg.kernel_plans[pieces] = plan  # chosen once for these options
+    return functools.partial(plan.run, values)
+
+
+def _compiled_plan(seg, runner: compiled.Runner, options, sig, slots) -> Plan:
+    def run(values: list[float], targets: list) -> int:
+        if any(param.numel() < 2 for param, _, _ in targets):
+            return 0  # a 1-element piece: Dynamo would specialize on it; eager
+        try:
+            return runner(targets, values)
+        except Exception as e:
+            kernels.disable(e)
+            return 0
+
+    record = graphs.recorder(seg.param.device) if runner.recordable else None
+    # graphs only where every piece goes through the kernel (none is left to the eager update)
+    replayer = graphs.Replayer(record) if record and _pieces_fit(seg) else None
+    return Plan(options, sig, run, slots, runner, replayer)
+
+
+def _ahead_of_time(kernel: Callable, count: int, grad: Tensor) -> Callable:
+    scalars = kernel_args.Scalars(count, kernel_args.scalar_dtype(grad.dtype))
+
+    def run(values: list[float], targets: list) -> int:
+        filled = scalars.filled(values)
+        for done, (param, grad, state) in enumerate(targets):
+            if param.numel() < 2:
+                return done
+            try:
+                kernel(param, grad, state, filled)
+            except Exception as e:  # e.g. an input the kernel was not built for
+                kernels.disable(e)
+                return done
+        return len(targets)
+
+    return run
+
+
+def targets(seg: engine.Segment, pieces: list) -> list[tuple[Tensor, Tensor, dict]]:
+    """``(param, grad, state)`` for each ``(where, grad)`` piece of the flat buffers."""
+    found = []
+    for where, grad in pieces:
+        param, state = seg.buffers_at(where)
+        found.append((param, grad, state))
+    return found
+
+
+def bound_step(seg: engine.Segment, views: bool, runner: compiled.Runner) -> Callable[[], None]:
+    """The step's launches with this step's gradient tensors bound, as a CUDA graph binds
+    them when it is recorded: the gather of the small tensors' gradients, then the kernel."""
+    if views:
+        whole = targets(seg, [(slice(0, seg.param.numel()), seg.grad)])
+        return functools.partial(runner.call, whole)
+    gather = seg.gatherer()
+
+    def run() -> None:
+        runner.call(targets(seg, gather()))
+
+    return run
+
+
+def _pieces_fit(seg: engine.Segment) -> bool:
+    """Whether every piece of the segment's step has the 2+ elements the compiled kernel
+    takes (a 1-element piece is updated eagerly)."""
+    sizes = [seg.small] if seg.small else []
+    sizes += [where.stop - where.start for _, where in seg.large]
+    return bool(sizes) and min(sizes) >= 2 and seg.param.numel() >= 2
+
+
+def signature(group: dict) -> tuple:
+    """What of a group's options shapes its kernel: flags, dtypes, and which numbers are zero
+    (the numbers themselves are the kernel's runtime scalars, see ``kernel_args.split``)."""
+    return tuple((key, _shape(value)) for key, value in group.items() if key != "params")
+
+
+def _shape(value):
+    if isinstance(value, bool) or value is None or isinstance(value, str | torch.dtype):
+        return value
+    if isinstance(value, int | float):
+        return value == 0
+    if isinstance(value, tuple | list):
+        return tuple(map(_shape, value))
+    return (type(value).__name__, id(value))  # e.g. a tensor: never mistaken for another

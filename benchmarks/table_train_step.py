@@ -11,14 +11,22 @@ import sys
 
 def table(results: dict) -> str:
     rows = results["rows"]
-    impls = [i for i in ("torch", "gradwise", "gradwise views") if i in rows[0]["ms"]]
+    names = ("torch", "gradwise", "gradwise views", "heavyball")
+    impls = [i for i in names if any(i in r["ms"] for r in rows)]
     ratio_cols = [i for i in impls if i != "torch"]
-    head = ["model", "optimizer", *(f"{i} ms" for i in impls), *(f"ratio {i}" for i in ratio_cols)]
+    head = ["model", "optimizer", "reference", *(f"{i} ms" for i in impls)]
+    head += [f"ratio {i}" for i in ratio_cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], r["optimizer"], *(f"{r['ms'][i]:.1f}" for i in impls)]
+        reference = r.get("reference", "torch.optim").replace("torch.optim.", "torch ")
+        cells = [r["model"], r["optimizer"], reference]
+        cells += [f"{r['ms'][i]:.1f}" if i in r["ms"] else "–" for i in impls]
         cells += [
-            f"**{r['ratio'][i]:.3f}×**" if i == "gradwise" else f"{r['ratio'][i]:.3f}×"
+            "–"
+            if i not in r["ratio"]
+            else f"**{r['ratio'][i]:.3f}×**"
+            if i == "gradwise"
+            else f"{r['ratio'][i]:.3f}×"
             for i in ratio_cols
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -27,8 +35,9 @@ def table(results: dict) -> str:
         cells = [
             "geometric mean",
             "",
+            "",
             *("" for _ in impls),
-            *(f"{geo[i]:.3f}×" for i in ratio_cols),
+            *(f"{geo[i]:.3f}×" if i in geo else "" for i in ratio_cols),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     cfg = results["config"]

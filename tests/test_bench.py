@@ -191,7 +191,7 @@ def test_train_step_harness_times_whole_iterations(monkeypatch):
         ("tiny", "sgd"),
     ]
     for row in results["rows"]:
-        assert set(row["ms"]) == set(ts.IMPLEMENTATIONS)
+        assert set(row["ms"]) == set(ts.DEFAULT_IMPLEMENTATIONS)
         assert all(len(v) == 3 and min(v) > 0 for v in row["samples_ms"].values())
         assert row["ratio"]["gradwise"] == pytest.approx(row["ms"]["torch"] / row["ms"]["gradwise"])
         assert row["parameters"] == 8 * 16 + 16 + 16 * 4 + 4 and row["tensors"] == 4
@@ -203,3 +203,12 @@ def test_train_step_harness_times_whole_iterations(monkeypatch):
         ts.Config(models=["nope"])
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         ts.Config(rounds=0)
+    # an algorithm torch.optim lacks is timed against its reference package
+    pytest.importorskip("schedulefree")
+    pytest.importorskip("lion_pytorch")
+    cfg = ts.Config(
+        models=["tiny"], optimizers=["lion", "schedulefree-adamw"], rounds=2, iterations=1
+    )
+    rows = ts.run(cfg)["rows"]
+    assert [r["reference"] for r in rows] == ["lion_pytorch.Lion", "schedulefree.AdamWScheduleFree"]
+    assert all(min(r["ms"].values()) > 0 for r in rows)

@@ -11,11 +11,15 @@ Each row is one model × optimizer. Every implementation gets its own copy of th
 C, ...), each round a few iterations of one implementation, and the median over the rounds is
 reported with the ratio ``torch / gradwise`` (> 1: gradwise is faster). Implementations:
 
-* ``torch``: ``torch.optim.X`` with its fastest CPU path (``fused=True`` for SGD, Adam and
-  AdamW; ``foreach=True`` for RMSprop, which has no fused kernel), default ``zero_grad()``;
+* ``torch``: the reference: ``torch.optim.X`` with its fastest CPU path (``fused=True`` for
+  SGD, Adam and AdamW; ``foreach=True`` for the others, which have no fused kernel), or, for an
+  algorithm torch.optim lacks, its reference package (``lion_pytorch``, ``schedulefree``,
+  ``pytorch_optimizer``'s LAMB, ``prodigyopt``), default ``zero_grad()``;
 * ``gradwise``: ``gradwise.optim.X`` with default arguments, default ``zero_grad()``;
 * ``gradwise views``: the same with ``zero_grad(set_to_none=False)`` (gradients are views of
-  the optimizer's flat buffer, which backward accumulates into).
+  the optimizer's flat buffer, which backward accumulates into);
+* ``heavyball`` (on request): heavyball's class for the same algorithm (AdamW, SGD, RMSprop,
+  NAdam, SFAdamW), with the same hyperparameters, where it has one.
 
 Before timing, gradwise's default path may be building a fused kernel in a child process
 (``fused=None``, large groups); the harness waits for such builds to finish, so the rows show the
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import math
 import os
 import statistics
@@ -149,15 +154,90 @@ MODELS = {
     ),
 }
 
-#: optimizer name -> (class name, keyword arguments, torch's fastest CPU path)
-OPTIMIZERS: dict[str, tuple[str, dict[str, Any], dict[str, bool]]] = {
-    "adam": ("Adam", {"lr": 1e-4}, {"fused": True}),
-    "adamw": ("AdamW", {"lr": 1e-4}, {"fused": True}),
-    "sgd": ("SGD", {"lr": 1e-3, "momentum": 0.9}, {"fused": True}),
-    "rmsprop": ("RMSprop", {"lr": 1e-4}, {"foreach": True}),
-}
 
-IMPLEMENTATIONS = ("torch", "gradwise", "gradwise views")
+@dataclass(frozen=True)
+class Algorithm:
+    """An optimizer row: gradwise's class and the reference it is timed against (torch.optim's
+    fastest path, or for an algorithm torch.optim lacks, its reference package), both built
+    with the same keyword arguments."""
+
+    gradwise: str  # the class name in gradwise.optim
+    kwargs: dict[str, Any]
+    reference: str  # "module.Class", e.g. "torch.optim.Adam"
+    fastest: dict[str, bool] = field(default_factory=dict)  # torch.optim's fastest path
+    # heavyball's class for the same algorithm, with its keyword arguments for the same
+    # hyperparameters (its defaults differ), or None
+    heavyball: tuple[str, dict[str, Any]] | None = None
+
+    def make_reference(self, params) -> torch.optim.Optimizer:
+        module, _, name = self.reference.rpartition(".")
+        return getattr(importlib.import_module(module), name)(params, **self.kwargs, **self.fastest)
+
+    def make_heavyball(self, params) -> torch.optim.Optimizer:
+        if self.heavyball is None:
+            raise ValueError(f"heavyball has no {self.gradwise}")
+        name, kwargs = self.heavyball
+        return getattr(importlib.import_module("heavyball"), name)(params, **kwargs)
+
+    @property
+    def label(self) -> str:
+        flags = ", ".join(f"{k}=True" for k in self.fastest)
+        return f"{self.reference}({flags})" if flags else self.reference
+
+
+_ADAM_LIKE = {"lr": 1e-4, "betas": (0.9, 0.999)}
+
+#: optimizer name -> its row. The first four are the default set; the others are timed against
+#: their own references with ``--optimizers``
+OPTIMIZERS: dict[str, Algorithm] = {
+    "adam": Algorithm(
+        "Adam", {"lr": 1e-4}, "torch.optim.Adam", {"fused": True}, ("AdamW", _ADAM_LIKE)
+    ),
+    "adamw": Algorithm(
+        "AdamW",
+        {"lr": 1e-4},
+        "torch.optim.AdamW",
+        {"fused": True},
+        ("AdamW", {**_ADAM_LIKE, "weight_decay": 0.01}),
+    ),
+    "sgd": Algorithm(
+        "SGD",
+        {"lr": 1e-3, "momentum": 0.9},
+        "torch.optim.SGD",
+        {"fused": True},
+        ("SGD", {"lr": 1e-3, "beta": 0.9}),
+    ),
+    "rmsprop": Algorithm(
+        "RMSprop",
+        {"lr": 1e-4},
+        "torch.optim.RMSprop",
+        {"foreach": True},
+        ("RMSprop", {"lr": 1e-4, "betas": (0.0, 0.99), "eps": 1e-8}),
+    ),
+    "nadam": Algorithm(
+        "NAdam", {"lr": 1e-4}, "torch.optim.NAdam", {"foreach": True}, ("NAdam", _ADAM_LIKE)
+    ),
+    "radam": Algorithm("RAdam", {"lr": 1e-4}, "torch.optim.RAdam", {"foreach": True}),
+    "adamax": Algorithm("Adamax", {"lr": 1e-4}, "torch.optim.Adamax", {"foreach": True}),
+    "adadelta": Algorithm("Adadelta", {"lr": 1.0}, "torch.optim.Adadelta", {"foreach": True}),
+    "rprop": Algorithm("Rprop", {"lr": 1e-4}, "torch.optim.Rprop", {"foreach": True}),
+    "asgd": Algorithm("ASGD", {"lr": 1e-3}, "torch.optim.ASGD", {"foreach": True}),
+    "lion": Algorithm("Lion", {"lr": 1e-5}, "lion_pytorch.Lion"),
+    "schedulefree-adamw": Algorithm(
+        "AdamWScheduleFree",
+        {"lr": 1e-4},
+        "schedulefree.AdamWScheduleFree",
+        heavyball=("SFAdamW", {**_ADAM_LIKE, "eps": 1e-8}),
+    ),
+    "schedulefree-sgd": Algorithm("SGDScheduleFree", {"lr": 1e-3}, "schedulefree.SGDScheduleFree"),
+    "lamb": Algorithm("Lamb", {"lr": 1e-4}, "pytorch_optimizer.Lamb"),
+    "prodigy": Algorithm("Prodigy", {"lr": 1.0}, "prodigyopt.Prodigy"),
+}
+DEFAULT_OPTIMIZERS = ["adam", "adamw", "sgd", "rmsprop"]
+
+IMPLEMENTATIONS = ("torch", "gradwise", "gradwise views", "heavyball")
+#: what runs unless asked: heavyball only on request (it compiles each optimizer for seconds)
+DEFAULT_IMPLEMENTATIONS = ("torch", "gradwise", "gradwise views")
 
 #: the models a run times by default, by device type (the 67M-parameter MLP only on a GPU)
 DEFAULT_MODELS = {
@@ -178,8 +258,8 @@ def _loss(out: Tensor, target: Tensor) -> Tensor:
 @dataclass
 class Config:
     models: list[str] | None = None  # None: DEFAULT_MODELS of the device
-    optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
-    implementations: list[str] = field(default_factory=lambda: list(IMPLEMENTATIONS))
+    optimizers: list[str] = field(default_factory=lambda: list(DEFAULT_OPTIMIZERS))
+    implementations: list[str] = field(default_factory=lambda: list(DEFAULT_IMPLEMENTATIONS))
     threads: int | None = 1
     rounds: int = 21
     iterations: int = 3  # per round
@@ -215,12 +295,18 @@ class Config:
 
 
 def _make_optimizer(impl: str, optimizer: str, params) -> torch.optim.Optimizer:
-    cls_name, kwargs, fastest = OPTIMIZERS[optimizer]
+    algorithm = OPTIMIZERS[optimizer]
     if impl == "torch":
-        return getattr(torch.optim, cls_name)(params, **kwargs, **fastest)
-    import gradwise.optim as go
+        opt = algorithm.make_reference(params)
+    elif impl == "heavyball":
+        opt = algorithm.make_heavyball(params)
+    else:
+        import gradwise.optim as go
 
-    return getattr(go, cls_name)(params, **kwargs)
+        opt = getattr(go, algorithm.gradwise)(params, **algorithm.kwargs)
+    if callable(getattr(opt, "train", None)):  # Schedule-Free: steps are taken in train mode
+        opt.train()
+    return opt
 
 
 class Trainer:
@@ -248,7 +334,7 @@ class Trainer:
         return (time.perf_counter() - start) / n
 
     def used_kernel(self) -> bool | None:
-        if self.impl == "torch":
+        if not self.impl.startswith("gradwise"):
             return None
         from gradwise.optim import kernels
 
@@ -272,6 +358,7 @@ def run_row(cfg: Config, model_name: str, optimizer: str, log: Callable[[str], N
     trainers = [
         Trainer(impl, optimizer, copy.deepcopy(base), batch, cfg.device)
         for impl in cfg.implementations
+        if impl != "heavyball" or OPTIMIZERS[optimizer].heavyball is not None
     ]
     for t in trainers:
         # at least 2: gradwise lays a group out flat after its first step, and asks for its
@@ -288,11 +375,12 @@ def run_row(cfg: Config, model_name: str, optimizer: str, log: Callable[[str], N
     row: dict[str, Any] = {
         "model": model_name,
         "optimizer": optimizer,
+        "reference": OPTIMIZERS[optimizer].label,
         "parameters": sum(p.numel() for p in base.parameters()),
         "tensors": len(list(base.parameters())),
         "ms": {k: statistics.median(v) * 1e3 for k, v in samples.items()},
         "samples_ms": {k: [s * 1e3 for s in v] for k, v in samples.items()},
-        "kernel": any(t.used_kernel() for t in trainers if t.impl != "torch"),
+        "kernel": any(t.used_kernel() for t in trainers if t.impl.startswith("gradwise")),
     }
     if "torch" in samples:
         for impl in samples:
@@ -352,8 +440,10 @@ def render(results: dict[str, Any]):
         title=f"Whole training iterations (zero_grad + forward + backward + step), ms, "
         f"{cfg.get('device_name', 'cpu')}, {cfg['threads']} thread(s), median of "
         f"{cfg['rounds']} interleaved rounds",
-        caption="ratio = torch's time / gradwise's (> 1: gradwise faster); torch = fused "
-        "(RMSprop: foreach); kernel = gradwise ran its fused kernel",
+        caption="ratio = torch's time / gradwise's (> 1: gradwise faster); torch = the "
+        "reference: "
+        + "; ".join(sorted({f"{r['optimizer']}: {r['reference']}" for r in results["rows"]}))
+        + "; kernel = gradwise ran its fused kernel",
     )
     for col in ("model", "optimizer", *impls):
         table.add_column(col, justify="left" if col in ("model", "optimizer") else "right")
@@ -362,8 +452,9 @@ def render(results: dict[str, Any]):
         table.add_column(f"ratio {impl}", justify="right")
     table.add_column("kernel")
     for r in results["rows"]:
-        cells = [r["model"], r["optimizer"], *(f"{r['ms'][i]:.2f}" for i in impls)]
-        cells += [f"{r['ratio'][i]:.3f}×" for i in ratio_cols]
+        cells = [r["model"], r["optimizer"]]
+        cells += [f"{r['ms'][i]:.2f}" if i in r["ms"] else "–" for i in impls]
+        cells += [f"{r['ratio'][i]:.3f}×" if i in r["ratio"] else "–" for i in ratio_cols]
         table.add_row(*cells, "yes" if r["kernel"] else "no")
     if results["geomean_ratio"]:
         table.add_row(
@@ -398,13 +489,18 @@ def build_parser(
         "wide-mlp-67m instead of wide-mlp)",
     )
     p.add_argument(
-        "--optimizers", type=_csv, default=list(OPTIMIZERS), help=f"from {','.join(OPTIMIZERS)}"
+        "--optimizers",
+        type=_csv,
+        default=list(DEFAULT_OPTIMIZERS),
+        help=f"from {','.join(OPTIMIZERS)} (default: {','.join(DEFAULT_OPTIMIZERS)}); an "
+        "algorithm torch.optim lacks is timed against its reference package",
     )
     p.add_argument(
         "--impls",
         type=_csv,
-        default=list(IMPLEMENTATIONS),
-        help=f"from: {', '.join(IMPLEMENTATIONS)}",
+        default=list(DEFAULT_IMPLEMENTATIONS),
+        help=f"from: {', '.join(IMPLEMENTATIONS)} (default: {','.join(DEFAULT_IMPLEMENTATIONS)}; "
+        "heavyball: its class for the same algorithm, where it has one)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--rounds", type=int, default=21, help="interleaved rounds (default 21)")

@@ -164,15 +164,10 @@ def average_weight(group: dict, k: int) -> float:
     return (k ** group["r"]) * (group["lr_max"] ** group["weight_lr_power"])
 
 
-def _checked(name: str, warmup_steps, r, weight_lr_power, momentum: float) -> None:
+def _checked(name: str, warmup_steps, r, weight_lr_power) -> None:
     checks.integer(name, "warmup_steps", warmup_steps, low=0)
     checks.number(name, "r", r)
     checks.number(name, "weight_lr_power", weight_lr_power)
-    if momentum == 0:
-        raise ValueError(
-            f"{name}: the momentum (beta1) must be in (0, 1): eval() divides by it; "
-            f"received {momentum!r}"
-        )
 
 
 class AdamWScheduleFree(ScheduleFree):
@@ -207,7 +202,9 @@ class AdamWScheduleFree(ScheduleFree):
         name = "AdamWScheduleFree"
         betas = checked_betas(name, betas)
         checks.at_least(name, "eps", eps, 0.0)
-        _checked(name, warmup_steps, r, weight_lr_power, betas[0])
+        if betas[0] == 0:
+            checks.refuse(name, "betas[0]", "in (0, 1) (eval() divides by it)", betas[0])
+        _checked(name, warmup_steps, r, weight_lr_power)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -270,7 +267,7 @@ class SGDScheduleFree(ScheduleFree):
                 momentum,
                 also=f"Momentum must be between 0 and 1 exclusive: {momentum}",
             )
-        _checked(name, warmup_steps, r, weight_lr_power, momentum)
+        _checked(name, warmup_steps, r, weight_lr_power)
         defaults = dict(
             lr=lr,
             momentum=momentum,

@@ -84,12 +84,13 @@ def test_update_clipping_and_small_gradients():
 
 def test_param_groups_and_a_torch_scheduler():
     a, b = make_params(torch.float64)
-    groups = (
-        lambda ps: [  # noqa: E731
+
+    def groups(ps):
+        return [
             {"params": ps[:3], "lr": 0.05, "weight_decay": 0.01},
             {"params": ps[3:], "d": 1.5, "eps": (1e-25, 1e-2)},
         ]
-    )
+
     ours, ref = Adafactor(groups(a)), torch.optim.Adafactor(groups(b))
     sched_ours = torch.optim.lr_scheduler.StepLR(ours, step_size=5, gamma=0.5)
     sched_ref = torch.optim.lr_scheduler.StepLR(ref, step_size=5, gamma=0.5)
@@ -122,6 +123,7 @@ def test_state_dicts_interchange_both_ways(saved_by):
     ours2.load_state_dict(copy.deepcopy(saved))  # (torch loads state tensors without copying)
     ref2.load_state_dict(copy.deepcopy(saved))
     assert ours2.param_groups[0]["lr"] == 0.05
+    assert set(ours2.param_groups[0]) == set(ours.param_groups[0])  # no key added on the way
     assert ours2.param_groups[0]["weight_decay"] == 0.01
     lockstep(ours2, ref2, a2, b2, 12, seed=2)
     assert_same(ours2, ref2, a2, b2)

@@ -116,12 +116,13 @@ def test_orthogonalization_matches_a_float64_transcription_to_bfloat16_tolerance
 
 def test_param_groups_and_a_torch_scheduler():
     a, b = make_params(torch.float32)
-    groups = (
-        lambda ps: [  # noqa: E731
+
+    def groups(ps):
+        return [
             {"params": ps[:3], "lr": 0.05, "adjust_lr_fn": "match_rms_adamw"},
             {"params": ps[3:], "momentum": 0.8, "nesterov": False, "weight_decay": 0.0},
         ]
-    )
+
     ours, ref = Muon(groups(a), lr=0.01), torch.optim.Muon(groups(b), lr=0.01)
     sched_ours = torch.optim.lr_scheduler.StepLR(ours, step_size=5, gamma=0.5)
     sched_ref = torch.optim.lr_scheduler.StepLR(ref, step_size=5, gamma=0.5)
@@ -145,6 +146,7 @@ def test_state_dicts_interchange_both_ways(saved_by):
     ours2.load_state_dict(copy.deepcopy(saved))  # (torch loads state tensors without copying)
     ref2.load_state_dict(copy.deepcopy(saved))
     assert ours2.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"
+    assert set(ours2.param_groups[0]) == set(ours.param_groups[0])  # no key added on the way
     lockstep(ours2, ref2, a2, b2, 12, seed=2)
     assert_same(ours2, ref2, a2, b2)
 

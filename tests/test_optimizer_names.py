@@ -17,7 +17,20 @@ from gradwise.train.config import OPTIMIZER_OPTIONS, OPTIMIZERS, TrainConfig
 from gradwise.train.optimizers import HYPERPARAMETERS, SPECS
 from gradwise.train.run import build_optimizer, run
 
-NEW = ("nadam", "radam", "adamax", "adadelta", "rprop", "asgd", "lion")
+NEW = (
+    "nadam",
+    "radam",
+    "adamax",
+    "adadelta",
+    "rprop",
+    "asgd",
+    "lion",
+    "schedulefree-adamw",
+    "schedulefree-sgd",
+    "lamb",
+    "prodigy",
+    "adafactor",
+)
 
 #: for each name, values other than the defaults of every hyperparameter it takes
 #: (one value per hyperparameter; betas differ between the Adam family and Lion)
@@ -34,6 +47,8 @@ CHOSEN = {
     "lambd": 2e-4,
     "alpha": 0.7,
     "t0": 100.0,
+    "warmup_steps": 7,
+    "d_coef": 0.5,
 }
 FLAGS = {
     "momentum": "0.8",
@@ -47,6 +62,8 @@ FLAGS = {
     "lambd": "2e-4",
     "alpha": "0.7",
     "t0": "100",
+    "warmup_steps": "7",
+    "d_coef": "0.5",
 }
 
 

@@ -225,6 +225,8 @@ def hyperparameter_options() -> list:
         help += f"  [default: {defaults_text(name)}]"
         if hyper.kind == "pair":
             option = click.option(flag, callback=_pair, help=help)
+        elif hyper.kind == "int":
+            option = click.option(flag, type=int, help=help)
         else:
             option = click.option(flag, type=float, help=help)
         options.append(option)

@@ -15,6 +15,8 @@ Adadelta   :func:`adadelta.adadelta`    ``torch.optim.Adadelta``
 Rprop      :func:`rprop.rprop`          ``torch.optim.Rprop``
 ASGD       :func:`asgd.asgd`            ``torch.optim.ASGD``
 Lion       :func:`lion.lion`            ``lion_pytorch.Lion``
+Adafactor  :func:`adafactor.adafactor`  ``torch.optim.Adafactor``
+Muon       :func:`muon.muon`            ``torch.optim.Muon``
 =========  ===========================  ==========================
 
 =================  =======================================  ==================================
@@ -28,6 +30,7 @@ Prodigy            :func:`prodigy.prodigy`                  ``prodigyopt.Prodigy
 """
 
 from gradwise.optim.adadelta import Adadelta
+from gradwise.optim.adafactor import Adafactor
 from gradwise.optim.adagrad import Adagrad
 from gradwise.optim.adam import Adam, AdamW
 from gradwise.optim.adamax import Adamax
@@ -35,6 +38,7 @@ from gradwise.optim.asgd import ASGD
 from gradwise.optim.base import Optimizer
 from gradwise.optim.lamb import Lamb
 from gradwise.optim.lion import Lion
+from gradwise.optim.muon import Muon
 from gradwise.optim.nadam import NAdam
 from gradwise.optim.prodigy import Prodigy
 from gradwise.optim.radam import RAdam
@@ -56,6 +60,8 @@ __all__ = [
     "Rprop",
     "ASGD",
     "Lion",
+    "Adafactor",
+    "Muon",
     "AdamWScheduleFree",
     "SGDScheduleFree",
     "Lamb",

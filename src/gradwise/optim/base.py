@@ -113,6 +113,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         name = type(self).__name__
+        self._options = frozenset(defaults)  # this class's options (see __setstate__)
         lr = _as_float(name, "lr", defaults["lr"])
         checks.at_least(name, "lr", lr, 0.0, also=torch_words("lr", lr))
         if not (defaults.get("differentiable") and isinstance(defaults["lr"], Tensor)):
@@ -193,9 +194,13 @@ class Optimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._may_capture = torch.backends.cuda.is_built() and torch.cuda.is_available()
+        # a group saved by torch or an older release gets this class's other options; not the
+        # differentiable=False torch's __setstate__ adds to every optimizer's defaults
+        own = getattr(self, "_options", self.defaults)
         for group in self.param_groups:
             for key, value in self.defaults.items():
-                group.setdefault(key, value)
+                if key in own:
+                    group.setdefault(key, value)
         self._segments = {}
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -88,14 +88,6 @@ class ShapedOptimizer(Optimizer):
                 coefficients=self.tensor_coefficients(group, p, step),
             )
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        # torch's __setstate__ adds differentiable=False to the defaults, which the base then
-        # gives every group: not an option of these classes (nor in their torch namesakes'
-        # groups), and a group that has it no longer equals the one it was loaded from
-        for group in self.param_groups:
-            group.pop("differentiable", None)
-
     def load_state_dict(self, state_dict: dict) -> None:
         """As ``torch.optim.Optimizer.load_state_dict`` (the state cast to each parameter's
         dtype and device), with the moments in ``state_dtype`` where a group asks for it."""

@@ -129,6 +129,8 @@ class TrainConfig:
     lambd: float | None = None
     alpha: float | None = None
     t0: float | None = None
+    warmup_steps: int | None = None
+    d_coef: float | None = None
     l1: float = 0.0
     l2: float = 0.0
     batch_size: str | None = None
@@ -298,7 +300,7 @@ class TrainConfig:
 
 def _coerce(source: str, key: str, value, default):
     """Check a config file's value against the setting's type (TOML has no tuples or None)."""
-    kinds = {"float": float, "pair": tuple, "flag": bool}
+    kinds = {"float": float, "int": int, "pair": tuple, "flag": bool}
     expected = {
         **{name: kinds[hyper.kind] for name, hyper in HYPERPARAMETERS.items()},
         "hidden": tuple,

@@ -27,8 +27,8 @@ DEFAULT_BETAS = (0.9, 0.999)
 class Hyperparameter:
     """A setting that only some optimizers take.
 
-    ``kind``: ``"float"``, ``"pair"`` (two numbers, ``0.9,0.999`` on the command line) or
-    ``"flag"``; ``help``: the CLI's help text (the names that take it and the defaults are
+    ``kind``: ``"float"``, ``"int"``, ``"pair"`` (two numbers, ``0.9,0.999`` on the command
+    line) or ``"flag"``; ``help``: the CLI's help text (the names that take it and the defaults are
     appended: :func:`defaults_text`);
     ``neutral``: the values that mean "not given" (an optimizer that does not take the setting
     accepts them); ``fallback``: what :meth:`TrainConfig.resolved` leaves in a setting the
@@ -66,6 +66,10 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "lambd": Hyperparameter("float", "ASGD's λ, the decay of its rate."),
     "alpha": Hyperparameter("float", "ASGD's α, the power of its rate's decay."),
     "t0": Hyperparameter("float", "ASGD's t0, the step its averaging starts."),
+    "warmup_steps": Hyperparameter(
+        "int", "Schedule-Free's warmup: steps over which its rate rises linearly."
+    ),
+    "d_coef": Hyperparameter("float", "Prodigy's d_coef: a factor on the step size it estimates."),
 }
 
 
@@ -111,6 +115,17 @@ SPECS: dict[str, OptimizerSpec] = {
     "lion": OptimizerSpec(
         "Lion", 1e-4, ("betas", "weight_decay"), dict(betas=(0.9, 0.99)), decoupled=True
     ),
+    # Schedule-Free: evaluation, checkpoints and export use its averaged weights (fit switches
+    # it to eval mode); it replaces a schedule, so train it with --schedule constant
+    "schedulefree-adamw": OptimizerSpec(
+        "AdamWScheduleFree", 2.5e-3, (*_ADAM, "warmup_steps"), decoupled=True
+    ),
+    "schedulefree-sgd": OptimizerSpec(
+        "SGDScheduleFree", 1.0, ("momentum", "weight_decay", "warmup_steps"), dict(momentum=0.9)
+    ),
+    "lamb": OptimizerSpec("Lamb", 1e-3, _ADAM, decoupled=True),
+    "prodigy": OptimizerSpec("Prodigy", 1.0, (*_ADAM, "d_coef"), decoupled=True),
+    "adafactor": OptimizerSpec("Adafactor", 1e-2, ("weight_decay",), decoupled=True),
 }
 
 

@@ -123,49 +123,21 @@ def lr_find_command(start_lr, end_lr, steps, rule, out, **options):
     scale, suggestion marked) and writes lr_find.csv. Nothing is trained for keeps: the test
     only measures. Takes every `gradwise train` option.
     """
+    from gradwise.lab.lr_find import lr_find_for
+
     ctx = click.get_current_context()
     folder = Path(out) if out else None  # named once the configuration is known
     files = ("lr_find.png", "lr_find.csv")
     with interruptible(lambda: _files_kept(folder, files, "lr-find writes them at its end")):
         config = config_from_options(dict(options)).resolved()
         folder = folder or _run_folder("lr-find", config)
-        result = _range_test(config, start_lr, end_lr, steps, rule)
+        result = lr_find_for(config, start_lr, end_lr, steps, rule)
         folder.mkdir(parents=True, exist_ok=True)
         name = Path(config.data).name if config.data else config.dataset
         title = f"{name} · {config.model} · {config.optimizer} · batch {config.batch_size}"
         result.plot(folder / "lr_find.png", title=title)
         result.to_csv(folder / "lr_find.csv")
         _print_lr_find(ctx, result, title, folder, start_lr, end_lr)
-
-
-def _range_test(config, start_lr: float, end_lr: float, steps: int, rule: str):
-    """The range test on ``config``'s data, model and optimizer (an ``LRFindResult``)."""
-    import torch
-
-    from gradwise.lab.lr_find import lr_find
-    from gradwise.regularization import l2_penalty, weight_params
-    from gradwise.train.config import parse_batch_size
-    from gradwise.train.run import build_data, build_model, build_optimizer
-
-    data = build_data(config)
-    model = build_model(config, data)
-    optimizer = build_optimizer(config, model)
-    weights = weight_params(model)
-    penalty = (lambda: l2_penalty(weights, config.l2)) if config.l2 else None
-    with torch.random.fork_rng():
-        return lr_find(
-            model,
-            data,
-            optimizer=optimizer,
-            loss="cross_entropy" if data.task == "classification" else "mse",
-            start_lr=start_lr,
-            end_lr=end_lr,
-            steps=steps,
-            batch_size=parse_batch_size(config.batch_size),
-            penalty=penalty,
-            seed=config.seed,
-            rule=rule,
-        )
 
 
 def _print_lr_find(ctx, result, title: str, folder: Path, start_lr: float, end_lr: float):

@@ -357,3 +357,38 @@ def _cycle(loader, device: torch.device):
             yield xb.to(device), yb.to(device)
         if empty:
             raise ConfigError("lr_find: data yielded no batches")
+
+
+def lr_find_for(
+    config,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    steps: int = 100,
+    rule: str = "minimum/10",
+) -> LRFindResult:
+    """The range test on a resolved :class:`~gradwise.train.config.TrainConfig`'s data, model and
+    optimizer (with its L2 penalty), as ``gradwise lr-find`` runs it; the global random state
+    is left as it was."""
+    from gradwise.regularization import l2_penalty, weight_params
+    from gradwise.train.config import parse_batch_size
+    from gradwise.train.run import build_data, build_model, build_optimizer
+
+    data = build_data(config)
+    model = build_model(config, data)
+    optimizer = build_optimizer(config, model)
+    weights = weight_params(model)
+    penalty = (lambda: l2_penalty(weights, config.l2)) if config.l2 else None
+    with torch.random.fork_rng():
+        return lr_find(
+            model,
+            data,
+            optimizer=optimizer,
+            loss="cross_entropy" if data.task == "classification" else "mse",
+            start_lr=start_lr,
+            end_lr=end_lr,
+            steps=steps,
+            batch_size=parse_batch_size(config.batch_size),
+            penalty=penalty,
+            seed=config.seed,
+            rule=rule,
+        )

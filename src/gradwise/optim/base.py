@@ -348,7 +348,7 @@ class Optimizer(torch.optim.Optimizer):
         count = 1 if views else (1 if seg.small else 0) + len(seg.large)
         plan = seg.kernel_plans.get(count)
         replayer = plan.replayer if plan is not None else None
-        if replayer is None:
+        if replayer is None or torch.compiler.is_compiling():  # the user's torch.compile: traced
             return False
         # every tensor a graph touches: the flat buffers, and where backward left each gradient
         buffers = (seg.param, seg.grad, *seg.state.values())

@@ -115,8 +115,4 @@ class Replayer:
         self.replays += 1
 
     def _may_record(self) -> bool:
-        return (
-            self.recording
-            and len(self.graphs) < MAX_GRAPHS
-            and not torch.compiler.is_compiling()  # inside the user's torch.compile: trace it
-        )
+        return self.recording and len(self.graphs) < MAX_GRAPHS

@@ -8,6 +8,7 @@ owner, the argument as spelled in the signature, what is allowed and the value r
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 
@@ -92,3 +93,37 @@ def choice(owner: str, name: str, value: object, allowed: tuple[str, ...]) -> st
     if value not in allowed:
         refuse(owner, name, "one of " + ", ".join(repr(a) for a in allowed), value)
     return value  # type: ignore[return-value]
+
+
+def not_options(
+    owner: str, given: dict, reasons: dict[str, str], takes: tuple[str, ...], reference: str
+) -> None:
+    """Refuse keyword arguments that ``reference`` (the class ``owner`` stands in for) lacks:
+    a ``ValueError`` saying why for a gradwise option named in ``reasons`` (name -> why it is
+    not approximated), a ``TypeError`` naming the arguments ``owner`` ``takes`` for any other."""
+    for key, value in given.items():
+        if key in reasons:
+            raise ValueError(
+                f"{owner}: {key} is not an option of {owner} ({reference} has none: "
+                f"{reasons[key]}); received {key}={value!r}"
+            )
+        near = difflib.get_close_matches(key, takes, n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        raise TypeError(
+            f"{owner}: unexpected keyword argument {key}={value!r}; {owner} takes "
+            f"{', '.join(takes)} ({reference}'s arguments){hint}"
+        )
+
+
+def not_group_options(owner: str, group: dict, reasons: dict[str, str], reference: str) -> None:
+    """Refuse a param group that sets an option named in ``reasons`` to a value that would
+    change the update. PyTorch keeps the keys it does not know without using them; a 0, False
+    or None changes nothing and is let through (gradwise's grouping helpers write
+    ``weight_decay=0``)."""
+    for key, why in reasons.items():
+        value = group.get(key)
+        if value is not None and value is not False and value != 0:
+            raise ValueError(
+                f"{owner}: {key} is not an option of {owner} ({reference} has none: {why}); "
+                f"received {key}={value!r} in a param group"
+            )

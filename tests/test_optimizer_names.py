@@ -267,3 +267,14 @@ def test_tune_space_can_name_them():
             assert resolved.betas == (0.9, 0.99)
     with pytest.raises(ConfigError, match="unknown optimizer 'adamm'"):
         Space.build("digits", "mlp", {"optimizer": ["adamm"]})
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_name_has_a_range_test(optimizer):
+    """``lr_find_for`` (what ``gradwise lr-find`` runs) on every name: Schedule-Free steps in
+    train mode there too; the model and optimizer are left as they were."""
+    from gradwise.lab import lr_find_for
+
+    config = TrainConfig(dataset="moons", optimizer=optimizer, threads=1).resolved()
+    result = lr_find_for(config, steps=12)
+    assert len(result.lrs) > 0

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from gradwise import checks
 from gradwise.errors import ConfigError
+from gradwise.train.loop import optimizer_mode
 from gradwise.train.metrics import LOSSES
 from gradwise.train.smoothing import MovingAverage, zero_lag_smooth
 
@@ -208,6 +209,7 @@ def lr_find(
     try:
         torch.manual_seed(seed)
         model.train()
+        optimizer_mode(optimizer, "train")  # Schedule-Free steps in train mode
         running = MovingAverage(smoothing)
         for i in range(steps):
             lr = start_lr * (end_lr / start_lr) ** (i / (steps - 1))

@@ -20,6 +20,17 @@ def emulated(run):
     return run  # replay() runs the recorded call, on the recorded tensors
 
 
+@pytest.fixture
+def cuda_path_on_cpu(monkeypatch, tmp_path):
+    """CUDA's path on the CPU: kernels compiled in the process (no ahead-of-time ones), graphs
+    emulated, tensors of 500+ elements updated where their gradients lie."""
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    monkeypatch.setattr(kernels, "DEVICES", ())
+    monkeypatch.setattr(kernels, "JIT_DEVICES", ("cpu",))
+    monkeypatch.setattr(engine, "DIRECT_NUMEL", 500)
+    monkeypatch.setattr(graphs, "RECORDERS", {"cpu": emulated})
+
+
 class Calls:
     def __init__(self):
         self.runs, self.recorded = [], 0
@@ -89,16 +100,11 @@ def test_a_recording_that_fails_runs_the_step_once_and_stops_recording():
         ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True)),
     ],
 )
-def test_replayed_steps_equal_torch(monkeypatch, tmp_path, cls, kw):
+def test_replayed_steps_equal_torch(cuda_path_on_cpu, cls, kw):
     """The CUDA path (compiled in the process, steps replayed) emulated on the CPU, against
     torch for 24 steps with a learning rate that changes every step: gradients written into
     the same tensors (the addresses repeat: replays), then new tensors at new addresses (no
     replay may run: it would read the old gradients), then the same tensors again."""
-    kernels = _fresh_kernels(monkeypatch, tmp_path)
-    monkeypatch.setattr(kernels, "DEVICES", ())
-    monkeypatch.setattr(kernels, "JIT_DEVICES", ("cpu",))
-    monkeypatch.setattr(engine, "DIRECT_NUMEL", 500)
-    monkeypatch.setattr(graphs, "RECORDERS", {"cpu": emulated})
     shapes = [(40, 30), (7,), (33, 20), (5, 3)]
     a, b = twins(make_params(torch.float32, shapes=shapes))
     oa = getattr(go, cls)(a, fused=True, **kw)
@@ -128,17 +134,12 @@ def test_replayed_steps_equal_torch(monkeypatch, tmp_path, cls, kw):
 
 
 @pytest.mark.parametrize("set_to_none", [True, False, "both"])
-def test_replayed_training_loop_equals_torch(monkeypatch, tmp_path, set_to_none):
+def test_replayed_training_loop_equals_torch(cuda_path_on_cpu, set_to_none):
     """A training loop as users write it (zero_grad, forward, backward, step), the CUDA path
     emulated on the CPU, against torch.optim.Adam: with the default zero_grad() (gradients
     where backward leaves them), with set_to_none=False (gradients as views of the flat
     buffer: one set of addresses, replayed from the third step on), and switching from one to
     the other and back (the gradient buffer is replaced: graphs bound to it never replay)."""
-    kernels = _fresh_kernels(monkeypatch, tmp_path)
-    monkeypatch.setattr(kernels, "DEVICES", ())
-    monkeypatch.setattr(kernels, "JIT_DEVICES", ("cpu",))
-    monkeypatch.setattr(engine, "DIRECT_NUMEL", 500)
-    monkeypatch.setattr(graphs, "RECORDERS", {"cpu": emulated})
     torch.manual_seed(0)
     ours = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 3))
     ref = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 3))

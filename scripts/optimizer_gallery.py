@@ -5,13 +5,16 @@ suggests: docs/gallery/optimizers-lrfind-mnist1d.png and the table of docs/optim
 
 For each name: ``lr_find_for`` (the range test ``gradwise lr-find`` runs) on the dataset's
 default model and batch, then one ``compare`` of all of them at those rates, with the dataset's
-defaults otherwise (schedule, epochs, dropout). A name whose loss never fell in the range test
-keeps its default rate (said in the output).
+defaults otherwise (schedule, epochs, dropout), except that Schedule-Free trains with a
+constant rate (it replaces the schedule). A name whose loss never fell in the range test keeps
+its default rate (said in the output). Rprop is left out unless named: it follows the sign of
+each gradient, a full-batch method that mini-batches make noisy (README's optimizer table).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -24,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="mnist1d")
     parser.add_argument("--model", default=None, help="default: the dataset's")
-    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    parser.add_argument("--optimizers", default=",".join(n for n in OPTIMIZERS if n != "rprop"))
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default="runs/gallery/optimizers-lrfind")
@@ -34,14 +37,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     configs, rates = {}, {}
     for name in args.optimizers.split(","):
-        config = TrainConfig(dataset=args.dataset, model=args.model, optimizer=name, threads=1)
-        config = config.resolved()
+        own = {"schedule": "constant"} if name.startswith("schedulefree") else {}
+        config = TrainConfig(dataset=args.dataset, model=args.model, optimizer=name, **own)
+        config = dataclasses.replace(config, threads=1).resolved()
         found = lr_find_for(config).suggestion
         rates[name] = {"default": config.lr, "lr_find": found}
         lr = found if found is not None else config.lr
         print(f"{name:20s} default {config.lr:.3g}  lr-find {found}  -> {lr:.3g}", flush=True)
         configs[f"{name} lr={lr:.2g}"] = TrainConfig(
-            dataset=args.dataset, model=args.model, optimizer=name, lr=lr
+            dataset=args.dataset, model=args.model, optimizer=name, lr=lr, **own
         )
     (out / "rates.json").write_text(json.dumps(rates, indent=1))
     compare(

@@ -230,6 +230,7 @@ OPTIMIZERS: dict[str, Algorithm] = {
         heavyball=("SFAdamW", {**_ADAM_LIKE, "eps": 1e-8}),
     ),
     "schedulefree-sgd": Algorithm("SGDScheduleFree", {"lr": 1e-3}, "schedulefree.SGDScheduleFree"),
+    "adafactor": Algorithm("Adafactor", {"lr": 1e-3}, "torch.optim.Adafactor", {"foreach": True}),
     "lamb": Algorithm("Lamb", {"lr": 1e-4}, "pytorch_optimizer.Lamb"),
     "prodigy": Algorithm("Prodigy", {"lr": 1.0}, "prodigyopt.Prodigy"),
 }

@@ -34,6 +34,11 @@ report optimizers-digits gradwise compare --dataset digits --optimizers sgd,mome
     --seeds 3 --epochs 10
 report optimizers-mnist1d gradwise compare --dataset mnist1d --optimizers sgd,momentum,rmsprop,adam \
     --seeds 2 --epochs 30
+# every optimizer name at its own lr-find rate (about 7 minutes more on 2 cores)
+if want optimizers-lrfind-mnist1d; then
+    show python scripts/optimizer_gallery.py --seeds 1 --jobs 2 --out "$RUNS/optimizers-lrfind" \
+        --docs "$DOCS"
+fi
 
 # 2. Batch, stochastic and mini-batch gradient descent
 report batch-modes-digits gradwise compare --dataset digits --optimizer sgd --lr 0.02 \

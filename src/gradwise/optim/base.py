@@ -343,7 +343,8 @@ class Optimizer(torch.optim.Optimizer):
         """The whole step as one CUDA graph replay (:mod:`graphs`), where the segment's compiled
         kernel records graphs: the gather of the small tensors' gradients and the compiled
         update, recorded the second time every gradient lies where it lies now. False, having
-        done nothing, where that does not apply: no graphs here, a gradient missing or sparse,
+        done nothing, where that does not apply: no graphs here, a gradient missing, sparse or
+        not contiguous,
         or gradients at addresses seen for the first time (the usual path runs the step)."""
         count = 1 if views else (1 if seg.small else 0) + len(seg.large)
         plan = seg.kernel_plans.get(count)
@@ -352,10 +353,12 @@ class Optimizer(torch.optim.Optimizer):
             return False
         # every tensor a graph touches: the flat buffers, and where backward left each gradient
         buffers = (seg.param, seg.grad, *seg.state.values())
+        grads = () if views else list(map(_GRAD, seg.params))
         try:
-            grads = () if views else map(_GRAD, seg.params)
             key = tuple(map(Tensor.data_ptr, itertools.chain(grads, buffers)))
         except (TypeError, RuntimeError):  # a gradient missing (None) or sparse
+            return False
+        if not all(map(Tensor.is_contiguous, grads)):  # a graph reads them laid out as recorded
             return False
         if not replayer.knows(key):
             return False

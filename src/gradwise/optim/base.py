@@ -344,8 +344,8 @@ class Optimizer(torch.optim.Optimizer):
         kernel records graphs: the gather of the small tensors' gradients and the compiled
         update, recorded the second time every gradient lies where it lies now. False, having
         done nothing, where that does not apply: no graphs here, a gradient missing, sparse or
-        not contiguous,
-        or gradients at addresses seen for the first time (the usual path runs the step)."""
+        not contiguous, or gradients at addresses seen for the first time (the usual path runs
+        the step)."""
         count = 1 if views else (1 if seg.small else 0) + len(seg.large)
         plan = seg.kernel_plans.get(count)
         replayer = plan.replayer if plan is not None else None

@@ -69,4 +69,11 @@ report init-digits gradwise compare --dataset digits --hidden $DEEP \
 report regularization-mnist1d gradwise compare --dataset mnist1d --val-fraction 0.9 \
     --regularizers none,l1=0.1,l2=5e-2,dropout=0.3 --seeds 2 --epochs 150
 
+# 7. The combination, chosen by gradwise tune (10 minutes of search, then the 3-seed retrain)
+if want tune-mnist1d; then
+    show gradwise tune --dataset mnist1d --model cnn1d --time 10m --jobs 2 --out "$RUNS/tune-cnn"
+    cp "$RUNS/tune-cnn/history.png" "$DOCS/tune-history-mnist1d.png"
+    cp "$RUNS/tune-cnn/importances.png" "$DOCS/tune-importances-mnist1d.png"
+fi
+
 echo "gallery pictures in $DOCS" >&2

@@ -190,3 +190,32 @@ def test_cuda_training_loop_replays_and_equals_torch(cls):
         torch.testing.assert_close(a, b, rtol=2e-6, atol=2e-6)
     (seg,) = oa._group_segments(oa.param_groups[0])
     assert sum(p.replayer.replays for p in seg.kernel_plans.values() if p.replayer) >= 10
+
+
+def test_a_replay_that_fails_leaves_the_step_right(cuda_path_on_cpu, monkeypatch):
+    """A graph whose replay raises (a driver error, say): that step is taken without it, one
+    warning says so, and the segment's later steps run without graphs, all equal to torch."""
+
+    def failing(run):
+        def replay():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+        return replay
+
+    monkeypatch.setattr(graphs, "RECORDERS", {"cpu": failing})
+    a, b = twins(make_params(torch.float32, shapes=[(40, 30), (7,), (33, 20)]))
+    oa, ob = go.Adam(a, lr=0.01, fused=True), torch.optim.Adam(b, lr=0.01)
+    gen = torch.Generator().manual_seed(2)
+    with pytest.warns(RuntimeWarning, match="replaying the optimizer step as a CUDA graph failed"):
+        for _ in range(8):
+            for x, y in zip(a, b):  # the same gradient tensors: the same addresses
+                g = torch.randn(x.shape, generator=gen)
+                if x.grad is None:
+                    x.grad = g.clone()
+                else:
+                    x.grad.copy_(g)
+                y.grad = g.clone()
+            oa.step()
+            ob.step()
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-6)

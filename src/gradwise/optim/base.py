@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -370,8 +371,19 @@ class Optimizer(torch.optim.Optimizer):
             whole = [(slice(0, seg.param.numel()), seg.grad)]
             self._step_pieces(seg, group, whole if views else seg.gradient_pieces())
             return True
-        plan.runner.scalars(kernel.args[0])
-        replayer(key, lambda: plans.bound_step(seg, views, plan.runner))
+        try:
+            plan.runner.scalars(kernel.args[0])
+            replayer(key, lambda: plans.bound_step(seg, views, plan.runner))
+        except Exception as e:  # nothing updated: this segment's steps go on without graphs
+            plan.replayer = None
+            warnings.warn(
+                f"gradwise: replaying the optimizer step as a CUDA graph failed ({e!r}); the "
+                "steps run without graphs from now on",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            whole = [(slice(0, seg.param.numel()), seg.grad)]
+            self._step_pieces(seg, group, whole if views else seg.gradient_pieces())
         return True
 
     def _update_chunked(

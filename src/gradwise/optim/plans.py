@@ -91,7 +91,12 @@ def choose(
     kernel, values = found
     slots = kernel_args.split(step_args)[1]
     if kernels.compiled_here(device):
-        plan = _compiled_plan(seg, kernel.runner(), options, signature(group), slots)
+        try:  # its scalars' buffers: pinned host memory, a device buffer, events
+            runner = kernel.runner()
+        except Exception as e:
+            kernels.disable(e)
+            return None
+        plan = _compiled_plan(seg, runner, options, signature(group), slots)
     else:
         plan = Plan(options, signature(group), _ahead_of_time(kernel, len(values), grad), slots)
     seg.kernel_plans[pieces] = plan  # chosen once for these options

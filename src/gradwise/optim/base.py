@@ -314,8 +314,7 @@ class Optimizer(torch.optim.Optimizer):
                 return
             # views: one update of the whole buffers; else (the default zero_grad()) backward's
             # own gradient tensors, or None when one is missing
-            whole = [(slice(0, seg.param.numel()), seg.grad)]
-            pieces = whole if views else seg.gradient_pieces()
+            pieces = seg.pieces(views)
             if pieces is not None:
                 if seg.steps is not None:
                     seg.steps += 1
@@ -368,8 +367,7 @@ class Optimizer(torch.optim.Optimizer):
         seg.step = step + 1
         kernel = self._kernel(seg, seg.grad, group, count)
         if kernel is None or kernel.func is not plan.run:  # kernels off, or a flag changed
-            whole = [(slice(0, seg.param.numel()), seg.grad)]
-            self._step_pieces(seg, group, whole if views else seg.gradient_pieces())
+            self._step_pieces(seg, group, seg.pieces(views))
             return True
         try:
             plan.runner.scalars(kernel.args[0])
@@ -382,8 +380,7 @@ class Optimizer(torch.optim.Optimizer):
                 RuntimeWarning,
                 stacklevel=4,
             )
-            whole = [(slice(0, seg.param.numel()), seg.grad)]
-            self._step_pieces(seg, group, whole if views else seg.gradient_pieces())
+            self._step_pieces(seg, group, seg.pieces(views))
         return True
 
     def _update_chunked(

@@ -158,13 +158,21 @@ class Segment:
                 if any(g.layout != torch.strided for g in grads):
                     return None  # a sparse gradient: the per-tensor path
                 torch._foreach_copy_(self.small_views, grads)
-            pieces.append((slice(0, self.small), self.grad[: self.small]))
+            pieces.append(self._small_piece())
         for p, sl in self.large:
             g = p.grad
             if g is None or g.layout != torch.strided:
                 return None
-            pieces.append((sl, g.view(-1) if g.is_contiguous() else g.reshape(-1)))
+            pieces.append((sl, _flat(g)))
         return pieces
+
+    def pieces(self, views: bool) -> list[tuple[slice, Tensor]] | None:
+        """The step's pieces: the whole buffers when the gradients are views of ``grad``,
+        else :meth:`gradient_pieces`."""
+        return [(slice(0, self.param.numel()), self.grad)] if views else self.gradient_pieces()
+
+    def _small_piece(self) -> tuple[slice, Tensor]:
+        return slice(0, self.small), self.grad[: self.small]
 
     def gatherer(self) -> Callable[[], list[tuple[slice, Tensor]]]:
         """:meth:`gradient_pieces` for a step recorded as a CUDA graph: a function that gathers
@@ -177,12 +185,15 @@ class Segment:
             pieces = []
             if self.small:
                 torch._foreach_copy_(self.small_views, small)
-                pieces.append((slice(0, self.small), self.grad[: self.small]))
-            for where, g in large:
-                pieces.append((where, g.view(-1) if g.is_contiguous() else g.reshape(-1)))
-            return pieces
+                pieces.append(self._small_piece())
+            return pieces + [(where, _flat(g)) for where, g in large]
 
         return gather
+
+
+def _flat(grad: Tensor) -> Tensor:
+    """A gradient as 1-D: a view where it is contiguous, else a copy."""
+    return grad.view(-1) if grad.is_contiguous() else grad.reshape(-1)
 
 
 def split_group(params: list[Tensor]) -> list[Segment]:

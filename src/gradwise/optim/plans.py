@@ -150,8 +150,7 @@ def bound_step(seg: engine.Segment, views: bool, runner: compiled.Runner) -> Cal
     """The step's launches with this step's gradient tensors bound, as a CUDA graph binds
     them when it is recorded: the gather of the small tensors' gradients, then the kernel."""
     if views:
-        whole = targets(seg, [(slice(0, seg.param.numel()), seg.grad)])
-        return functools.partial(runner.call, whole)
+        return functools.partial(runner.call, targets(seg, seg.pieces(views=True)))
     gather = seg.gatherer()
 
     def run() -> None:

@@ -155,7 +155,7 @@ def test_grads_from_zero_grad_views_and_backward(name, cls, tcls, kw):
     assert seg.flat and seg.grads_are_views()  # the fast path ran with no gradient copy
 
 
-LARGE = [(300, 300), (17,), (5, 5), (256, 300), (3,)]  # two tensors of >= DIRECT_NUMEL elements
+LARGE = [(301, 300), (17,), (5, 5), (256, 300), (3,)]  # two tensors of >= DIRECT_NUMEL elements
 
 
 @pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[::2], ids=IDS[::2])
@@ -871,6 +871,43 @@ def test_compiled_path_runs_on_the_gradients_backward_made(name, cls, tcls, kw):
     assert any(memo[0] is cls.rule for memo in kernels._loaded)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-6)
+
+
+def test_an_ahead_of_time_kernel_takes_whole_cache_lines_and_leaves_the_rest_to_eager():
+    """A CPU kernel is built for lengths that are a multiple of a cache line's worth of
+    elements (no partial vector: Inductor's loop then has no branch for one). The engine lays
+    its buffers out so; a large gradient's last few elements are left to the eager update, and
+    everything else reaches the kernel exactly once, in place."""
+    from gradwise.optim import engine, kernel_args, plans
+
+    calls = []
+
+    def kernel(param, grad, state, scalars):
+        calls.append(param.numel())
+        param.add_(grad)  # in place, on the views it was given
+        state["m"].add_(1.0)
+
+    run = plans._ahead_of_time(kernel, 0, torch.zeros(1))
+    lines = kernel_args.length_multiple(torch.float32)
+    assert lines == 16 and kernel_args.length_multiple(torch.float64) == 8
+    sizes = [64, 70, 5]
+    targets = [(torch.zeros(n), torch.ones(n), {"m": torch.zeros(n)}) for n in sizes]
+    left = run([], targets)
+    assert calls == [64, 64]  # whole lines only; the 5-element piece never reaches the kernel
+    assert [p.numel() for p, _, _ in left] == [6, 5]
+    for (param, _, state), n in zip(targets, sizes):
+        done = n - n % lines
+        assert param[:done].eq(1).all() and param[done:].eq(0).all()
+        assert state["m"][:done].eq(1).all() and state["m"][done:].eq(0).all()
+    # the views left are the tensors' own last elements: the eager update lands in place
+    left[0][0].fill_(7)
+    assert targets[1][0][64:].eq(7).all()
+    # the engine's layout: the small tensors' piece and the whole buffers end on a line
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in (3, 17, engine.DIRECT_NUMEL + 3)]
+    seg = engine.split_group(params)[0]
+    engine.flatten(seg, {p: {} for p in params}, [], has_step=False)
+    assert seg.small % lines == 0 and seg.param.numel() % lines == 0
+    assert seg.small <= seg.large[0][1].start
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gradwise.optim as go
+from gradwise.optim import engine
 
 # (name, gradwise class, torch class, kwargs): each argument at its default and at another value
 GRID = [
@@ -322,10 +323,11 @@ def test_an_option_torchs_class_lacks_is_refused():
 
 
 @pytest.mark.parametrize(("name", "cls", "tcls", "kw"), DEFAULTS, ids=[g[0] for g in DEFAULTS])
-def test_scalar_state_stays_per_parameter_and_flat_state_is_flat(name, cls, tcls, kw):
-    """Per-parameter scalar state (NAdam's mu_product, ASGD's eta and mu) is one 0-d tensor
-    per parameter and keeps its class on the per-tensor path; every other algorithm here runs
-    flat, with its state tensors views of the segment's buffers."""
+def test_state_is_flat_and_scalar_state_one_buffer_per_segment(name, cls, tcls, kw):
+    """Every algorithm here runs flat, with its state tensors views of the segment's buffers;
+    per-parameter scalar state (NAdam's mu_product, ASGD's eta and mu) stays one 0-d tensor
+    per parameter, as torch keeps it, each a view of one buffer per segment, and a state_dict
+    holds copies that stand on their own."""
     a = [torch.nn.Parameter(torch.randn(s)) for s in ((3, 2), (5,))]
     opt = cls(a, **kw)
     for _ in range(3):
@@ -333,26 +335,60 @@ def test_scalar_state_stays_per_parameter_and_flat_state_is_flat(name, cls, tcls
             p.grad = torch.randn(p.shape)
         opt.step()
     seg = opt._group_segments(opt.param_groups[0])[0]
-    assert seg.flat == (not cls.scalar_state)
-    for p in a:
+    assert seg.flat
+    assert sorted(seg.scalar_state) == sorted(cls.scalar_state)
+    saved = opt.state_dict()["state"]
+    for i, p in enumerate(a):
         for key in cls.scalar_state:
-            assert opt.state[p][key].shape == () and opt.state[p][key].dtype == torch.float32
+            value = opt.state[p][key]
+            assert value.shape == () and value.dtype == torch.float32
+            assert value._base is seg.scalar_state[key]
+            assert saved[i][key]._base is None and saved[i][key].untyped_storage().size() == 4
         for key in opt.state_names(opt.param_groups[0]):
             assert opt.state[p][key].shape == p.shape
-            assert not seg.flat or opt.state[p][key]._base is seg.state[key]
+            assert opt.state[p][key]._base is seg.state[key]
 
 
-FLAT = [g for g in GRID if not g[1].scalar_state]
+SCALAR = [g for g in GRID if g[1].scalar_state]
 
 
-@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), FLAT, ids=[g[0] for g in FLAT])
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), SCALAR, ids=[g[0] for g in SCALAR])
+def test_scalar_state_that_differs_between_parameters_runs_per_tensor_until_equal(
+    name, cls, tcls, kw
+):
+    """Parameters whose scalar state differs (one of them skipped a step: its ``mu_product``
+    or ``eta`` lags) are stepped one at a time, as torch steps them; the flat path, which
+    advances the state as one value, resumes once counts and values agree again (they never
+    do here). Checked against torch for 8 steps."""
+    ours, theirs = make_params(torch.float64), make_params(torch.float64)
+    ours = [torch.nn.Parameter(t) for t in ours]
+    theirs = [torch.nn.Parameter(t) for t in theirs]
+    a, b = cls(ours, **kw), tcls(theirs, **kw)
+    g = torch.Generator().manual_seed(3)
+    for step in range(8):
+        for i, (p, q) in enumerate(zip(ours, theirs)):
+            grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            skip = step == 2 and i == 0
+            p.grad, q.grad = (None, None) if skip else (grad, grad.clone())
+        a.step()
+        b.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+        for key in cls.scalar_state:
+            torch.testing.assert_close(a.state[p][key], b.state[q][key], rtol=1e-12, atol=0)
+    assert engine.uniform_step(a._group_segments(a.param_groups[0])[0]) is None
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=IDS)
 def test_a_kernels_constants_hold_for_every_step_and_its_scalars_give_eagers_numbers(
     name, cls, tcls, kw
 ):
     """A fused kernel is chosen once per group options, and takes the step's numbers at run
     time (kernel_args.split): what it bakes in must not change from step to step (RAdam's
     rectification switches on at step 6 with the default betas), and the rule run on 0-d
-    tensor scalars, as traced, must give the eager numbers. Checked without compiling."""
+    tensor scalars, as traced, must give the eager numbers. Checked without compiling. Scalar
+    state is advanced as a flat segment advances it; ASGD's ``average`` flag switches once (at
+    ``t0``), the one constant that may: a second kernel."""
     from gradwise.optim import base, kernel_args
 
     gen = torch.Generator().manual_seed(7)
@@ -362,12 +398,13 @@ def test_a_kernels_constants_hold_for_every_step_and_its_scalars_give_eagers_num
     names = opt.state_names(group)
     # positive: a valid second moment and step size
     state = {n: torch.rand(40, dtype=torch.float64, generator=gen) + 0.5 for n in names}
-    constants = None
+    scalar_state = {n: opt.init_state(p, group)[n].repeat(3) for n in cls.scalar_state}
+    constants = {}
     for step in range(1, 13):
-        args = opt._update_args(group, step)
+        args = opt._update_args(group, step, opt.advance(group, scalar_state, step))
         static, slots, values = kernel_args.split(args)
-        constants = constants or (static, slots)
-        assert (static, slots) == constants, f"step {step}"
+        average = static["coefficients"].get("average")
+        assert (static, slots) == constants.setdefault(average, (static, slots)), f"step {step}"
         grad = torch.randn(40, dtype=torch.float64, generator=gen)
         eager_p, eager_s = p.detach().clone(), {n: t.clone() for n, t in state.items()}
         base.update(cls.rule, eager_p, grad, eager_s, **args)

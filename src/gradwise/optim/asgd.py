@@ -52,9 +52,9 @@ def asgd(
 class ASGD(Optimizer):
     """ASGD, drop-in for ``torch.optim.ASGD`` (same arguments and defaults).
 
-    ``eta`` and ``mu`` are per-parameter scalar state (0-d tensors, as in torch), so ASGD runs
-    the engine's per-tensor path. Extras: ``l1`` (proximal L1), ``state_dtype``. ``foreach`` is
-    accepted and ignored.
+    ``eta`` and ``mu`` are per-parameter scalar state (0-d tensors, as in torch); in a flat
+    segment they are views of one buffer each, advanced by one operation a step. Extras:
+    ``l1`` (proximal L1), ``state_dtype``. ``foreach`` is accepted and ignored.
     """
 
     rule = staticmethod(asgd)
@@ -119,7 +119,7 @@ class ASGD(Optimizer):
             eta.copy_(lr / ((1 + lambd * lr * step) ** alpha))
             mu.copy_(1 / torch.maximum(step - t0, torch.ones_like(step)))
             return now
-        now = {"eta": eta.item(), "mu": mu.item()}
+        now = {"eta": engine.first_value(eta), "mu": engine.first_value(mu)}
         now["average"] = now["mu"] != 1
         eta.copy_(torch.as_tensor(lr / ((1 + lambd * lr * step) ** alpha)))
         mu.copy_(torch.as_tensor(1 / max(1, step - t0)))

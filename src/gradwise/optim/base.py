@@ -105,8 +105,8 @@ class Optimizer(torch.optim.Optimizer):
     #: computes its bias corrections then
     coefficients_from_step_tensor: ClassVar[bool] = False
     #: per-parameter 0-d state tensors besides ``step`` (NAdam's ``mu_product``, ASGD's ``eta``
-    #: and ``mu``), kept as torch.optim keeps them and advanced by :meth:`advance`; a class
-    #: that has any runs the per-tensor path, so they are never laid out as elementwise state
+    #: and ``mu``), kept as torch.optim keeps them and advanced by :meth:`advance`; in a flat
+    #: segment they are views of one buffer each (one element per parameter), advanced at once
     scalar_state: ClassVar[tuple[str, ...]] = ()
     #: whether the rule places ``weight_decay`` itself, not step 2 (LAMB: inside the trust
     #: ratio, Schedule-Free AdamW: at y, Prodigy: scaled by d·lr)
@@ -160,8 +160,10 @@ class Optimizer(torch.optim.Optimizer):
 
     def advance(self, group: dict, state: dict[str, Tensor], step: int) -> dict[str, Any]:
         """Advance one parameter's :attr:`scalar_state` by a step, in place, and return the
-        step's coefficients that come from it (added to :meth:`coefficients`'). Called once per
-        parameter and step, after ``step`` is counted, before the rule."""
+        step's coefficients that come from it (added to :meth:`coefficients`'). Called after
+        ``step`` is counted, before the rule: once per parameter and step, or once for a flat
+        segment, whose ``state`` then holds 1-D buffers of equal values (one per parameter;
+        read one with :func:`engine.first_value`)."""
         return {}
 
     def piece_arguments(self, seg: engine.Segment, where: slice) -> dict[str, Any] | None:
@@ -221,18 +223,18 @@ class Optimizer(torch.optim.Optimizer):
             for seg in self._group_segments(group):
                 if (
                     seg.flattenable
-                    and not self._stays_per_tensor(group)
+                    and not _per_tensor(group)
                     and all(self._has_state(p, names) for p in seg.params)
                 ):
-                    engine.flatten(seg, self.state, names, self.has_step)
+                    engine.flatten(seg, self.state, names, self.has_step, self.scalar_state)
 
     def state_dict(self) -> dict:
-        """PyTorch's layout; ``step`` tensors are copies so that each stands on its own."""
+        """PyTorch's layout; ``step`` and scalar-state tensors are copies so that each stands on
+        its own."""
         sd = torch_api.torch_state_dict(self)
+        own = ("step", *self.scalar_state)  # views of a segment's buffer: each made whole
         sd["state"] = {
-            k: {
-                n: (v.clone() if n == "step" and isinstance(v, Tensor) else v) for n, v in s.items()
-            }
+            k: {n: (v.clone() if n in own and isinstance(v, Tensor) else v) for n, v in s.items()}
             if isinstance(s, dict)
             else s  # an entry a hook or a user put there: kept as it is, as torch does
             for k, s in sd["state"].items()
@@ -299,7 +301,7 @@ class Optimizer(torch.optim.Optimizer):
         return cached[1]
 
     def _step_segment(self, seg: engine.Segment, group: dict) -> None:
-        if self._stays_per_tensor(group):  # never flattened: see _stays_per_tensor
+        if _per_tensor(group):  # never flattened
             self._step_each(seg, group)
             return
         if group.get("fused") is True and any(p.grad is not None for p in seg.params):
@@ -316,28 +318,35 @@ class Optimizer(torch.optim.Optimizer):
             # own gradient tensors, or None when one is missing
             pieces = seg.pieces(views)
             if pieces is not None:
-                if seg.steps is not None:
-                    seg.steps += 1
-                seg.step = step + 1
-                self._step_pieces(seg, group, pieces)
+                self._step_pieces(seg, group, pieces, self._count_step(seg, group, step))
                 return
         self._step_each(seg, group)
 
-    def _step_pieces(self, seg: engine.Segment, group: dict, pieces: list) -> None:
-        """The flat update of ``pieces`` (``(where, grad)`` pairs), its step already counted."""
+    def _count_step(self, seg: engine.Segment, group: dict, step: int) -> dict | None:
+        """Count a flat segment's step (from ``step``, its uniform count) and advance its
+        scalar state; the coefficients that come from that (see :meth:`advance`)."""
+        if seg.steps is not None:
+            seg.steps += 1
+        seg.step = step + 1
+        return self.advance(group, seg.scalar_state, seg.step) if self.scalar_state else None
+
+    def _step_pieces(
+        self, seg: engine.Segment, group: dict, pieces: list, scalars: dict | None
+    ) -> None:
+        """The flat update of ``pieces`` (``(where, grad)`` pairs), its step already counted
+        (``scalars``: what :meth:`_count_step` gave)."""
         if pieces and self.piece_arguments(seg, pieces[0][0]) is not None:  # whole
             for where, grad in pieces:
                 param, state = seg.buffers_at(where)
-                extra = self.piece_arguments(seg, where)
+                extra = {**(scalars or {}), **self.piece_arguments(seg, where)}
                 self._update(param, grad, dict(state), seg.step, group, extra)
             return
-        targets = plans.targets(seg, pieces)
-        done = 0
-        kernel = self._kernel(seg, seg.grad, group, len(targets))
+        left = targets = plans.targets(seg, pieces)
+        kernel = self._kernel(seg, seg.grad, group, len(targets), scalars)
         if kernel is not None:
-            done = kernel(targets)
-        for param, grad, state in targets[done:]:
-            self._update_chunked(param, grad, state, seg.step, group)
+            left = kernel(targets)
+        for param, grad, state in left:
+            self._update_chunked(param, grad, state, seg.step, group, scalars)
 
     def _step_replayed(self, seg: engine.Segment, group: dict, step: int, views: bool) -> bool:
         """The whole step as one CUDA graph replay (:mod:`graphs`), where the segment's compiled
@@ -362,12 +371,10 @@ class Optimizer(torch.optim.Optimizer):
             return False
         if not replayer.knows(key):
             return False
-        if seg.steps is not None:
-            seg.steps += 1
-        seg.step = step + 1
-        kernel = self._kernel(seg, seg.grad, group, count)
+        scalars = self._count_step(seg, group, step)
+        kernel = self._kernel(seg, seg.grad, group, count, scalars)
         if kernel is None or kernel.func is not plan.run:  # kernels off, or a flag changed
-            self._step_pieces(seg, group, seg.pieces(views))
+            self._step_pieces(seg, group, seg.pieces(views), scalars)
             return True
         try:
             plan.runner.scalars(kernel.args[0])
@@ -380,26 +387,33 @@ class Optimizer(torch.optim.Optimizer):
                 RuntimeWarning,
                 stacklevel=4,
             )
-            self._step_pieces(seg, group, seg.pieces(views))
+            self._step_pieces(seg, group, seg.pieces(views), scalars)
         return True
 
     def _update_chunked(
-        self, param: Tensor, grad: Tensor, state: dict[str, Tensor], step: int, group: dict
+        self,
+        param: Tensor,
+        grad: Tensor,
+        state: dict[str, Tensor],
+        step: int,
+        group: dict,
+        scalars: dict | None = None,
     ) -> None:
         """The eager update of a piece of the flat buffers, in cache-sized chunks."""
         pieces = engine.chunks(param.numel(), param.device)
         if len(pieces) == 1:  # the whole piece: no views to make (~1 µs each)
-            self._update(param, grad, dict(state), step, group)
+            self._update(param, grad, dict(state), step, group, scalars)
             return
         for sl in pieces:
-            self._update(param[sl], grad[sl], {n: b[sl] for n, b in state.items()}, step, group)
+            state_here = {n: b[sl] for n, b in state.items()}
+            self._update(param[sl], grad[sl], state_here, step, group, scalars)
 
     def _kernel(
-        self, seg: engine.Segment, grad: Tensor, group: dict, pieces: int
-    ) -> Callable[[list], int] | None:
+        self, seg: engine.Segment, grad: Tensor, group: dict, pieces: int, scalars: dict | None
+    ) -> Callable[[list], list] | None:
         """The fused kernel that runs this step's flat update, if that is the choice (see
-        :func:`plans.choose`), as ``kernel(targets) -> how many it updated``; None: eager."""
-        args = functools.partial(self._update_args, group, seg.step)
+        :func:`plans.choose`), as ``kernel(targets) -> the targets it left``; None: eager."""
+        args = functools.partial(self._update_args, group, seg.step, scalars)
         return plans.choose(seg, grad, group, pieces, args, type(self).rule, update)
 
     def _step_each(self, seg: engine.Segment, group: dict) -> None:
@@ -440,12 +454,12 @@ class Optimizer(torch.optim.Optimizer):
                 self._update(as_real(p), as_real(grad), parts, step, group, scalars)
                 continue
             self._update(p, grad, state, step, group, scalars)
-        if self._stays_per_tensor(group):
+        if _per_tensor(group):
             return
         if seg.steps is not None:
             seg.step = None  # step counts may now differ between parameters
         if seg.flattenable and not seg.flat and all(self._has_state(p, names) for p in seg.params):
-            engine.flatten(seg, self.state, names, self.has_step)
+            engine.flatten(seg, self.state, names, self.has_step, self.scalar_state)
 
     def _dense(self, grad: Tensor, group: dict) -> Tensor:
         """A sparse gradient (``nn.Embedding(sparse=True)``) as the dense one it stands for,
@@ -513,11 +527,6 @@ class Optimizer(torch.optim.Optimizer):
             hyperparameters=self.hyperparameters(group),
             coefficients=coefficients,
         )
-
-    def _stays_per_tensor(self, group: dict) -> bool:
-        """Whether a group runs the per-tensor path only: see :func:`_per_tensor`, and
-        :attr:`scalar_state`, which the flat buffers do not hold."""
-        return bool(self.scalar_state) or _per_tensor(group)
 
 
 def _per_tensor(group: dict) -> bool:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradwise.optim import native
+from gradwise.optim import kernel_args, native
 
 _GRAD = operator.attrgetter("grad")
 
@@ -81,6 +81,9 @@ class Segment:
     state: dict[str, Tensor] = field(default_factory=dict)
     steps: Tensor | None = None
     step: int | None = None  # the common step count, None when unknown or not uniform
+    # per-parameter 0-d scalar state (NAdam's mu_product, ASGD's eta and mu), one element per
+    # parameter, each parameter's state a view; the flat path runs only while all are equal
+    scalar_state: dict[str, Tensor] = field(default_factory=dict)
     ptrs: list[int] = field(default_factory=list)
     # for the native helpers (see :mod:`native`), which serve segments of many tensors: ``ptrs``
     # and the small tensors' offsets in ``grad``, as int64 tensors
@@ -204,9 +207,12 @@ def split_group(params: list[Tensor]) -> list[Segment]:
     return [Segment(ps, flattenable=plain) for (_, _, plain), ps in by_key.items()]
 
 
-def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> None:
-    """Move a segment's params, states and step counters into flat buffers (values unchanged):
-    the tensors under :data:`DIRECT_NUMEL` elements first, then the larger ones."""
+def flatten(
+    seg: Segment, states: dict, names: list[str], has_step: bool, scalars: tuple[str, ...] = ()
+) -> None:
+    """Move a segment's params, states, step counters and ``scalars`` (per-parameter 0-d state)
+    into flat buffers (values unchanged): the tensors under :data:`DIRECT_NUMEL` elements
+    first, then the larger ones; one element per parameter for the 0-d ones."""
     params = seg.params
     numels = [p.numel() for p in params]
     like = params[0]
@@ -218,12 +224,15 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
         offset = _aligned(offset, like.element_size())
         seg.slices[i] = slice(offset, offset + numels[i])
         offset += numels[i]
-    seg.small = seg.slices[small[-1]].stop if small else 0
+    offset = _aligned(offset, like.element_size())  # zeros after the last tensor
+    seg.small = _aligned(seg.slices[small[-1]].stop, like.element_size()) if small else 0
     seg.small_params = [params[i] for i in small]
     seg.large = [(params[i], seg.slices[i]) for i in order if numels[i] >= DIRECT_NUMEL]
     # One buffer at a time, each tensor's old storage released as soon as it is copied: the
     # memory in flight is one buffer, not the parameters and every state at once. Zeros: the
     # alignment gaps between tensors get zero gradients (their values never reach a parameter).
+    # The small tensors' piece ends aligned: in the gap before the first large tensor, or in
+    # the buffers' own aligned end.
     seg.param = torch.zeros(offset, dtype=like.dtype, device=like.device)
     for p, sl in zip(params, seg.slices):
         view = seg.param[sl].view_as(p)
@@ -250,6 +259,11 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
         seg.step = None
     else:
         seg.steps, seg.step = None, 1  # every parameter has had its first update
+    seg.scalar_state = {}
+    for name in scalars:  # on torch's device and in its dtype for them, as they were
+        seg.scalar_state[name] = torch.stack([states[p][name].detach().reshape(()) for p in params])
+        for i, p in enumerate(params):
+            states[p][name] = seg.scalar_state[name][i]
     seg.ptrs = [p.data_ptr() for p in params]
     seg.uses_native = len(params) >= native.MIN_PARAMS
     seg.ptr_array = torch.tensor(seg.ptrs, dtype=torch.int64)
@@ -258,8 +272,10 @@ def flatten(seg: Segment, states: dict, names: list[str], has_step: bool) -> Non
 
 
 #: bytes each tensor's place in the flat buffers is aligned to: a cache line, as PyTorch's CPU
-#: allocator aligns a tensor of its own (oneDNN and BLAS kernels read aligned weights best)
-ALIGN_BYTES = 64
+#: allocator aligns a tensor of its own (oneDNN and BLAS kernels read aligned weights best);
+#: the small tensors' piece and the whole buffers end aligned too, as kernels take them
+#: (:func:`kernel_args.length_multiple`)
+ALIGN_BYTES = kernel_args.ALIGN_BYTES
 
 
 def _aligned(offset: int, element_size: int) -> int:
@@ -299,14 +315,25 @@ def chunks(n: int, device: torch.device, size: int = CHUNK) -> list[slice]:
 
 
 def uniform_step(seg: Segment) -> int | None:
-    """The step count shared by every parameter of the segment, or None if they differ."""
+    """The step count shared by every parameter of the segment, or None if they differ or
+    their scalar state (:attr:`Segment.scalar_state`) differs: the flat path advances it as
+    one value."""
     if seg.steps is None:
         return seg.step
     if seg.step is None:
         first = seg.steps[0]
-        if bool((seg.steps == first).all()):
+        if _all_equal(seg.steps) and all(map(_all_equal, seg.scalar_state.values())):
             seg.step = int(first.item())
     return seg.step
+
+
+def _all_equal(values: Tensor) -> bool:
+    return bool((values == values[0]).all())
+
+
+def first_value(scalar: Tensor) -> float:
+    """A 0-d scalar state's value, or a segment's (:attr:`Segment.scalar_state`, all equal)."""
+    return scalar.reshape(-1)[0].item()
 
 
 Rule = Callable[..., None]

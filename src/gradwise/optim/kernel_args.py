@@ -110,6 +110,21 @@ def scalar_tensors(values: list[float], device: torch.device, dtype: torch.dtype
     return list(torch.tensor(values, dtype=dtype, device=device).unbind()) if values else []
 
 
+#: a cache line: where each tensor's place in the engine's flat buffers starts, and what the
+#: length of every piece an ahead-of-time kernel takes is a multiple of
+ALIGN_BYTES = 64
+
+
+def length_multiple(dtype: torch.dtype) -> int:
+    """Elements that the length of a piece a CPU kernel takes is a multiple of: a cache line's
+    worth (16 float32), a whole number of vectors for every vector width up to AVX-512's.
+
+    Inductor then knows the loop has no partial vector at its end, and leaves out the branch
+    that its loop otherwise takes on every iteration to look for one: Adam on 16M float32
+    elements, one thread, 20.8 against 21.8 ms a step (torch's fused kernel: 20.9 ms)."""
+    return max(ALIGN_BYTES // dtype.itemsize, 1)
+
+
 def scalar_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of a kernel's runtime scalars: float64 for float64 parameters, else float32
     (float64 scalars made the compiled loop convert each of them on every iteration)."""

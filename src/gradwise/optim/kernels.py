@@ -13,9 +13,11 @@ writes it once. Nothing is written twice: the kernel is traced from the rule its
 Every number enters as a 0-d tensor (float32, or float64 for float64 parameters): what varies
 from step to step (the learning rate, bias corrections, the decoupled-decay factor, the L1
 threshold) and the hyperparameters alike (``betas``, ``eps``, ``momentum``, ...), so that a new
-value never means a new build (see :func:`kernel_args.split`); the flat buffers' length is a dynamic
-dimension. What is baked in and part of the cache key: flags, which numbers are zero, dtypes, the
-device type, together with the torch build, the source code of
+value never means a new build (see :func:`kernel_args.split`); a piece's length is a dynamic
+dimension, a multiple of a cache line's worth of elements (:func:`kernel_args.length_multiple`:
+the engine lays its buffers out so; the few elements past a multiple in a large tensor's
+gradient take the eager update). What is baked in and part of the cache key: flags, which
+numbers are zero, dtypes, the device type, together with the torch build, the source code of
 ``update`` and the rule, and the CPU (model and instruction-set flags: kernels are compiled for
 the CPU that builds them). Building a kernel takes ~10-30 s once per machine; loading a cached one
 takes milliseconds. The cache lives in ``$GRADWISE_KERNEL_CACHE`` (default
@@ -65,7 +67,13 @@ import torch
 from torch import Tensor
 
 from gradwise import __version__
-from gradwise.optim.kernel_args import Update, scalar_dtype, scalar_tensors, split
+from gradwise.optim.kernel_args import (
+    Update,
+    length_multiple,
+    scalar_dtype,
+    scalar_tensors,
+    split,
+)
 
 _loaded: dict[tuple, Callable] = {}
 _absent: set[tuple] = set()  # kernels looked for (not to be built) and not on disk
@@ -176,7 +184,10 @@ def _source(fn) -> str:
 
 
 #: changes whenever the way kernels are built changes, so that older cached kernels are not used
-KERNEL_FORMAT = "4: float32 scalars, omp parallel, dynamic threads, hyperparameters at run time"
+KERNEL_FORMAT = (
+    "5: float32 scalars, omp parallel, dynamic threads, hyperparameters at run time, "
+    "lengths a multiple of a cache line"
+)
 
 
 @functools.cache
@@ -404,7 +415,7 @@ def child_main() -> None:
         torch.cuda.init()  # load as the parent would: with CUDA up
     names, device = spec["names"], torch.device(spec["device"])
     gen = torch.Generator().manual_seed(0)
-    n = 1000
+    n = 64 * length_multiple(spec["dtypes"][0])
 
     def tensors():
         gen.manual_seed(0)
@@ -504,7 +515,8 @@ def _load(path: Path, names: tuple[str, ...]) -> Callable:
 def _build(path: Path, module, param, grad, state, names, values) -> None:
     from torch.export import Dim, export
 
-    n = Dim("n", min=2)
+    # a multiple of a cache line (see length_multiple): no partial vector, no branch for one
+    n = length_multiple(param.dtype) * Dim("lines", min=1)
     scalars = scalar_tensors(values, param.device, scalar_dtype(param.dtype))
     inputs = (param, grad, *(state[name] for name in names), *scalars)
     shapes = ({0: n}, {0: n}, (*({0: n} for _ in names), *(None for _ in scalars)))

@@ -41,8 +41,8 @@ def nadam(
         d = sqrt(v / (1 − β2^t)) + ε
         θ ← θ − η·(1 − μ_t)/(1 − Π_t) · g/d − η·μ_{t+1}/(1 − Π_t·μ_{t+1}) · m/d
 
-    The schedule and ``Π_t`` are advanced by :meth:`NAdam.advance` (once per parameter and
-    step, as torch keeps them); this rule receives ``grad_scale = η(1 − μ_t)/(1 − Π_t)``,
+    The schedule and ``Π_t`` are advanced by :meth:`NAdam.advance` (``Π_t`` one number per
+    parameter, as torch keeps it); this rule receives ``grad_scale = η(1 − μ_t)/(1 − Π_t)``,
     ``avg_scale = η·μ_{t+1}/(1 − Π_t·μ_{t+1})`` and ``bias_correction2 = 1 − β2^t``.
 
     Differences: the paper's momentum schedule is PyTorch's (Keras' ``Nadam`` uses the same
@@ -61,9 +61,10 @@ def nadam(
 class NAdam(Optimizer):
     """NAdam, drop-in for ``torch.optim.NAdam`` (same arguments and defaults).
 
-    ``mu_product`` is per-parameter scalar state (a 0-d tensor, as in torch), so NAdam runs the
-    engine's per-tensor path. Extras: ``l1`` (proximal L1), ``state_dtype`` (moment buffers'
-    dtype). ``foreach`` is accepted and ignored.
+    ``mu_product`` is per-parameter scalar state (a 0-d tensor, as in torch); in a flat segment
+    the tensors are views of one buffer, advanced by one operation a step. Extras: ``l1``
+    (proximal L1), ``state_dtype`` (moment buffers' dtype). ``foreach`` is accepted and
+    ignored.
     """
 
     rule = staticmethod(nadam)
@@ -134,7 +135,7 @@ class NAdam(Optimizer):
         mu_product = state["mu_product"]
         mu_product *= mu  # in the counter's dtype, as torch rounds it
         # a number, read once, except on a captured step (no host sync): torch's arithmetic
-        product = mu_product if isinstance(step, Tensor) else mu_product.item()
+        product = mu_product if isinstance(step, Tensor) else engine.first_value(mu_product)
         return {
             "grad_scale": lr * (1.0 - mu) / (1.0 - product),
             "avg_scale": lr * mu_next / (1.0 - product * mu_next),

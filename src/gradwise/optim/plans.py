@@ -30,7 +30,7 @@ class Plan:
 
     options: list  # the group's options it was chosen for
     signature: tuple  # what of them shapes the kernel (:func:`signature`)
-    run: Callable[[list[float], list], int]  # run(values, targets) -> how many it updated
+    run: Callable[[list[float], list], list]  # run(values, targets) -> what it left to eager
     slots: list[tuple]  # where the runtime scalars are in the update's arguments
     runner: compiled.Runner | None = None  # CUDA: the compiled kernel, for graphs
     replayer: graphs.Replayer | None = None  # CUDA: the step's graphs
@@ -44,11 +44,11 @@ def choose(
     args: Callable[[], dict],
     rule: Callable,
     update: Callable,
-) -> Callable[[list], int] | None:
+) -> Callable[[list], list] | None:
     """The kernel for this step's flat update over ``pieces`` ``(param, grad, state)`` targets,
-    as ``kernel(targets) -> how many it updated`` (a ``functools.partial`` of its plan's
-    ``run`` with this step's scalars), or None: the eager update. ``args()`` gives ``update``'s
-    keyword arguments for this step."""
+    as ``kernel(targets) -> the targets left to the eager update`` (a ``functools.partial`` of
+    its plan's ``run`` with this step's scalars), or None: the eager update. ``args()`` gives
+    ``update``'s keyword arguments for this step."""
     fused, numel, device = group.get("fused"), seg.param.numel(), seg.param.device
     if fused is False or numel < 2:
         return None
@@ -104,14 +104,15 @@ def choose(
 
 
 def _compiled_plan(seg, runner: compiled.Runner, options, sig, slots) -> Plan:
-    def run(values: list[float], targets: list) -> int:
+    def run(values: list[float], targets: list) -> list:
         if any(param.numel() < 2 for param, _, _ in targets):
-            return 0  # a 1-element piece: Dynamo would specialize on it; eager
+            return targets  # a 1-element piece: Dynamo would specialize on it; eager
         try:
-            return runner(targets, values)
+            runner(targets, values)
         except Exception as e:
             kernels.disable(e)
-            return 0
+            return targets
+        return []
 
     record = graphs.recorder(seg.param.device) if runner.recordable else None
     # graphs only where every piece goes through the kernel (none is left to the eager update)
@@ -121,18 +122,29 @@ def _compiled_plan(seg, runner: compiled.Runner, options, sig, slots) -> Plan:
 
 def _ahead_of_time(kernel: Callable, count: int, grad: Tensor) -> Callable:
     scalars = kernel_args.Scalars(count, kernel_args.scalar_dtype(grad.dtype))
+    multiple = kernel_args.length_multiple(grad.dtype)
 
-    def run(values: list[float], targets: list) -> int:
+    def run(values: list[float], targets: list) -> list:
         filled = scalars.filled(values)
-        for done, (param, grad, state) in enumerate(targets):
-            if param.numel() < 2:
-                return done
+        left = []  # what the kernel does not take: the eager update's
+        for i, (param, grad, state) in enumerate(targets):
+            n = param.numel()
+            body = n - n % multiple  # the kernel takes whole cache lines (length_multiple)
+            if body < n:  # a large tensor's last few elements
+                left.append((param[body:], grad[body:], {k: t[body:] for k, t in state.items()}))
+                if body == 0:
+                    continue
+                param, grad, state = (
+                    param[:body],
+                    grad[:body],
+                    {k: t[:body] for k, t in state.items()},
+                )
             try:
                 kernel(param, grad, state, filled)
             except Exception as e:  # e.g. an input the kernel was not built for
                 kernels.disable(e)
-                return done
-        return len(targets)
+                return left[:-1] + targets[i:] if body < n else left + targets[i:]
+        return left
 
     return run
 

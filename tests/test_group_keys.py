@@ -9,7 +9,12 @@ import torch
 
 import gradwise.optim as go
 
-CLASSES = [n for n in go.__all__ if n != "Optimizer" and n not in ("SparseAdam", "LBFGS")]
+#: every single-rule class (Combined and MuonWithAdamW: tests/test_combined.py)
+CLASSES = [
+    n
+    for n in go.__all__
+    if n not in ("Optimizer", "SparseAdam", "LBFGS", "Combined", "MuonWithAdamW")
+]
 
 
 @pytest.mark.parametrize("name", CLASSES)

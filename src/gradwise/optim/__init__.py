@@ -29,6 +29,9 @@ SGDScheduleFree    :func:`schedulefree.schedulefree_sgd`    ``schedulefree.SGDSc
 Lamb               :func:`lamb.lamb`                        ``pytorch_optimizer.Lamb``
 Prodigy            :func:`prodigy.prodigy`                  ``prodigyopt.Prodigy``
 =================  =======================================  ==================================
+
+:class:`Combined` steps several optimizers as one; :class:`MuonWithAdamW` is Muon for the hidden
+matrices with AdamW for the other parameters (``gradwise train --optimizer muon``).
 """
 
 from gradwise.optim.adadelta import Adadelta
@@ -38,6 +41,7 @@ from gradwise.optim.adam import Adam, AdamW
 from gradwise.optim.adamax import Adamax
 from gradwise.optim.asgd import ASGD
 from gradwise.optim.base import Optimizer
+from gradwise.optim.combined import Combined, MuonWithAdamW
 from gradwise.optim.lamb import Lamb
 from gradwise.optim.lbfgs import LBFGS
 from gradwise.optim.lion import Lion
@@ -72,5 +76,7 @@ __all__ = [
     "SGDScheduleFree",
     "Lamb",
     "Prodigy",
+    "Combined",
+    "MuonWithAdamW",
     "Optimizer",
 ]

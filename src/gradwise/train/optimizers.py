@@ -126,6 +126,15 @@ SPECS: dict[str, OptimizerSpec] = {
     "lamb": OptimizerSpec("Lamb", 1e-3, _ADAM, decoupled=True),
     "prodigy": OptimizerSpec("Prodigy", 1.0, (*_ADAM, "d_coef"), decoupled=True),
     "adafactor": OptimizerSpec("Adafactor", 1e-2, ("weight_decay",), decoupled=True),
+    # Muon for the hidden layers' matrices, AdamW for the rest (train.run.muon_groups), with
+    # Muon's update scaled to AdamW's RMS so that one rate and decay serve both
+    "muon": OptimizerSpec(
+        "MuonWithAdamW",
+        1e-3,
+        ("momentum", *_ADAM),
+        dict(momentum=0.95, weight_decay=1e-2),
+        decoupled=True,
+    ),
 }
 
 
@@ -210,4 +219,7 @@ def check_hyperparameters(config) -> None:
     import torch
 
     cls, kwargs = constructor(config)
-    cls([torch.zeros(1, requires_grad=True)], lr=config.lr, **kwargs)
+    groups = [{"params": [torch.zeros(1, requires_grad=True)]}]
+    if config.optimizer == "muon":  # a matrix for Muon too, so that its settings are checked
+        groups.append({"params": [torch.zeros(2, 2, requires_grad=True)], "use_muon": True})
+    cls(groups, lr=config.lr, **kwargs)

@@ -66,12 +66,38 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.
     if config.optimizer not in users("weight_decay"):  # it has none (Rprop): no key either
         for group in groups:
             del group["weight_decay"]
+    if config.optimizer == "muon":
+        groups = muon_groups(groups)
     lr = config.lr
     if config.zero and distributed.launched():  # one process has nothing to shard
+        if config.optimizer == "muon":
+            raise ConfigError(
+                "--zero shards one optimizer's state; optimizer 'muon' is two (Muon and AdamW): "
+                "train it without --zero"
+            )
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
         return ZeroRedundancyOptimizer(groups, optimizer_class=cls, lr=lr, **kwargs)
     return cls(groups, lr=lr, **kwargs)
+
+
+def muon_groups(groups: list[dict]) -> list[dict]:
+    """``groups`` (weights first, in the model's order) with the hidden layers' 2-D weights
+    in groups of their own marked ``use_muon`` (:class:`~gradwise.optim.MuonWithAdamW`):
+    every 2-D weight but the first (the input layer, which sees the data's raw scale) and the
+    last (the output layer), as Muon's authors train. Convolution kernels, biases, norms and
+    those two layers stay with AdamW."""
+    matrices = [p for group in groups for p in group["params"] if p.dim() == 2]
+    hidden = {id(p) for p in matrices[1:-1]}
+    marked = []
+    for group in groups:
+        muon = [p for p in group["params"] if id(p) in hidden]
+        rest = [p for p in group["params"] if id(p) not in hidden]
+        if muon:
+            marked.append({**group, "params": muon, "use_muon": True})
+        if rest:
+            marked.append({**group, "params": rest})
+    return marked
 
 
 def build_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):

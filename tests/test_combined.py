@@ -110,6 +110,7 @@ def test_muon_with_adamw_is_muon_matching_adamw_rms_and_adamw():
         momentum=0.9,
         betas=(0.8, 0.99),
         eps=1e-7,
+        ns_dtype=torch.bfloat16,
     )
     muon = torch.optim.Muon(
         [b[0], b[2]], lr=0.02, weight_decay=0.1, momentum=0.9, adjust_lr_fn="match_rms_adamw"
@@ -128,6 +129,28 @@ def test_muon_with_adamw_is_muon_matching_adamw_rms_and_adamw():
         torch.testing.assert_close(a[i], b[i], rtol=1e-2, atol=1e-3)
     with pytest.raises(ValueError, match="every parameter must be 2-D"):
         go.MuonWithAdamW([{"params": [a[1]], "use_muon": True}])
+    with pytest.raises(ValueError, match="ns_dtype must be"):
+        go.Muon([a[0]], ns_dtype=torch.float16)
+
+
+def test_muon_with_adamw_orthogonalizes_in_float32_on_the_cpu():
+    """On the CPU (no bfloat16 instructions assumed) the default ``ns_dtype`` is float32: the
+    same steps as gradwise's Muon with ``ns_dtype=torch.float32``, and torch's bfloat16 Muon's
+    to bfloat16 rounding."""
+    a, b, c = _params(), _params(), _params()
+    opt = go.MuonWithAdamW([{"params": [a[0]], "use_muon": True}], lr=0.02)
+    assert opt.param_groups[0]["ns_dtype"] == torch.float32
+    mine = go.Muon([b[0]], lr=0.02, weight_decay=1e-2, adjust_lr_fn="match_rms_adamw")
+    mine.param_groups[0]["ns_dtype"] = torch.float32
+    theirs = torch.optim.Muon([c[0]], lr=0.02, weight_decay=1e-2, adjust_lr_fn="match_rms_adamw")
+    gens = [torch.Generator().manual_seed(5) for _ in range(3)]
+    for _ in range(4):
+        for params, gen in zip((a, b, c), gens):
+            _grads(params, gen)
+        for o in (opt, mine, theirs):
+            o.step()
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
+    torch.testing.assert_close(a[0], c[0], rtol=1e-2, atol=2e-3)
     with pytest.raises(TypeError, match="param groups"):
         go.MuonWithAdamW(a)
 
@@ -160,3 +183,16 @@ def test_muon_groups_give_muon_the_hidden_matrices_only():
     x = torch.randn(2, 1, 4)
     model(x).sum().backward()
     opt.step()
+
+
+def test_muon_on_a_model_without_hidden_matrices_is_refused():
+    """A model whose only 2-D weights are its input and output layers (the 1-D CNN: convolutions
+    and one output layer) would train with AdamW alone: refused, naming what to use."""
+    from gradwise.errors import ConfigError
+    from gradwise.train.config import TrainConfig
+    from gradwise.train.run import build_optimizer
+
+    config = TrainConfig(dataset="mnist1d", model="cnn1d", optimizer="muon").resolved()
+    model = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    with pytest.raises(ConfigError, match="model 'cnn1d' has none.*--optimizer adamw"):
+        build_optimizer(config, model)

@@ -68,6 +68,13 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.
             del group["weight_decay"]
     if config.optimizer == "muon":
         groups = muon_groups(groups)
+        if not any(group.get("use_muon") for group in groups):
+            raise ConfigError(
+                f"optimizer 'muon' gives Muon the hidden layers' weight matrices (every 2-D "
+                f"weight but the first and the last); model '{config.model}' has none, so "
+                "AdamW would train it all: use --optimizer adamw, or a model with hidden "
+                "linear layers (mlp)"
+            )
     lr = config.lr
     if config.zero and distributed.launched():  # one process has nothing to shard
         if config.optimizer == "muon":

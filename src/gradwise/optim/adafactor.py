@@ -14,9 +14,10 @@ def mean_square(x: Tensor, dim: int) -> Tensor:
     return torch.linalg.vector_norm(x, dim=dim, keepdim=True).square_().div_(x.size(dim))
 
 
-def norm(x: Tensor) -> float:
-    """The L2 norm of ``x``, as a number."""
-    return torch.linalg.vector_norm(x).item()
+def tensor_norms(x: Tensor) -> Tensor:
+    """The L2 norm of each tensor of the batch ``x`` (along its first dimension), as float64:
+    the arithmetic on them is torch's on the numbers it reads back (Python floats)."""
+    return torch.linalg.vector_norm(x.reshape(x.size(0), -1), dim=1).double()
 
 
 def adafactor(
@@ -32,8 +33,13 @@ def adafactor(
     rho: float,
     beta2_complement: float,
 ) -> None:
-    r"""One Adafactor step, in place ("Adafactor: Adaptive Learning Rates with Sublinear Memory
-    Cost", Shazeer & Stern, ICML 2018, algorithms 4 and 5, with PyTorch's placement of ε1).
+    r"""One Adafactor step of a batch of same-shape tensors, in place ("Adafactor: Adaptive
+    Learning Rates with Sublinear Memory Cost", Shazeer & Stern, ICML 2018, algorithms 4 and 5,
+    with PyTorch's placement of ε1).
+
+    ``param``, ``grad`` and the state hold ``k`` tensors stacked along a first dimension (a
+    parameter alone is a batch of one): every norm and mean below is per tensor, so a step of
+    many same-shape tensors is a few batched operations, with no number read back per tensor.
 
     A matrix's second moments ``V`` (one per element, as Adam's) are kept as a rank-1 product
     of a row factor ``R`` and a column factor ``C``: memory ``n + m`` instead of ``n·m``. A
@@ -55,15 +61,15 @@ def adafactor(
     (the paper's and Transformers' placement), and means replace the paper's sums; ``γ`` caps
     ``ρ_t`` (the paper: 0.01) and scales the decay. ``ε1 = None`` (PyTorch's default) is the
     machine epsilon of the group's first parameter's dtype (:meth:`Adafactor.group_arguments`).
-    A tensor with no elements is left alone (PyTorch divides by its size, zero).
+    Tensors with no elements are left alone (PyTorch divides by their size, zero).
     """
     if param.numel() == 0:
         return
-    root_n = param.numel() ** 0.5
-    alpha = max(eps2, norm(param) / root_n) * rho
+    root_n = param[0].numel() ** 0.5
+    alpha = tensor_norms(param).div_(root_n).clamp_(min=eps2).mul_(rho)
     if weight_decay != 0:
         param.mul_(1 - lr * weight_decay)
-    if grad.dim() > 1:
+    if grad.dim() > 2:  # a batch of matrices (or of batches of matrices)
         row_var, col_var = state["row_var"], state["col_var"]
         row_var.lerp_(mean_square(grad, -1), beta2_complement)
         col_var.lerp_(mean_square(grad, -2), beta2_complement)
@@ -73,16 +79,33 @@ def adafactor(
         variance.lerp_(grad * grad, beta2_complement)
         estimate = variance.clone()
     step = estimate.clamp_(min=eps1 * eps1).rsqrt_().mul_(grad)
-    param.add_(step, alpha=-alpha / max(1.0, norm(step) / (root_n * d)))
+    clipping = tensor_norms(step).div_(root_n * d).clamp_(min=1.0)
+    sub_scaled_each_(param, step, alpha.div_(clipping))
+
+
+def sub_scaled_each_(param: Tensor, x: Tensor, scales: Tensor) -> None:
+    """``θ_i ← θ_i − s_i·x_i`` for each tensor ``i`` of the batch, rounded as torch's
+    ``θ.add_(x, alpha=−s)`` rounds it: ``s`` to the tensors' arithmetic dtype, then one fused
+    multiply-add. A batch of one does exactly that, and so does a float64 batch, one tensor at
+    a time; a larger float32 or lower-precision one computes ``θ − s·x`` in float64 (the product
+    of two float32 numbers is exact there) and rounds it once."""
+    if param.size(0) == 1 or x.dtype == torch.float64:
+        for p, t, s in zip(param.unbind(0), x.unbind(0), scales.tolist()):
+            p.add_(t, alpha=-s)
+        return
+    opmath = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    scales = scales.to(opmath).double().view(-1, *([1] * (x.dim() - 1)))
+    param.copy_(param.double().addcmul_(x.double(), scales, value=-1))
 
 
 class Adafactor(ShapedOptimizer):
     """Adafactor, drop-in for ``torch.optim.Adafactor`` (same arguments and defaults).
 
-    Its rule needs each tensor's shape (the factored moments of a matrix), so it runs per
-    tensor, never on the engine's flat buffers; the state is torch's: ``step``, and
-    ``row_var``/``col_var`` for a tensor of two or more dimensions, ``variance`` for one of
-    fewer. Extras: ``l1`` (proximal L1), ``state_dtype`` (the moments' dtype). ``foreach`` is
+    Its rule needs each tensor's shape (the factored moments of a matrix), so it never runs on
+    the engine's flat buffers: the tensors of one shape are stepped together, as a batch. The
+    state is torch's: ``step``, and ``row_var``/``col_var`` for a tensor of two or more
+    dimensions, ``variance`` for one of fewer. Extras: ``l1`` (proximal L1), ``state_dtype``
+    (the moments' dtype). ``foreach`` is
     accepted and ignored. Complex parameters and sparse gradients are refused at ``step()``, as
     torch refuses them.
 
@@ -94,6 +117,7 @@ class Adafactor(ShapedOptimizer):
     """
 
     rule = staticmethod(adafactor)
+    batched = True  # same-shape tensors stepped together: no number read back per tensor
     decay_in_rule = True  # after α_t, which reads θ before the decay
 
     def __init__(

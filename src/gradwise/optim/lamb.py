@@ -26,14 +26,25 @@ def tensor_norms(x: Tensor, sizes: list[int] | None) -> Tensor:
 
 
 def sub_scaled_per_tensor_(
-    param: Tensor, x: Tensor, factors: Tensor, scale: float, sizes: list[int] | None
+    param: Tensor,
+    x: Tensor,
+    factors: Tensor,
+    scale: float,
+    sizes: list[int] | None,
+    *,
+    scratch: bool = False,
 ) -> None:
-    """``θ_i ← θ_i − scale·factor_i·x_i`` for each tensor ``i`` (see :func:`tensor_norms`)."""
+    """``θ_i ← θ_i − scale·factor_i·x_i`` for each tensor ``i`` (see :func:`tensor_norms`);
+    ``scratch``: ``x`` is a temporary that may be overwritten (no other one of its size)."""
     if sizes is None:
-        engine.sub_scaled_(param, x * factors, scale)
+        engine.sub_scaled_(param, x.mul_(factors) if scratch else x * factors, scale)
         return
-    steps = torch._foreach_mul(x.split(sizes), list(factors.unbind()))
-    torch._foreach_add_(list(param.split(sizes)), steps, alpha=-scale)
+    parts, factors = x.split(sizes), list(factors.unbind())
+    if scratch:
+        torch._foreach_mul_(parts, factors)
+    else:
+        parts = torch._foreach_mul(parts, factors)
+    torch._foreach_add_(list(param.split(sizes)), parts, alpha=-scale)
 
 
 def lamb(
@@ -90,8 +101,8 @@ def lamb(
             return
         direction = exp_avg / engine.sqrt_plus(exp_avg_sq, eps) if rectified else exp_avg
         update = param - direction * step_size
-    else:
-        direction = update = exp_avg * engine.sqrt_plus(exp_avg_sq, eps).reciprocal_()
+    else:  # one temporary the size of θ: 1/(sqrt(v) + ε), then times m, in place
+        direction = update = engine.sqrt_plus(exp_avg_sq, eps).reciprocal_().mul_(exp_avg)
         if not weight_decouple and weight_decay > 0:
             engine.add_scaled_(update, param, weight_decay)
     weight_norm = tensor_norms(param, sizes).clamp_(max=CLAMP)
@@ -102,7 +113,8 @@ def lamb(
         ratio = torch.where(
             (weight_norm != 0) & (update_norm != 0), weight_norm / (update_norm + eps), 1.0
         )
-    sub_scaled_per_tensor_(param, direction, ratio, step_size, sizes)
+    scratch = direction is not exp_avg  # m itself before rectification's threshold
+    sub_scaled_per_tensor_(param, direction, ratio, step_size, sizes, scratch=scratch)
 
 
 class Lamb(Optimizer):

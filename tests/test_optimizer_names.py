@@ -196,6 +196,8 @@ def test_train_flags_reach_the_optimizer(tmp_path, optimizer):
         (["--optimizer", "adam", "--decoupled-weight-decay"], "applies to nadam, radam"),
         (["--optimizer", "adadelta", "--rho", "2"], "rho must be in"),
         (["--optimizer", "rprop", "--etas", "1.5"], "'--etas': expected two numbers"),
+        (["--optimizer", "lbfgs"], "LBFGS .*closure.*use it from Python; the trainer's optim"),
+        (["--optimizer", "sparseadam"], "SparseAdam .*sparse gradients.*use it from Python"),
     ],
 )
 def test_train_refuses_in_one_line(tmp_path, args, match):

@@ -30,6 +30,26 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM (kill, timeout, a job scheduler)
 
 
+#: gradwise.optim classes that the trainer does not run, and why (``--optimizer`` says so)
+PYTHON_ONLY = {
+    "lbfgs": "LBFGS (gradwise.optim.LBFGS) re-evaluates the loss through a closure at every "
+    "step and is made for full batches: use it from Python",
+    "sparseadam": "SparseAdam (gradwise.optim.SparseAdam) takes sparse gradients "
+    "(nn.Embedding(sparse=True)), which the trainer's models do not make: use it from Python",
+}
+
+
+class OptimizerChoice(click.Choice):
+    """``click.Choice`` of the optimizer names, which says why a name of a Python-only class
+    (:data:`PYTHON_ONLY`) is not one of them."""
+
+    def convert(self, value, param, ctx):
+        why = PYTHON_ONLY.get(str(value).lower())
+        if why is not None:
+            self.fail(f"{value!r}: {why}; the trainer's optimizers are {', '.join(self.choices)}")
+        return super().convert(value, param, ctx)
+
+
 def echo_error(message: str) -> None:
     """``gradwise: error: MESSAGE`` on stderr, on one line, naming the rank in a distributed run."""
     text = " ".join(str(message).split())
@@ -268,7 +288,7 @@ def train_options(fn):
             help="Weight init; auto = He for ReLU-like, Xavier for tanh/sigmoid, LeCun for SELU.",
         ),
         click.option(
-            "--optimizer", type=click.Choice(OPTIMIZERS), help="Update rule.  [default: adam]"
+            "--optimizer", type=OptimizerChoice(OPTIMIZERS), help="Update rule.  [default: adam]"
         ),
         click.option("--lr", type=float, help="Learning rate.  [default: per optimizer]"),
         *hyperparameter_options(),

@@ -196,3 +196,24 @@ def test_muon_on_a_model_without_hidden_matrices_is_refused():
     model = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3))
     with pytest.raises(ConfigError, match="model 'cnn1d' has none.*--optimizer adamw"):
         build_optimizer(config, model)
+
+
+def test_gradwise_train_muon_resumes_exactly(tmp_path):
+    """``gradwise train --optimizer muon`` checkpoints both members: 2 epochs, then resumed to
+    4, equals 4 epochs at once, weight for weight."""
+    from click.testing import CliRunner
+
+    from gradwise.cli import main
+    from gradwise.train import checkpoint as ckpt
+
+    def train(*args):
+        done = CliRunner().invoke(main, ["train", "--no-progress", *args])
+        assert done.exit_code == 0, done.output
+
+    train("--optimizer", "muon", "--epochs", "2", "--out", str(tmp_path / "short"))
+    train("--optimizer", "muon", "--epochs", "4", "--out", str(tmp_path / "long"))
+    train("--resume", str(tmp_path / "short"), "--epochs", "4")  # the saved configuration
+    short = ckpt.load_latest(tmp_path / "short")[0]["model"]
+    long = ckpt.load_latest(tmp_path / "long")[0]["model"]
+    for name, tensor in long.items():
+        assert torch.equal(short[name], tensor), name

@@ -155,12 +155,11 @@ class MuonWithAdamW(Combined):
             )
         for g in groups:
             checks.flag("MuonWithAdamW", "use_muon", g.get("use_muon", False))
-        muon = [
-            {k: v for k, v in g.items() if k != "use_muon"} for g in groups if g.get("use_muon")
-        ]
-        adam = [
-            {k: v for k, v in g.items() if k != "use_muon"} for g in groups if not g.get("use_muon")
-        ]
+        muon, adam = [], []
+        for g in groups:
+            (muon if g.get("use_muon") else adam).append(
+                {k: v for k, v in g.items() if k != "use_muon"}
+            )
         common = dict(lr=lr, weight_decay=weight_decay, l1=l1)
         members = []
         if muon:

@@ -81,8 +81,6 @@ class ShapedOptimizer(Optimizer):
             self._step_batches(group, params)
             return
         constants = self.group_arguments(group, params)
-        l1 = group.get("l1", 0.0)
-        lr = group["lr"]
         for p in params:
             state = self.state[p]
             if not state:
@@ -91,24 +89,31 @@ class ShapedOptimizer(Optimizer):
             if self.has_step:
                 state["step"] += 1
                 step = state["step"].item()
-            update(
-                type(self).rule,
-                p,
-                p.grad,
-                {n: t for n, t in state.items() if n != "step"},
-                maximize=group.get("maximize", False),
-                weight_decay=0.0,  # placed by the rule, where the reference places it
-                shrink=None,
-                l1_threshold=lr * l1 if l1 else None,
-                hyperparameters=constants,
-                coefficients=self.tensor_coefficients(group, p, step),
+            moments = {n: t for n, t in state.items() if n != "step"}
+            self._update(
+                p, p.grad, moments, group, constants, self.tensor_coefficients(group, p, step)
             )
+
+    def _update(self, param, grad, state, group, constants, coefficients) -> None:
+        """The base's steps 1-4 around the rule, for one tensor or one batch of them."""
+        l1 = group.get("l1", 0.0)
+        update(
+            type(self).rule,
+            param,
+            grad,
+            state,
+            maximize=group.get("maximize", False),
+            weight_decay=0.0,  # placed by the rule, where the reference places it
+            shrink=None,
+            l1_threshold=group["lr"] * l1 if l1 else None,
+            hyperparameters=constants,
+            coefficients=coefficients,
+        )
 
     def _step_batches(self, group: dict, params: list[Tensor]) -> None:
         """The step of :attr:`batched` rules: one call of the rule for each set of parameters
         with the same shape, dtypes, device and step count (stacked, then copied back)."""
         constants = self.group_arguments(group, params)
-        l1 = group.get("l1", 0.0)
         states = []
         for p in params:
             state = self.state[p]
@@ -139,18 +144,8 @@ class ShapedOptimizer(Optimizer):
                 param = torch.stack([p for p, _ in members])
                 grad = torch.stack([p.grad for p, _ in members])
                 stacked = {n: torch.stack([state[n] for _, state in members]) for n in names}
-            update(
-                type(self).rule,
-                param,
-                grad,
-                stacked,
-                maximize=group.get("maximize", False),
-                weight_decay=0.0,  # placed by the rule, where the reference places it
-                shrink=None,
-                l1_threshold=group["lr"] * l1 if l1 else None,
-                hyperparameters=constants,
-                coefficients=self.tensor_coefficients(group, members[0][0], step),
-            )
+            coefficients = self.tensor_coefficients(group, members[0][0], step)
+            self._update(param, grad, stacked, group, constants, coefficients)
             if len(members) > 1:
                 torch._foreach_copy_([p for p, _ in members], list(param.unbind(0)))
                 for n in names:

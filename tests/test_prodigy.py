@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gradwise.optim as go
+from gradwise.optim import prodigy as prodigy_module
 
 prodigyopt = pytest.importorskip("prodigyopt")
 
@@ -80,7 +81,11 @@ def assert_same(ours, ref, a, b, tol):
 
 @pytest.mark.parametrize("kw", GRID, ids=[str(k) or "defaults" for k in GRID])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_prodigy_equals_prodigyopt(kw, dtype):
+@pytest.mark.parametrize("numbers", [True, False], ids=["numbers", "device-scalars"])
+def test_prodigy_equals_prodigyopt(kw, dtype, numbers, monkeypatch):
+    """Both ways of passing the step's scalars: as numbers (the CPU's) and as 0-d tensors
+    (an accelerator's, see ``reads_numbers``)."""
+    monkeypatch.setattr(prodigy_module, "reads_numbers", lambda device: numbers)
     a, b = params(dtype)
     ours, ref = go.Prodigy(a, **kw), prodigyopt.Prodigy(b, **kw)
     lockstep(ours, ref, a, b, STEPS)
@@ -104,8 +109,10 @@ def test_groups_with_lr_zero_and_a_first_step_without_gradient():
 
 
 def test_no_host_sync_after_the_first_update(monkeypatch):
-    """The estimate stays on the device: after the first update, a step reads no tensor's
-    value on the host (no .item(), no bool())."""
+    """On an accelerator the estimate stays on the device: after the first update, a step
+    reads no tensor's value on the host (no .item(), .tolist() or bool()). Checked on the
+    CPU with the step told it is on such a device."""
+    monkeypatch.setattr(prodigy_module, "reads_numbers", lambda device: False)
     a, _ = params(torch.float32)
     opt = go.Prodigy(a)
     for x in a:
@@ -115,13 +122,30 @@ def test_no_host_sync_after_the_first_update(monkeypatch):
     def refused(*args):
         raise AssertionError("a host sync in Prodigy.step")
 
-    monkeypatch.setattr(torch.Tensor, "item", refused)
-    monkeypatch.setattr(torch.Tensor, "__bool__", refused)
+    for name in ("item", "tolist", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, refused)
     for _ in range(3):
         opt.step()
     monkeypatch.undo()
     assert isinstance(opt.param_groups[0]["d"], torch.Tensor)
     assert opt.param_groups[0]["k"] == 4
+
+
+def test_the_cpu_reads_its_scalars_once_per_phase_and_group(monkeypatch):
+    """On the CPU a step reads its scalars as numbers once per phase and group, not per
+    tensor (reading a CPU tensor is no device sync), and still equals the reference."""
+    a, b = params(torch.float64)
+    groups = [{"params": a[:2]}, {"params": a[2:], "eps": 1e-6}]
+    ours = go.Prodigy(groups)
+    ref = prodigyopt.Prodigy([{"params": b[:2]}, {"params": b[2:], "eps": 1e-6}])
+    lockstep(ours, ref, a, b, 1)
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t) or tolist(t))
+    lockstep(ours, ref, a, b, 3)
+    monkeypatch.undo()
+    assert len(reads) == 3 * 2 * 2  # 3 steps, 2 phases, 2 groups
+    assert_same(ours, ref, a, b, RTOL[torch.float64])
 
 
 def test_state_dicts_interchange_both_ways():

@@ -19,23 +19,34 @@ D_STATE = ("d", "d_max", "d_numerator", "d_denom", "d_hat")
 ESTIMATE, DESCEND = 1, 2
 
 
+def reads_numbers(device: torch.device) -> bool:
+    """Whether a step reads its scalars as Python numbers: on the CPU, where reading a tensor
+    is no device sync (once per phase and group), and numbers let the elementwise operations
+    take their one-pass forms. Elsewhere the scalars stay 0-d tensors on the device."""
+    return device.type == "cpu"
+
+
 def prodigy(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Tensor],
     *,
     phase: int,
-    betas: tuple[float, float],
+    beta1: float,
+    beta2: float,
     beta3: float,
-    eps: float,
     weight_decay: float,
     decouple: bool,
-    d: Tensor,
-    dlr: Tensor,
-    d_ratio: Tensor | None = None,
+    first_scale: float | Tensor = 0.0,
+    second_scale: float | Tensor = 0.0,
+    s_scale: float | Tensor = 0.0,
+    numerator_scale: float | Tensor = 0.0,
+    numerator: Tensor | None = None,
+    denominator: Tensor | None = None,
     active: bool = True,
-    safeguard_warmup: bool = False,
-    sums: Tensor | None = None,
+    root_eps: float | Tensor = 0.0,
+    decay_scale: float | Tensor = 0.0,
+    step_scale: float | Tensor = 0.0,
 ) -> None:
     r"""One half of a Prodigy step, in place ("Prodigy: An Expeditiously Adaptive
     Parameter-Free Learner", Mishchenko & Defazio, ICML 2024, algorithm 5).
@@ -47,11 +58,11 @@ def prodigy(
     the parameters at their first step (``p0``)::
 
         phase ESTIMATE, for every tensor:
-          N += (d/d0)·dlr·⟨g, θ0 − θ⟩             (into sums[0]; the numerator's new part)
+          N += (d/d0)·dlr·⟨g, θ0 − θ⟩             (into numerator; the numerator's new part)
           m ← β1·m + d·(1 − β1)·g                 (exp_avg, absent when β1 = 0)
           v ← β2·v + d²·(1 − β2)·g²               (exp_avg_sq)
           s ← β3·s + (d/d0)·dlr·g                 ((d/d0)·d with safeguard_warmup)
-          D += Σ|s|                               (into sums[1])
+          D += Σ|s|                               (into denominator)
         between the phases, once for all tensors (:meth:`Prodigy.step`):
           numerator ← β3·numerator + N,  d̂ = d_coef·numerator / D
           d ← max(d, d̂) while d = d0;  d_max ← max(d_max, d̂);  d ← min(d_max, d·growth_rate)
@@ -59,32 +70,69 @@ def prodigy(
           θ ← θ − λ·dlr·θ                          (decouple)
           θ ← θ − dlr·m / (sqrt(v) + d·ε)          (β1 = 0: θ − dlr·d·g / (sqrt(v) + d·ε))
 
-    ``sums`` is a 2-element float64 accumulator on the parameters' device: the estimate's
-    reduction over every parameter stays there, read by no ``.item()``. A group whose lr is 0
-    is not ``active``: its moments stay, but it still decays in DESCEND, as in the reference.
+    The products of scalars come from :func:`prodigy_coefficients`, once per step:
+    ``first_scale = d·(1 − β1)``, ``second_scale = d²·(1 − β2)``, ``s_scale``,
+    ``numerator_scale = (d/d0)·dlr``; ``root_eps = d·ε``, ``decay_scale = λ·dlr``,
+    ``step_scale = dlr`` (``dlr·d`` when β1 = 0). ``numerator`` and ``denominator`` are 0-d
+    float64 accumulators on the parameters' device: the estimate's reduction over every
+    parameter stays there, read by no ``.item()``. A group whose lr is 0 is not ``active``: its
+    moments stay, but it still decays in DESCEND, as in the reference.
     """
-    beta1, beta2 = betas
     if not decouple and weight_decay != 0:
         grad = engine.added_scaled(grad, param, weight_decay)
     exp_avg_sq = state["exp_avg_sq"]
     if phase == DESCEND:
-        denom = engine.sqrt_plus(exp_avg_sq, d * eps)
+        denom = engine.sqrt_plus(exp_avg_sq, root_eps)
         if decouple and weight_decay != 0:
-            engine.add_scaled_(param, param, -weight_decay * dlr)
-        if beta1 > 0:
-            engine.sub_scaled_ratio_(param, state["exp_avg"], denom, dlr)
-        else:
-            engine.sub_scaled_ratio_(param, grad, denom, dlr * d)
+            engine.sub_scaled_(param, param, decay_scale)
+        engine.sub_scaled_ratio_(param, state["exp_avg"] if beta1 > 0 else grad, denom, step_scale)
         return
     if not active:
         return
     s, p0 = state["s"], state["p0"]
-    sums[0] += torch.dot(grad.reshape(-1), (p0 - param).reshape(-1)) * (d_ratio * dlr)
+    engine.add_scaled_(
+        numerator, torch.dot(grad.reshape(-1), (p0 - param).reshape(-1)), numerator_scale
+    )
     if beta1 > 0:
-        engine.add_scaled_(state["exp_avg"].mul_(beta1), grad, d * (1 - beta1))
-    engine.addcmul_(exp_avg_sq.mul_(beta2), grad, grad, d * d * (1 - beta2))
-    engine.add_scaled_(s.mul_(beta3), grad, d_ratio * (d if safeguard_warmup else dlr))
-    sums[1] += s.abs().sum()
+        engine.add_scaled_(state["exp_avg"].mul_(beta1), grad, first_scale)
+    engine.addcmul_(exp_avg_sq.mul_(beta2), grad, grad, second_scale)
+    engine.add_scaled_(s.mul_(beta3), grad, s_scale)
+    denominator.add_(s.abs().sum())
+
+
+def prodigy_coefficients(
+    phase: int,
+    d: Tensor,
+    dlr: Tensor,
+    d0: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    safeguard_warmup: bool,
+    numbers: bool,
+) -> dict[str, float | Tensor]:
+    """A phase's products of scalars for :func:`prodigy` (see its equations), from the
+    estimate ``d`` and ``dlr`` (0-d float64 tensors): as such tensors, or with ``numbers`` as
+    Python floats (on the CPU, where reading a tensor is no device sync and the elementwise
+    operations take a number as an argument instead of a tensor)."""
+    beta1, beta2 = betas
+    if phase == ESTIMATE:
+        d_ratio = d / d0
+        values = {
+            "first_scale": d * (1 - beta1),
+            "second_scale": d * d * (1 - beta2),
+            "s_scale": d_ratio * (d if safeguard_warmup else dlr),
+            "numerator_scale": d_ratio * dlr,
+        }
+    else:
+        values = {
+            "root_eps": d * eps,
+            "decay_scale": weight_decay * dlr,
+            "step_scale": dlr if beta1 > 0 else dlr * d,
+        }
+    if numbers:
+        values = dict(zip(values, torch.stack(list(values.values())).tolist()))
+    return values
 
 
 class Prodigy(Optimizer):
@@ -94,8 +142,12 @@ class Prodigy(Optimizer):
     A step is two passes of the engine over the parameters (:func:`prodigy`'s two phases)
     around one reduction, which stays on the device: ``d``, ``d_max``, ``d_numerator``,
     ``d_denom`` and ``d_hat`` are 0-d float64 tensors in the param groups while training
-    (numbers in a state dict). The only host sync is on the steps before the first update,
-    whose skip (no gradient yet) depends on the reduction, as in the reference.
+    (numbers in a state dict). On an accelerator the only host sync is on the steps before
+    the first update, whose skip (no gradient yet) depends on the reduction, as in the
+    reference. On the CPU, where reading a tensor syncs nothing, each pass reads its products
+    of scalars as numbers once per group (:func:`reads_numbers`), so that the elementwise
+    operations run in their one-pass forms (``addcdiv_`` with a number, not a multiply, a
+    divide and a subtract through a temporary).
 
     Refused: ``slice_p`` other than 1 (the estimate on every p-th element only: an
     approximation the engine's flat buffers do not make) and ``fsdp_in_use=True``
@@ -224,22 +276,38 @@ class Prodigy(Optimizer):
         if first["use_bias_correction"]:
             correction = ((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1))
         dlr = d * lr * correction
-        sums = torch.zeros(2, dtype=torch.float64, device=device)
-        shared = dict(betas=(beta1, beta2), beta3=beta3, decouple=first["decouple"], dlr=dlr)
+        numbers = reads_numbers(device)
+        numerator = torch.zeros((), dtype=torch.float64, device=device)
+        denominator = torch.zeros((), dtype=torch.float64, device=device)
+        shared = dict(beta1=beta1, beta2=beta2, beta3=beta3, decouple=first["decouple"])
+
+        def arguments(phase: int, g: dict, d: Tensor, dlr: Tensor) -> dict:
+            return dict(
+                shared,
+                phase=phase,
+                weight_decay=g["weight_decay"],
+                **prodigy_coefficients(
+                    phase,
+                    d,
+                    dlr,
+                    g["d0"],
+                    (beta1, beta2),
+                    g["eps"],
+                    g["weight_decay"],
+                    g["safeguard_warmup"],
+                    numbers,
+                ),
+            )
+
         for g in groups:
             self._arguments[id(g)] = dict(
-                shared,
-                phase=ESTIMATE,
-                eps=g["eps"],
-                weight_decay=g["weight_decay"],
-                d=d,
-                d_ratio=d / g["d0"],
+                arguments(ESTIMATE, g, d, dlr),
+                numerator=numerator,
+                denominator=denominator,
                 active=g["lr"] > 0,
-                safeguard_warmup=g["safeguard_warmup"],
-                sums=sums,
             )
         super().step()
-        numerator, denominator = scalar(first["d_numerator"]) * beta3 + sums[0], sums[1]
+        numerator = scalar(first["d_numerator"]) * beta3 + numerator
         progressed = denominator != 0
         if k == 0 and not bool(progressed):  # no gradient yet: no update, as the reference
             return loss
@@ -250,17 +318,11 @@ class Prodigy(Optimizer):
         # after the first update D > 0 always (s is never all zero again): kept on the device
         new_d = torch.where(progressed, new_d, d)
         new_max = torch.where(progressed, new_max, d_max)
+        descent_dlr = torch.where(progressed, dlr, 0.0)
         for g in groups:
             g.update(d_numerator=numerator, d_denom=denominator, d=new_d, d_max=new_max)
             g["d_hat"] = d_hat
-            self._arguments[id(g)] = dict(
-                shared,
-                phase=DESCEND,
-                eps=g["eps"],
-                weight_decay=g["weight_decay"],
-                d=new_d,
-                dlr=torch.where(progressed, dlr, 0.0),
-            )
+            self._arguments[id(g)] = arguments(DESCEND, g, new_d, descent_dlr)
         super().step()
         for g in groups:
             g["k"] += 1

@@ -212,3 +212,54 @@ def test_train_step_harness_times_whole_iterations(monkeypatch):
     rows = ts.run(cfg)["rows"]
     assert [r["reference"] for r in rows] == ["lion_pytorch.Lion", "schedulefree.AdamWScheduleFree"]
     assert all(min(r["ms"].values()) > 0 for r in rows)
+
+
+def test_train_step_muon_rows_pair_torch_muon_with_adamw_and_skip_models_without_matrices(
+    monkeypatch,
+):
+    """Muon's row: the hidden matrices to Muon and the rest to AdamW on both sides (torch's
+    Muon and fused AdamW, gradwise's MuonWithAdamW), ``muon-bf16`` with gradwise orthogonalizing
+    in bfloat16 as torch does; a model without hidden matrices is skipped with its reason."""
+    import torch
+
+    from gradwise.lab import train_step as ts
+
+    mlp = ts.Model(
+        "mlp",
+        "three Linear layers",
+        lambda: torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.Linear(16, 4)
+        ),
+        lambda g: (torch.randn(5, 8, generator=g), torch.randint(0, 4, (5,), generator=g)),
+    )
+    conv = ts.Model(
+        "conv",
+        "a convolution and a Linear",
+        lambda: torch.nn.Sequential(
+            torch.nn.Conv1d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(12, 4)
+        ),
+        lambda g: (torch.randn(5, 1, 8, generator=g), torch.randint(0, 4, (5,), generator=g)),
+    )
+    monkeypatch.setitem(ts.MODELS, "mlp", mlp)
+    monkeypatch.setitem(ts.MODELS, "conv", conv)
+    params = list(mlp.build().parameters())
+    for name in ("muon", "muon-bf16"):
+        reference = ts._make_optimizer("torch", name, params)
+        ours = ts._make_optimizer("gradwise", name, params)
+        assert [p.shape for g in reference.muon.param_groups for p in g["params"]] == [(16, 16)]
+        assert len([p for g in reference.adamw.param_groups for p in g["params"]]) == 5
+        muon, adamw = ours.optimizers
+        assert [p.shape for g in muon.param_groups for p in g["params"]] == [(16, 16)]
+        assert len([p for g in adamw.param_groups for p in g["params"]]) == 5
+        expected = torch.bfloat16 if name == "muon-bf16" else torch.float32
+        assert all(g["ns_dtype"] == expected for g in muon.param_groups)
+    logged: list[str] = []
+    cfg = ts.Config(models=["mlp", "conv"], optimizers=["muon"], rounds=2, iterations=1, warmup=1)
+    results = ts.run(cfg, logged.append)
+    assert [(r["model"], r["reference"]) for r in results["rows"]] == [
+        ("mlp", "torch.optim.Muon + AdamW(fused=True)")
+    ]
+    [skipped] = results["skipped"]
+    assert (skipped["model"], skipped["optimizer"]) == ("conv", "muon")
+    assert "hidden 2-D weight" in skipped["why"]
+    assert any("conv × muon: skipped" in line for line in logged)

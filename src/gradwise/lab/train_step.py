@@ -168,10 +168,19 @@ class Algorithm:
     # heavyball's class for the same algorithm, with its keyword arguments for the same
     # hyperparameters (its defaults differ), or None
     heavyball: tuple[str, dict[str, Any]] | None = None
+    # the model's parameters -> the param groups both optimizers take (default: one group)
+    groups: Callable[[list[Tensor]], list] | None = None
+    # keyword arguments for gradwise's class only (an option the reference does not have)
+    gradwise_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def param_groups(self, params) -> list:
+        params = list(params)
+        return self.groups(params) if self.groups is not None else params
 
     def make_reference(self, params) -> torch.optim.Optimizer:
         module, _, name = self.reference.rpartition(".")
-        return getattr(importlib.import_module(module), name)(params, **self.kwargs, **self.fastest)
+        cls = getattr(importlib.import_module(module), name)
+        return cls(self.param_groups(params), **self.kwargs, **self.fastest)
 
     def make_heavyball(self, params) -> torch.optim.Optimizer:
         if self.heavyball is None:
@@ -181,8 +190,57 @@ class Algorithm:
 
     @property
     def label(self) -> str:
+        if self.groups is _muon_groups:
+            return "torch.optim.Muon + AdamW(fused=True)"
         flags = ", ".join(f"{k}=True" for k in self.fastest)
         return f"{self.reference}({flags})" if flags else self.reference
+
+
+class NotApplicable(ValueError):
+    """A model × optimizer row that cannot be timed (e.g. Muon on a model without hidden
+    matrices): the run skips it and says why."""
+
+
+def _muon_groups(params: list[Tensor]) -> list[dict]:
+    """The hidden layers' 2-D weights for Muon, the rest for AdamW, as ``gradwise train
+    --optimizer muon`` splits a model; a model without such weights has no Muon row."""
+    from gradwise.train.run import muon_groups
+
+    groups = muon_groups([{"params": params}])
+    if not any(g.get("use_muon") for g in groups):
+        raise NotApplicable("it has no hidden 2-D weight for Muon (convolutions are 4-D)")
+    return groups
+
+
+class TorchMuonWithAdamW(torch.optim.Optimizer):
+    """The reference for gradwise's ``MuonWithAdamW``: ``torch.optim.Muon`` on the groups
+    marked ``use_muon`` (``adjust_lr_fn="match_rms_adamw"``, so one learning rate serves both)
+    and ``torch.optim.AdamW(fused=True)`` on the rest, stepped one after the other."""
+
+    def __init__(self, groups, lr, weight_decay, momentum, betas=(0.9, 0.999), eps=1e-8):
+        muon = [
+            {k: v for k, v in g.items() if k != "use_muon"} for g in groups if g.get("use_muon")
+        ]
+        rest = [g for g in groups if not g.get("use_muon")]
+        self.muon = torch.optim.Muon(
+            muon,
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            adjust_lr_fn="match_rms_adamw",
+        )
+        self.adamw = torch.optim.AdamW(
+            rest, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True
+        )
+        super().__init__([p for g in groups for p in g["params"]], {})
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def step(self, closure=None):
+        self.muon.step()
+        self.adamw.step()
 
 
 _ADAM_LIKE = {"lr": 1e-4, "betas": (0.9, 0.999)}
@@ -233,6 +291,21 @@ OPTIMIZERS: dict[str, Algorithm] = {
     "adafactor": Algorithm("Adafactor", {"lr": 1e-3}, "torch.optim.Adafactor", {"foreach": True}),
     "lamb": Algorithm("Lamb", {"lr": 1e-4}, "pytorch_optimizer.Lamb"),
     "prodigy": Algorithm("Prodigy", {"lr": 1.0}, "prodigyopt.Prodigy"),
+    "muon": Algorithm(
+        "MuonWithAdamW",
+        {"lr": 1e-3, "weight_decay": 1e-2, "momentum": 0.95},
+        "gradwise.lab.train_step.TorchMuonWithAdamW",
+        groups=_muon_groups,
+    ),
+    # torch's Muon orthogonalizes in bfloat16; gradwise's on the CPU in float32 by default
+    # (a bfloat16 matmul is 20-50x slower than a float32 one on a CPU without bf16 units)
+    "muon-bf16": Algorithm(
+        "MuonWithAdamW",
+        {"lr": 1e-3, "weight_decay": 1e-2, "momentum": 0.95},
+        "gradwise.lab.train_step.TorchMuonWithAdamW",
+        groups=_muon_groups,
+        gradwise_kwargs={"ns_dtype": torch.bfloat16},
+    ),
 }
 DEFAULT_OPTIMIZERS = ["adam", "adamw", "sgd", "rmsprop"]
 
@@ -304,7 +377,9 @@ def _make_optimizer(impl: str, optimizer: str, params) -> torch.optim.Optimizer:
     else:
         import gradwise.optim as go
 
-        opt = getattr(go, algorithm.gradwise)(params, **algorithm.kwargs)
+        opt = getattr(go, algorithm.gradwise)(
+            algorithm.param_groups(params), **algorithm.kwargs, **algorithm.gradwise_kwargs
+        )
     if callable(getattr(opt, "train", None)):  # Schedule-Free: steps are taken in train mode
         opt.train()
     return opt
@@ -400,12 +475,16 @@ def run(cfg: Config | None = None, log: Callable[[str], None] | None = None) -> 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
-    rows = []
+    rows, skipped = [], []
     try:
         for model_name in cfg.models:
             for optimizer in cfg.optimizers:
                 log(f"{model_name} × {optimizer}")
-                rows.append(run_row(cfg, model_name, optimizer, log))
+                try:
+                    rows.append(run_row(cfg, model_name, optimizer, log))
+                except NotApplicable as why:
+                    log(f"{model_name} × {optimizer}: skipped, {why}")
+                    skipped.append({"model": model_name, "optimizer": optimizer, "why": str(why)})
     finally:
         torch.set_num_threads(previous)
     ratios = {}
@@ -427,6 +506,7 @@ def run(cfg: Config | None = None, log: Callable[[str], None] | None = None) -> 
         },
         "loadavg": {"start": load_start, "end": os.getloadavg() if load_start else None},
         "rows": rows,
+        "skipped": skipped,
         "geomean_ratio": ratios,
     }
 

@@ -29,7 +29,9 @@ def newton_schulz(
     dtype: torch.dtype = torch.bfloat16,
 ) -> Tensor:
     r"""The orthogonalization of a matrix ``x`` (``U·Vᵀ`` of its SVD ``U·S·Vᵀ``, roughly), in
-    ``dtype`` (bfloat16, as torch), by a quintic Newton–Schulz iteration; a new tensor.
+    ``dtype`` (bfloat16, as torch), by a quintic Newton–Schulz iteration; a new tensor. ``x``
+    may be a batch of same-shape matrices (a first dimension): each is orthogonalized on its
+    own, with batched products.
 
     With ``a, b, c = coefficients``, and ``X`` the matrix transposed to be wide (rows ≤
     columns, so that ``X·Xᵀ`` is the smaller Gram matrix)::
@@ -45,13 +47,19 @@ def newton_schulz(
     torch. A CPU without bfloat16 instructions multiplies bfloat16 matrices ~35× slower than
     float32 ones (128×128: 1.9 against 0.05 ms): float32 is the faster choice there.
     """
+    if x.dim() == 3 and x.size(0) == 1:  # a batch of one: the matrix's own products
+        return newton_schulz(x[0], coefficients, steps, eps, dtype).unsqueeze(0)
     a, b, c = coefficients
     wide = x.size(-2) <= x.size(-1)
     y = x.to(dtype) if wide else x.to(dtype).mT
-    y = y / y.norm().clamp(min=eps)  # not in place: x may be a bfloat16 momentum buffer
+    if x.dim() == 2:
+        norm, addmm = y.norm(), torch.addmm
+    else:  # a batch of same-shape matrices: each its own norm, batched products
+        norm, addmm = torch.linalg.vector_norm(y, dim=(-2, -1), keepdim=True), torch.baddbmm
+    y = y / norm.clamp(min=eps)  # not in place: x may be a bfloat16 momentum buffer
     for _ in range(steps):
         gram = y @ y.mT
-        y = torch.addmm(y, torch.addmm(gram, gram, gram, beta=b, alpha=c), y, beta=a)
+        y = addmm(y, addmm(gram, gram, gram, beta=b, alpha=c), y, beta=a)
     return y if wide else y.mT
 
 
@@ -119,8 +127,9 @@ class Muon(ShapedOptimizer):
     parameters of hidden layers; optimize the others (biases, embeddings, the output layer)
     with AdamW, as torch's documentation advises.
 
-    Its rule orthogonalizes a whole matrix, so it runs per tensor, never on the engine's flat
-    buffers; the state is torch's ``momentum_buffer``. A parameter that is not 2-D is refused
+    Its rule orthogonalizes a whole matrix, so it runs per tensor (small matrices of one shape
+    stacked into a batch), never on the engine's flat buffers; the state is torch's
+    ``momentum_buffer``. A parameter that is not 2-D is refused
     when it is given (at construction or ``add_param_group``), complex parameters and sparse
     gradients at ``step()``, as torch refuses them. Extras: ``maximize``, ``l1`` (proximal L1),
     ``state_dtype`` (the momentum's dtype), ``ns_dtype`` (the orthogonalization's, bfloat16
@@ -135,6 +144,7 @@ class Muon(ShapedOptimizer):
 
     rule = staticmethod(muon)
     has_step = False
+    batched = True  # same-shape matrices orthogonalized together (batched matrix products)
     decay_in_rule = True  # θ·(1 − γ·λ) with γ unadjusted, in the rule
 
     def __init__(

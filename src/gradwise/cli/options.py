@@ -283,6 +283,12 @@ def train_options(fn):
         ),
         click.option("--dropout", type=float, help="Dropout rate after each hidden layer."),
         click.option(
+            "--augment-shift",
+            type=int,
+            help="Shift each training sample by up to this many positions, a new random shift "
+            "each epoch (sequences: mnist1d).  [default: 0, none]",
+        ),
+        click.option(
             "--init",
             type=click.Choice(SCHEMES),
             help="Weight init; auto = He for ReLU-like, Xavier for tanh/sigmoid, LeCun for SELU.",
@@ -405,6 +411,7 @@ CONFIG_OPTIONS = (
     "channels",
     "activation",
     "dropout",
+    "augment_shift",
     "init",
     "optimizer",
     "lr",

@@ -100,6 +100,7 @@ def lr_find(
     penalty: Callable[[], Tensor] | None = None,
     seed: int = 0,
     rule: str = "minimum/10",
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
 ) -> LRFindResult:
     """Run the learning-rate range test on ``model`` and suggest a rate.
 
@@ -148,6 +149,8 @@ def lr_find(
         penalty: ``penalty()`` is added to each batch's loss (e.g. an L2 term).
         seed: seeds the batch order and, during the test only, torch's global generator.
         rule: ``"minimum/10"`` or ``"steepest"``: how the suggestion is picked (above).
+        augment: ``augment(x, generator) -> x'`` applied to each batch's inputs, as ``fit``
+            applies it in training (e.g. :class:`~gradwise.train.augment.RandomShift`).
 
     Returns:
         an :class:`LRFindResult` (rates, raw and smoothed losses, suggestion, ``.plot(path)``).
@@ -198,6 +201,9 @@ def lr_find(
         optimizer = optimizer(model.parameters())
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     batches = _batches(data, batch_size, device, seed)
+    if augment is not None:  # the batches as training sees them (see fit's augment)
+        shifts = torch.Generator().manual_seed(seed)
+        batches = ((augment(xb, shifts), yb) for xb, yb in batches)
 
     saved = _Snapshot(model, optimizer)
     bases = [float(g["lr"]) for g in optimizer.param_groups]
@@ -372,6 +378,7 @@ def lr_find_for(
     optimizer (with its L2 penalty), as ``gradwise lr-find`` runs it; the global random state
     is left as it was."""
     from gradwise.regularization import l2_penalty, weight_params
+    from gradwise.train.augment import RandomShift
     from gradwise.train.config import parse_batch_size
     from gradwise.train.run import build_data, build_model, build_optimizer
 
@@ -393,4 +400,5 @@ def lr_find_for(
             penalty=penalty,
             seed=config.seed,
             rule=rule,
+            augment=RandomShift(config.augment_shift) if config.augment_shift else None,
         )

@@ -5,7 +5,7 @@ each epoch (and split among the processes of a distributed run), or a user's loa
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -16,10 +16,19 @@ from gradwise.train import distributed
 
 
 class Batches:
-    """Batches of in-memory ``(x, y)`` tensors (sliced after a shuffle per epoch) or a loader's."""
+    """Batches of in-memory ``(x, y)`` tensors (sliced after a shuffle per epoch) or a loader's;
+    with ``augment`` (``augment(x, generator) -> x'``, e.g. :class:`~gradwise.train.augment.
+    RandomShift`), each epoch's inputs augmented with the shuffle's generator."""
 
-    def __init__(self, data, batch_size, device: torch.device, what: str) -> None:
-        self.loader = None
+    def __init__(
+        self,
+        data,
+        batch_size,
+        device: torch.device,
+        what: str,
+        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+    ) -> None:
+        self.loader, self.augment = None, augment
         if (
             isinstance(data, tuple | list)
             and len(data) == 2
@@ -58,6 +67,13 @@ class Batches:
             )
 
     def epoch(self, generator: torch.Generator, shard: distributed.Shard | None = None):
+        """One epoch's batches, shuffled (and augmented) with ``generator``."""
+        batches = self._epoch(generator, shard)
+        if self.augment is None:
+            return batches
+        return ((self.augment(xb, generator), yb) for xb, yb in batches)
+
+    def _epoch(self, generator: torch.Generator, shard: distributed.Shard | None):
         if self.loader is not None:
             for xb, yb in self.loader:
                 yield xb.to(self.device), yb.to(self.device)

@@ -19,7 +19,7 @@ import tomli_w
 from gradwise import checks
 from gradwise.errors import ConfigError
 from gradwise.init import SCHEMES
-from gradwise.train.data import DATASETS
+from gradwise.train.data import DATASETS, SEQUENCES
 from gradwise.train.models import ACTIVATIONS
 from gradwise.train.optimizers import (
     HYPERPARAMETERS,
@@ -133,6 +133,9 @@ class TrainConfig:
     d_coef: float | None = None
     l1: float = 0.0
     l2: float = 0.0
+    #: shift each training sample by up to this many positions (a sequence's features:
+    #: :class:`~gradwise.train.augment.RandomShift`); 0: no augmentation
+    augment_shift: int = 0
     batch_size: str | None = None
     epochs: int | None = None
     schedule: str | None = None
@@ -209,6 +212,14 @@ class TrainConfig:
         for name in ("l1", "l2", "weight_decay", "momentum"):
             checks.at_least(owner, name, getattr(self, name), 0.0)
         check_hyperparameters(self)
+        if checks.integer(owner, "augment_shift", self.augment_shift, low=0) and (
+            self.data is None and self.dataset not in SEQUENCES
+        ):
+            raise ConfigError(
+                f"train: augment_shift={self.augment_shift} shifts a signal's positions; "
+                f"dataset {self.dataset!r} is not a sequence (it applies to "
+                f"{', '.join(SEQUENCES)} or a data file whose columns are one)"
+            )
         checks.integer(owner, "epochs", self.epochs, low=1)
         checks.integer(owner, "early_stop", self.early_stop, low=0)
         checks.integer(owner, "plateau_patience", self.plateau_patience, low=0)
@@ -266,8 +277,9 @@ class TrainConfig:
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
         if not values.get("extra"):
             values.pop("extra", None)
-        # the settings of a run on several processes, left out of a one-process run's file
-        for key, default in (("zero", False), ("nproc", 1)):
+        # settings most runs leave at their default (a run on one process, no augmentation),
+        # left out of their files
+        for key, default in (("zero", False), ("nproc", 1), ("augment_shift", 0)):
             if values.get(key) == default:
                 values.pop(key)
         return tomli_w.dumps(values)

@@ -49,6 +49,10 @@ from gradwise.errors import DataError
 
 #: names accepted by :func:`load_dataset`
 DATASETS: tuple[str, ...] = ("digits", "mnist1d", "spirals", "moons", "regression")
+#: the bundled datasets whose features are positions along one axis (a signal), which a shift
+#: moves (:class:`~gradwise.train.augment.RandomShift`); digits' are an 8×8 image's pixels, the
+#: others' unordered columns
+SEQUENCES: tuple[str, ...] = ("mnist1d",)
 
 _TEST_FRACTION = 0.2  # bundled datasets without a published split
 _BUNDLED_SEED = 20_201_201  # fixes the rows and test split of the bundled datasets

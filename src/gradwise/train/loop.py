@@ -91,6 +91,7 @@ def fit(
     ema: float | None = None,
     tensorboard: str | Path | None = None,
     accumulate: int = 1,
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
 ) -> History:
     """Train ``model`` on ``train`` and return its :class:`History`.
 
@@ -154,7 +155,10 @@ def fit(
     recorded losses and ``state.step``) count optimizer steps. An optimizer with ``train()``
     and ``eval()`` methods (Schedule-Free's) is put in train mode before each epoch's steps
     and in eval mode at its end, so that validation, callbacks, checkpoints and the model
-    ``fit`` returns see its averaged weights. Callbacks (``callbacks``) are
+    ``fit`` returns see its averaged weights. ``augment``: ``augment(x, generator) -> x'``
+    applied to each training batch's inputs (e.g. :class:`~gradwise.train.augment.RandomShift`),
+    with the generator that shuffles them, so that a resumed run draws what an uninterrupted
+    one draws; validation and test data are never augmented. Callbacks (``callbacks``) are
     called at the start, after every step, at each epoch's end and at the end
     (:class:`~gradwise.train.callbacks.Callback`).
     """
@@ -189,7 +193,9 @@ def fit(
         callbacks.append(LossScaling(dev.type))
     if tensorboard is not None and (ctx is None or ctx.is_main):
         callbacks.append(TensorBoard(tensorboard))
-    data = Batches(train, batch_size, dev, "train")
+    if augment is not None and not callable(augment):
+        checks.refuse("fit", "augment", "None or a callable augment(x, generator) -> x", augment)
+    data = Batches(train, batch_size, dev, "train", augment)
     val_data = Batches(val, "full", dev, "val") if val is not None else None
     if ctx is not None and data.loader is None:
         distributed.check_global_batch("fit", data.batch_size, ctx.world_size, batch_size)

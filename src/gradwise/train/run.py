@@ -22,6 +22,7 @@ from gradwise.errors import ConfigError
 from gradwise.regularization import l2_penalty, param_groups, weight_params
 from gradwise.train import checkpoint as ckpt
 from gradwise.train import distributed
+from gradwise.train.augment import RandomShift
 from gradwise.train.callbacks import Callback, EarlyStopping
 from gradwise.train.config import TrainConfig, parse_batch_size
 from gradwise.train.data import Dataset, load_dataset
@@ -168,6 +169,11 @@ def run(
         )
     if batch_size != "full":  # refused before the run folder is written
         distributed.check_global_batch("train", batch_size, config.nproc, batch_size)
+    if config.augment_shift >= data.n_features:
+        raise ConfigError(
+            f"train: augment_shift must be less than the {data.n_features} positions of a "
+            f"sample; received augment_shift={config.augment_shift}"
+        )
     check_model_fits_in_memory(config, data, n_train if batch_size == "full" else batch_size)
     model = build_model(config, data)
     if config.init_from is not None:  # a resumed run's checkpoint replaces these weights
@@ -215,6 +221,7 @@ def run(
         ema=config.ema,
         tensorboard=out_path / "tensorboard" if config.tensorboard and out_path else None,
         accumulate=config.accumulate,
+        augment=RandomShift(config.augment_shift) if config.augment_shift else None,
     )
     if out_path is not None and main and resume:  # the checkpoint fitted the model: a run
         save_description(out_path, describe(config, data))  # of an older gradwise gets it too

@@ -177,6 +177,7 @@ COLUMNS = (
     "weight_decay",
     "l1",
     "dropout",
+    "augment_shift",
     "init",
     "batch_size",
     "epochs",

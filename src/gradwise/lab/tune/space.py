@@ -1,14 +1,16 @@
 """The search space of ``gradwise tune``: which settings a trial draws, from which ranges.
 
-A :class:`Space` holds, for each key of :data:`KEYS`, either a range ``(low, high)`` (numbers:
-``lr``, ``weight_decay``, ...), a list of choices (``optimizer``, ``schedule``, ...) or one fixed
-value. ``lr`` and ``weight_decay`` may differ per optimizer (a table ``{adam = [1e-4, 3e-2],
-...}``). A range whose low end is 0 (``weight_decay = [0, 1e-3]``, ``l1``) is "off, or
-log-uniform over ``[high / 1000, high]``". :meth:`Space.suggest` turns an Optuna trial into a
-:class:`~gradwise.train.config.TrainConfig`: only the options the drawn optimizer uses are drawn
-(momentum for SGD with momentum, Nesterov and RMSprop; betas for the Adam family and Lion;
-weight decay for all but Rprop), as ``TrainConfig`` refuses the others. The other
-hyperparameters of an optimizer (Adadelta's ``rho``, ...) keep their defaults.
+A :class:`Space` holds, for each key of :data:`KEYS`, either a range ``(low, high)``
+(numbers: ``lr``, ``weight_decay``, ``augment_shift``, ...), a list of choices
+(``optimizer``, ``schedule``, ...) or one fixed value. ``lr`` and ``weight_decay`` may differ
+per optimizer (a table ``{adam = [1e-4, 3e-2], ...}``). A range whose low end is 0
+(``weight_decay = [0, 1e-3]``, ``l1``) is "off, or log-uniform over ``[high / 1000, high]``".
+:meth:`Space.suggest` turns an Optuna trial into a :class:`~gradwise.train.config.TrainConfig`:
+only the options the drawn optimizer uses are drawn (momentum for SGD with momentum, Nesterov
+and RMSprop; betas for the Adam family and Lion; weight decay for all but Rprop), as
+``TrainConfig`` refuses the others. The other hyperparameters of an optimizer (Adadelta's
+``rho``, ...) keep their defaults. ``augment_shift`` (random shifts of the training samples) is
+searched on sequences (MNIST-1D) only.
 
 A TOML file (``--space FILE.toml``) overrides the defaults key by key::
 
@@ -30,6 +32,7 @@ from typing import Any
 from gradwise.errors import ConfigError
 from gradwise.init import SCHEMES
 from gradwise.train.config import OPTIMIZER_LR, OPTIMIZER_OPTIONS, OPTIMIZERS, TrainConfig
+from gradwise.train.data import DATASETS, SEQUENCES
 from gradwise.train.optimizers import SPECS
 
 #: the schedules a trial chooses among, and their text in the schedule language
@@ -49,6 +52,7 @@ RANGE_KEYS = (
     "weight_decay",
     "l1",
     "dropout",
+    "augment_shift",
     "momentum",
     "beta1",
     "beta2",
@@ -58,7 +62,9 @@ RANGE_KEYS = (
     "depth",
 )
 LOG_KEYS = ("lr", "weight_decay", "l1")
-INT_KEYS = ("epochs", "width", "depth")
+INT_KEYS = ("epochs", "width", "depth", "augment_shift")
+#: the smallest whole number an integer key takes (1 unless named here: 0 shifts nothing)
+INT_LOWEST = {"augment_shift": 0}
 #: keys that may hold a table per optimizer
 PER_OPTIMIZER = ("lr", "weight_decay")
 KEYS = CHOICE_KEYS + RANGE_KEYS
@@ -95,6 +101,8 @@ def default_space(dataset: str, model: str) -> dict[str, Any]:
         "weight_decay": {name: _decay_range(name) for name in OPTIMIZERS},
         "l1": [0, 1e-4],
         "dropout": [0.0, 0.5],
+        # random shifts of a signal's training samples: a sequence's lesson an MLP lacks
+        "augment_shift": [0, 8] if dataset in SEQUENCES else 0,
         "init": ["auto", "he", "xavier", "orthogonal"],
         # the dataset's own batch size among them, so that the defaults are one of the trials
         "batch_size": sorted({32, 64, 128, int(defaults.get("batch_size", 32))}),
@@ -127,7 +135,14 @@ class Space:
         an unknown key, an empty range or choice, an unknown optimizer or a bad number is a
         ``ConfigError`` naming it."""
         values = {**default_space(dataset, model), **(overrides or {})}
-        return cls(_check(values, source, set(overrides or {})))
+        checked = _check(values, source, set(overrides or {}))
+        if dataset in DATASETS and dataset not in SEQUENCES and checked["augment_shift"] != 0:
+            raise ConfigError(
+                f"{source}: augment_shift shifts a signal's positions; dataset {dataset!r} is "
+                f"not a sequence (it applies to {', '.join(SEQUENCES)}); received "
+                f"augment_shift={checked['augment_shift']!r}"
+            )
+        return cls(checked)
 
     @classmethod
     def from_toml(cls, path: str | Path, dataset: str, model: str) -> Space:
@@ -158,6 +173,7 @@ class Space:
             values["weight_decay"] = self._number(trial, "weight_decay", optimizer)
         values["l1"] = self._number(trial, "l1")
         values["dropout"] = self._number(trial, "dropout")
+        values["augment_shift"] = int(self._number(trial, "augment_shift"))
         values["init"] = self._pick(trial, "init")
         batch = int(self._pick(trial, "batch_size"))
         batch = min(batch, n_train)
@@ -194,6 +210,7 @@ class Space:
             "weight_decay": resolved.weight_decay,
             "l1": resolved.l1,
             "dropout": resolved.dropout,
+            "augment_shift": resolved.augment_shift,
             "init": resolved.init,
             "batch_size": resolved.batch_size,
             "schedule": resolved.schedule or "constant",
@@ -345,8 +362,11 @@ def _range(source: str, name: str, key: str, value):
         if low < 0 or (key in LOG_KEYS and low == 0 and high <= 0):
             raise ConfigError(f"{source}: {name} must not be negative; received {value!r}")
         if key in INT_KEYS:
-            if low < 1 or low != int(low) or high != int(high):
-                raise ConfigError(f"{source}: {name} takes whole numbers >= 1; received {value!r}")
+            lowest = INT_LOWEST.get(key, 1)
+            if low < lowest or low != int(low) or high != int(high):
+                raise ConfigError(
+                    f"{source}: {name} takes whole numbers >= {lowest}; received {value!r}"
+                )
             return [int(low), int(high)]
         if key in ("dropout", "momentum", "beta1", "beta2", "warmup") and high >= 1:
             raise ConfigError(f"{source}: {name} must stay below 1; received {value!r}")
@@ -356,8 +376,11 @@ def _range(source: str, name: str, key: str, value):
             f"{source}: {name} must be a range [low, high] or one number; received {value!r}"
         )
     if key in INT_KEYS:
-        if value != int(value) or value < 1:
-            raise ConfigError(f"{source}: {name} takes a whole number >= 1; received {value!r}")
+        lowest = INT_LOWEST.get(key, 1)
+        if value != int(value) or value < lowest:
+            raise ConfigError(
+                f"{source}: {name} takes a whole number >= {lowest}; received {value!r}"
+            )
         return int(value)
     return float(value)
 

@@ -3,7 +3,6 @@ batches only, resumed exactly), and its settings in train, lr-find and tune."""
 
 from __future__ import annotations
 
-import optuna
 import pytest
 import torch
 from click.testing import CliRunner
@@ -12,7 +11,6 @@ from hypothesis import strategies as st
 
 from gradwise.cli import main
 from gradwise.errors import ConfigError
-from gradwise.lab.tune import Space
 from gradwise.train import fit
 from gradwise.train.augment import RandomShift
 from gradwise.train.config import TrainConfig
@@ -133,6 +131,9 @@ def test_train_takes_augment_shift_on_sequences_and_refuses_it_elsewhere(tmp_pat
 
 
 def test_tune_searches_shifts_on_sequences_only():
+    optuna = pytest.importorskip("optuna")
+    from gradwise.lab.tune import Space
+
     assert Space.build("mnist1d", "mlp").values["augment_shift"] == [0, 8]
     assert Space.build("digits", "mlp").values["augment_shift"] == 0
     with pytest.raises(ConfigError, match="dataset 'digits' is not a sequence"):

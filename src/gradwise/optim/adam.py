@@ -52,7 +52,7 @@ def adam(
     second = exp_avg_sq
     if amsgrad:
         second = engine.maximum_(state["max_exp_avg_sq"], exp_avg_sq)
-    denom = engine.div_scalar(second.sqrt(), root_correction).add_(eps)
+    denom = engine.div_scalar_(second.sqrt(), root_correction).add_(eps)
     engine.sub_scaled_ratio_(param, exp_avg, denom, step_size)
 
 

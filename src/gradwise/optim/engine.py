@@ -412,6 +412,17 @@ def div_scalar(x: Tensor, divisor: float | Tensor) -> Tensor:
     return x / divisor
 
 
+def div_scalar_(x: Tensor, divisor: float | Tensor) -> Tensor:
+    """``x / divisor`` in place, for an ``x`` the rule made itself (a temporary); a new tensor
+    while autograd records the update (``differentiable=True``: the operation that made ``x``
+    may need it unchanged, as ``sqrt``'s backward does)."""
+    if torch.is_grad_enabled():
+        return div_scalar(x, divisor)
+    if isinstance(divisor, Tensor):
+        return x.mul_(divisor.reciprocal())
+    return x.div_(divisor)
+
+
 def sub_scaled_(param: Tensor, x: Tensor, scale: float | Tensor) -> None:
     """``θ ← θ − scale·x`` in place."""
     if isinstance(scale, Tensor):

@@ -139,6 +139,19 @@ class TorchMuonWithAdamW(torch.optim.Optimizer):
 
 _ADAM_LIKE = {"lr": 1e-4, "betas": (0.9, 0.999)}
 
+
+def _muon(**gradwise_only) -> Algorithm:
+    """Muon's row: the hidden matrices to Muon, the rest to AdamW, on both sides."""
+    return Algorithm(
+        "MuonWithAdamW",
+        {"lr": 1e-3, "weight_decay": 1e-2, "momentum": 0.95},
+        "gradwise.lab.train_step.TorchMuonWithAdamW",
+        groups=_muon_groups,
+        gradwise_kwargs=gradwise_only,
+        reference_label="torch.optim.Muon + AdamW(fused=True)",
+    )
+
+
 #: optimizer name -> its row. The first four are the default set; the others are timed against
 #: their own references with ``--optimizers``
 OPTIMIZERS: dict[str, Algorithm] = {
@@ -185,23 +198,10 @@ OPTIMIZERS: dict[str, Algorithm] = {
     "adafactor": Algorithm("Adafactor", {"lr": 1e-3}, "torch.optim.Adafactor", {"foreach": True}),
     "lamb": Algorithm("Lamb", {"lr": 1e-4}, "pytorch_optimizer.Lamb"),
     "prodigy": Algorithm("Prodigy", {"lr": 1.0}, "prodigyopt.Prodigy"),
-    "muon": Algorithm(
-        "MuonWithAdamW",
-        {"lr": 1e-3, "weight_decay": 1e-2, "momentum": 0.95},
-        "gradwise.lab.train_step.TorchMuonWithAdamW",
-        groups=_muon_groups,
-        reference_label="torch.optim.Muon + AdamW(fused=True)",
-    ),
+    "muon": _muon(),
     # torch's Muon orthogonalizes in bfloat16; gradwise's on the CPU in float32 by default
     # (a bfloat16 matmul is 20-50x slower than a float32 one on a CPU without bf16 units)
-    "muon-bf16": Algorithm(
-        "MuonWithAdamW",
-        {"lr": 1e-3, "weight_decay": 1e-2, "momentum": 0.95},
-        "gradwise.lab.train_step.TorchMuonWithAdamW",
-        groups=_muon_groups,
-        reference_label="torch.optim.Muon + AdamW(fused=True)",
-        gradwise_kwargs={"ns_dtype": torch.bfloat16},
-    ),
+    "muon-bf16": _muon(ns_dtype=torch.bfloat16),
 }
 DEFAULT_OPTIMIZERS = ["adam", "adamw", "sgd", "rmsprop"]
 

@@ -87,6 +87,18 @@ def check_model(model: str) -> str:
     return checks.choice("train", "model", model, (*MODELS, "module:function"))
 
 
+def refuse_shift_off_sequences(owner: str, dataset: str, shift) -> None:
+    """A ``ConfigError`` when a bundled ``dataset`` whose features are not a signal
+    (:data:`~gradwise.train.data.SEQUENCES`) is given a nonzero ``augment_shift`` (a number, or
+    a tune range): shifting an image's flattened pixels or a table's columns means nothing."""
+    if shift != 0 and dataset in DATASETS and dataset not in SEQUENCES:
+        raise ConfigError(
+            f"{owner}: augment_shift={shift!r} shifts a signal's positions; dataset {dataset!r} "
+            f"is not a sequence (it applies to {', '.join(SEQUENCES)} or a data file whose "
+            "columns are one)"
+        )
+
+
 def refuse_unused_options(config: TrainConfig) -> None:
     """A ``ConfigError`` naming the first option that ``config.optimizer`` would ignore."""
     given = options_given(config)
@@ -212,14 +224,9 @@ class TrainConfig:
         for name in ("l1", "l2", "weight_decay", "momentum"):
             checks.at_least(owner, name, getattr(self, name), 0.0)
         check_hyperparameters(self)
-        if checks.integer(owner, "augment_shift", self.augment_shift, low=0) and (
-            self.data is None and self.dataset not in SEQUENCES
-        ):
-            raise ConfigError(
-                f"train: augment_shift={self.augment_shift} shifts a signal's positions; "
-                f"dataset {self.dataset!r} is not a sequence (it applies to "
-                f"{', '.join(SEQUENCES)} or a data file whose columns are one)"
-            )
+        checks.integer(owner, "augment_shift", self.augment_shift, low=0)
+        if self.data is None:
+            refuse_shift_off_sequences(owner, self.dataset, self.augment_shift)
         checks.integer(owner, "epochs", self.epochs, low=1)
         checks.integer(owner, "early_stop", self.early_stop, low=0)
         checks.integer(owner, "plateau_patience", self.plateau_patience, low=0)

@@ -31,8 +31,14 @@ from typing import Any
 
 from gradwise.errors import ConfigError
 from gradwise.init import SCHEMES
-from gradwise.train.config import OPTIMIZER_LR, OPTIMIZER_OPTIONS, OPTIMIZERS, TrainConfig
-from gradwise.train.data import DATASETS, SEQUENCES
+from gradwise.train.config import (
+    OPTIMIZER_LR,
+    OPTIMIZER_OPTIONS,
+    OPTIMIZERS,
+    TrainConfig,
+    refuse_shift_off_sequences,
+)
+from gradwise.train.data import SEQUENCES
 from gradwise.train.optimizers import SPECS
 
 #: the schedules a trial chooses among, and their text in the schedule language
@@ -136,12 +142,7 @@ class Space:
         ``ConfigError`` naming it."""
         values = {**default_space(dataset, model), **(overrides or {})}
         checked = _check(values, source, set(overrides or {}))
-        if dataset in DATASETS and dataset not in SEQUENCES and checked["augment_shift"] != 0:
-            raise ConfigError(
-                f"{source}: augment_shift shifts a signal's positions; dataset {dataset!r} is "
-                f"not a sequence (it applies to {', '.join(SEQUENCES)}); received "
-                f"augment_shift={checked['augment_shift']!r}"
-            )
+        refuse_shift_off_sequences(source, dataset, checked["augment_shift"])
         return cls(checked)
 
     @classmethod

@@ -248,3 +248,46 @@ def test_two_machines_share_one_study_through_a_journal_file(tmp_path):
     assert len({t.user_attrs["worker"] for t in done}) == 2  # both machines took trials
     for name in ("a", "b"):
         assert (tmp_path / name / "best.toml").exists()
+
+
+def test_a_sigterm_never_lands_inside_the_storages_reads(tmp_path, monkeypatch):
+    """With worker processes, the parent reads the study's progress each second. A SIGTERM
+    (turned into ``KeyboardInterrupt``) that came in the middle of such a read would leave the
+    storage's connection half-used for the clean-up after it; it is held back until the read is
+    over, then stops the search as usual, with the trials in flight marked failed."""
+    from gradwise.cli.options import sigterm_as_interrupt
+    from gradwise.lab.tune import search
+
+    reads: list[str] = []
+    real = search.snapshot
+
+    def interrupted_read(study, budget, seen):
+        reads.append("started")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler would run here if the signal were not held back
+        progress = real(study, budget, seen)
+        reads.append("finished")
+        return progress
+
+    monkeypatch.setattr(search, "snapshot", interrupted_read)
+    space = tmp_path / "space.toml"
+    space.write_text("epochs = [2, 3]\nwidth = [4, 16]\ndepth = 1\nbatch_size = [32, 64]\n")
+    terminated: list[bool] = []
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt(terminated):
+        tune(
+            "moons",
+            "mlp",
+            out=tmp_path / "t",
+            trials=400,
+            space=space,
+            jobs=2,
+            plots=False,
+            on_progress=lambda progress: None,
+        )
+    assert terminated and reads == ["started", "finished"]
+    storage = f"sqlite:///{tmp_path / 't' / 'study.db'}"
+    (study,) = optuna.get_all_study_summaries(storage)
+    running = optuna.load_study(study_name=study.study_name, storage=storage).get_trials(
+        states=(optuna.trial.TrialState.RUNNING,)
+    )
+    assert not running

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -13,17 +14,34 @@ import time
 
 @contextlib.contextmanager
 def blocked_signals(*signals: signal.Signals):
-    """``signals`` held back in this thread for the duration and delivered afterwards; a
-    process started meanwhile inherits the block (a worker that ignores SIGINT starts so, and a
-    Ctrl-C while it starts cannot kill it half-made). The main thread only; elsewhere nothing."""
+    """``signals`` held back for the duration and handled afterwards, each by the handler that
+    was in place before (a handler that raises ``KeyboardInterrupt`` raises it at the block's
+    end, never inside it). The main thread only; elsewhere nothing.
+
+    Two mechanisms, because a process has more threads than the one that blocks: the signal
+    mask (a process started meanwhile inherits the block, so a worker that ignores SIGINT
+    starts so, and a Ctrl-C while it starts cannot kill it half-made), and Python handlers that
+    only note the signal (the kernel may hand a signal to any thread that does not block it,
+    such as a thread pool's, and Python then runs the handler in the main thread all the same).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
+    came: list[int] = []
+    handlers = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in signals}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one pending: handled once, either way
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        for signum in dict.fromkeys(came):
+            handler = handlers[signal.Signals(signum)]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
 
 
 def stop_workers(

@@ -502,7 +502,10 @@ def run_workers(
                     error.__cause__ = RuntimeError(f"in the worker process:\n{trace}")
                     raise error
             if on_progress is not None:
-                progress = snapshot(study, budget, seen)
+                # a signal's KeyboardInterrupt must not land inside the storage's code: one
+                # that left its connection half-used would hang the reads and writes after it
+                with blocked_signals(signal.SIGINT, signal.SIGTERM):
+                    progress = snapshot(study, budget, seen)
                 key = (progress.completed, progress.pruned, progress.failed, progress.running)
                 if progress.new or key != last or progress.left_s is not None:
                     on_progress(progress)
@@ -513,7 +516,8 @@ def run_workers(
         for _, conn in pool:
             conn.close()
         ours = {f"{socket.gethostname()}:{process.pid}" for process, _ in pool}
-        fail_orphans(study, lambda worker: worker in ours)
+        with blocked_signals(signal.SIGINT, signal.SIGTERM):
+            fail_orphans(study, lambda worker: worker in ours)
 
 
 def fail_orphans(study, left_by: Callable[[str | None], bool]) -> None:

@@ -158,3 +158,40 @@ def test_a_users_model_module(project, monkeypatch):
 )
 def test_a_bad_model_spec_is_one_line(project, model, match):
     one_line_error(gradwise_cli("train", "--data", "data.csv", "--model", model), match)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--hidden", "4"),
+        ("--channels", "8,8"),
+        ("--activation", "tanh"),
+        ("--dropout", "0.2"),
+        ("--init", "xavier"),
+    ],
+)
+def test_a_users_model_refuses_the_builtin_models_settings(project, option, value):
+    """A user's model builds its own layers: a width, activation, dropout or init scheme given
+    with it would be ignored, so it is refused in one line and nothing is trained."""
+    result = gradwise_cli(
+        "train", "--data", "data.csv", "--model", "mymodel.py:build", option, value, "--out", "r"
+    )
+    name = option.removeprefix("--")
+    one_line_error(result, rf"{name}=.* has no effect with model='.*mymodel.py:build'")
+    assert not (project / "r").exists()
+
+
+def test_a_users_models_config_names_none_of_the_builtin_models_settings(project, monkeypatch):
+    """Its config.toml leaves the built-in models' settings out; a config.toml that names them
+    at their defaults (as earlier releases wrote every run's) still resumes."""
+    ok("train", "--data", "data.csv", "--model", "mymodel.py:build", "--epochs", "1", "--out", "r")
+    saved = project / "r" / "config.toml"
+    text = saved.read_text()
+    for key in ("hidden", "channels", "activation", "dropout", "init"):
+        assert f"\n{key} = " not in text, key
+    saved.write_text(
+        text + 'hidden = [128, 128]\nchannels = [32, 32, 32]\nactivation = "relu"\n'
+        'dropout = 0.0\ninit = "auto"\n'
+    )
+    ok("train", "--resume", "r", "--epochs", "2")
+    assert len(epochs_of(project / "r")) == 2

@@ -1696,6 +1696,40 @@ def test_an_option_the_optimizer_ignores_is_refused_from_flags_toml_and_resume(
         assert not (out / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize(
+    ("how", "model", "option"),
+    [("flag", "mlp", "channels"), ("toml", "cnn1d", "hidden"), ("resume", "mlp", "channels")],
+)
+def test_a_setting_the_model_ignores_is_refused_from_flags_toml_and_resume(
+    tmp_path, how, model, option
+):
+    """An MLP has no channels and a 1-D CNN no hidden widths: given one (other than the default
+    an earlier release wrote into every config.toml), the run is refused in one line (exit 2)
+    as a flag, a --config key or a resumed run's config.toml. A run's config.toml names only
+    its own model's widths."""
+    out = tmp_path / "run"
+    dataset = ["--dataset", "mnist1d"] if model == "cnn1d" else []
+    if how == "flag":
+        args = [*dataset, "--model", model, f"--{option}", "8,8", "--out", str(out)]
+    elif how == "toml":
+        config = tmp_path / "c.toml"
+        config.write_text(f'dataset = "mnist1d"\nmodel = "{model}"\n{option} = [8, 8]\n')
+        args = ["--config", str(config), "--out", str(out)]
+    else:
+        done = invoke([*dataset, "--model", model, "--epochs", "1", "--out", str(out)])
+        assert done.exit_code == 0, done.output
+        saved = out / "config.toml"
+        text = saved.read_text()
+        assert "hidden = [" in text and "channels = [" not in text
+        saved.write_text(text + f"{option} = [8, 8]\n")  # edited by hand
+        args = ["--resume", str(out)]
+    done = CliRunner().invoke(cli, ["train", *args])
+    assert done.exit_code == 2, done.output
+    assert_one_line_error(done.stderr, rf"{option}=\(8, 8\) has no effect with model='{model}'")
+    if how != "resume":
+        assert not (out / "checkpoint.pt").exists()
+
+
 def test_a_run_that_learned_nothing_is_not_reported_as_a_success(tmp_path):
     """A loss that explodes without a NaN (--lr 1e6) stops the run at the end of the epoch, before
     its checkpoint: exit 2, one line, no diverged weights on disk. A classifier whose training

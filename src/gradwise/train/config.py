@@ -34,6 +34,17 @@ from gradwise.train.optimizers import (
 #: every name of ``--optimizer`` (one entry each in :data:`gradwise.train.optimizers.SPECS`)
 OPTIMIZERS = tuple(SPECS)
 MODELS = ("mlp", "cnn1d")
+#: the settings that shape a built-in model, and the models each one shapes. Given to another
+#: model (a user's ``module:function`` builds its own layers and takes none of them) with a
+#: value other than its default, they are refused: a setting accepted and then ignored would
+#: train something else than what was asked
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "hidden": ("mlp",),
+    "channels": ("cnn1d",),
+    "activation": MODELS,
+    "dropout": MODELS,
+    "init": MODELS,
+}
 
 #: default learning rate of each optimizer name
 OPTIMIZER_LR = {name: spec.lr for name, spec in SPECS.items()}
@@ -97,6 +108,28 @@ def refuse_shift_off_sequences(owner: str, dataset: str, shift) -> None:
             f"is not a sequence (it applies to {', '.join(SEQUENCES)} or a data file whose "
             "columns are one)"
         )
+
+
+def without_unused_model_options(values: dict, defaults: dict) -> dict:
+    """``values`` (a configuration's settings, its model resolved) with the settings of
+    :data:`MODEL_OPTIONS` that its model does not take set to None; a ``ConfigError`` names the
+    first of them given a value other than its default (``defaults``: what the dataset, the
+    model and :data:`FALLBACKS` give; earlier releases wrote those into every config.toml)."""
+    model = values["model"]
+    for option, models in MODEL_OPTIONS.items():
+        value = values[option]
+        if model in models or value is None:
+            continue
+        default = defaults.get(option, getattr(TrainConfig, option))
+        if option in ("hidden", "channels"):
+            value, default = tuple(value), tuple(default)
+        if value != default:
+            raise ConfigError(
+                f"train: {option}={value!r} has no effect with model={model!r}; it applies to "
+                f"model {' or '.join(repr(m) for m in models)}"
+            )
+        values[option] = None
+    return values
 
 
 def refuse_unused_options(config: TrainConfig) -> None:
@@ -206,8 +239,10 @@ class TrainConfig:
             values["lr"] = layered.get("lr", {}).get(self.optimizer, OPTIMIZER_LR[self.optimizer])
         for name in HYPERPARAMETERS:
             values[name] = resolved_value(self.optimizer, name, values[name])
+        values = without_unused_model_options(values, layered)
         for key in ("hidden", "channels"):
-            values[key] = tuple(values[key])
+            if values[key] is not None:
+                values[key] = tuple(values[key])
         values["batch_size"] = str(values["batch_size"])
         config = TrainConfig(**values)
         config.validate()
@@ -216,9 +251,11 @@ class TrainConfig:
     def validate(self) -> None:
         owner = "train"
         check_model(self.model)
-        checks.choice(owner, "init", self.init, SCHEMES)
+        if self.init is not None:  # None: a user's model, which initializes itself
+            checks.choice(owner, "init", self.init, SCHEMES)
         checks.choice(owner, "nan_policy", self.nan_policy, ("raise", "skip"))
-        checks.in_range(owner, "dropout", self.dropout, 0.0, 1.0)
+        if self.dropout is not None:
+            checks.in_range(owner, "dropout", self.dropout, 0.0, 1.0)
         checks.in_range(owner, "val_fraction", self.val_fraction, 0.0, 0.9, closed_high=True)
         checks.at_least(owner, "lr", self.lr, 0.0)
         for name in ("l1", "l2", "weight_decay", "momentum"):
@@ -240,7 +277,8 @@ class TrainConfig:
             and checks.integer(owner, "split_seed", self.split_seed, low=0) >= 2**64
         ):
             checks.refuse(owner, "split_seed", "an integer in [0, 2**64)", self.split_seed)
-        checks.choice(owner, "activation", self.activation, tuple(ACTIVATIONS))
+        if self.activation is not None:
+            checks.choice(owner, "activation", self.activation, tuple(ACTIVATIONS))
         checks.integer(owner, "checkpoint_every", self.checkpoint_every, low=1)
         if self.clip_grad_norm is not None:
             checks.positive(owner, "clip_grad_norm", self.clip_grad_norm)
@@ -265,7 +303,7 @@ class TrainConfig:
                 f"{self.dataset!r} has its own target; received target={self.target!r}"
             )
         for name in ("hidden", "channels"):
-            for width in getattr(self, name):
+            for width in getattr(self, name) or ():
                 checks.integer(owner, name, width, low=1)
 
     def with_absolute_paths(self) -> TrainConfig:

@@ -55,8 +55,9 @@ def describe(config, data) -> dict:
     n_classes = data.n_classes if data.task == "classification" else None
     return {
         "model": config.model,
-        "hidden": list(config.hidden),
-        "channels": list(config.channels),
+        # None: a setting this model does not take (TrainConfig.resolved leaves it out)
+        "hidden": None if config.hidden is None else list(config.hidden),
+        "channels": None if config.channels is None else list(config.channels),
         "activation": config.activation,
         "dropout": config.dropout,
         "init": config.init,

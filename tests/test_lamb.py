@@ -77,15 +77,18 @@ def test_lamb_equals_pytorch_optimizer(kw, dtype):
 
 
 def test_trust_ratio_scales_each_tensor_by_its_own_norms():
-    """One step from zero moments: u = g/(|g| + ε) = ±1 (nearly), so each tensor moves by
-    lr·‖θ‖/‖u‖ per element: its own ratio, whatever else shares the flat buffer."""
+    """Steps with β = 0: u = g/(|g| + ε) = ±1, so each tensor moves by lr·‖θ‖/‖u‖ per
+    element: its own ratio, whatever else shares the flat buffer."""
     w1 = torch.nn.Parameter(torch.full((4,), 3.0))  # ‖θ‖ = 6, ‖u‖ = 2: ratio 3
     w2 = torch.nn.Parameter(torch.full((9,), 0.5))  # ‖θ‖ = 1.5, ‖u‖ = 3: ratio 0.5
     opt = go.Lamb([w1, w2], lr=0.1, betas=(0.0, 0.0), eps=0.0)
-    w1.grad, w2.grad = torch.ones(4), -torch.ones(9)
-    opt.step()
-    torch.testing.assert_close(w1.detach(), torch.full((4,), 3.0 - 0.1 * 3))
-    torch.testing.assert_close(w2.detach(), torch.full((9,), 0.5 + 0.1 * 0.5))
+    for step in range(1, 4):  # the first step per tensor; then flat, alignment gaps between
+        w1.grad, w2.grad = torch.ones(4), -torch.ones(9)
+        opt.step()
+        # r·lr = 0.1·‖θ‖/‖u‖ per element: θ ← 0.9·θ and θ ← 1.1·θ; with eps = 0 a gap's 0/0
+        # must not reach these norms
+        torch.testing.assert_close(w1.detach(), torch.full((4,), 3.0 * 0.9**step))
+        torch.testing.assert_close(w2.detach(), torch.full((9,), 0.5 * 1.1**step))
 
 
 def test_state_dicts_interchange_both_ways():

@@ -239,18 +239,19 @@ class Lamb(Optimizer):
         return dict(lr=lr, step_size=step_size, rectified=rectified, grad_scale=self._grad_scale)
 
     def piece_arguments(self, seg, where: slice) -> dict:
-        """The sizes of the tensors in the flat piece ``where`` (the alignment gap after a
-        tensor counted with it: zeros, which change no norm)."""
+        """The sizes of the tensors in the flat piece ``where``, each alignment gap between
+        them a tensor of its own: with ``eps = 0`` a gap's update is 0/0, which must not reach
+        a parameter's norms."""
         cached = self._sizes.get(id(seg))
         if cached is None or cached[0] is not seg.slices:
             cached = self._sizes[id(seg)] = (seg.slices, {})
         key = (where.start, where.stop)
         sizes = cached[1].get(key)
         if sizes is None:
-            starts = sorted(
-                sl.start for sl in seg.slices if where.start <= sl.start < where.stop
-            ) or [where.start]
-            bounds = [where.start, *starts[1:], where.stop]
+            inside = [sl for sl in seg.slices if where.start <= sl.start < where.stop]
+            ends = {where.start, where.stop}
+            ends.update(min(end, where.stop) for sl in inside for end in (sl.start, sl.stop))
+            bounds = sorted(ends)
             sizes = cached[1][key] = [b - a for a, b in zip(bounds, bounds[1:])]
         return {"sizes": sizes}
 

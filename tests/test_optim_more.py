@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -415,3 +418,39 @@ def test_a_kernels_constants_hold_for_every_step_and_its_scalars_give_eagers_num
         torch.testing.assert_close(p.detach(), eager_p, rtol=1e-12, atol=1e-14)
         for n in names:
             torch.testing.assert_close(state[n], eager_s[n], rtol=1e-12, atol=1e-14)
+
+
+FIRST_STEP_PEAK = """
+import sys, torch, gradwise.optim as go
+torch.set_num_threads(1)
+def peak_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+params = [torch.nn.Parameter(torch.randn(2048, 2048)) for _ in range(4)]  # 64 MiB in all
+for p in params:
+    p.grad = torch.randn_like(p)
+opt = getattr(go, sys.argv[1])(params)
+before = peak_mib()
+opt.step()
+opt.step()
+print(peak_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.parametrize(("name", "states"), [("Adam", 2), ("RMSprop", 1)])
+def test_the_first_step_makes_the_state_in_place(tmp_path, name, states):
+    """A first step makes each state tensor at its place in the flat buffers and moves the
+    parameters into theirs one at a time: the peak memory grows by the state (64 MiB a state
+    tensor here) and about one parameter (16 MiB), not by a second copy of the state or a
+    full-size temporary per tensor (which added ~130 MiB to Adam's peak here)."""
+    env = {**os.environ, "GRADWISE_KERNELS": "off", "GRADWISE_KERNEL_CACHE": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_STEP_PEAK, name],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    grew = float(done.stdout.split()[-1])
+    assert 64 * states <= grew <= 64 * states + 32, done.stdout

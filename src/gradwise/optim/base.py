@@ -144,7 +144,8 @@ class Optimizer(torch.optim.Optimizer):
     def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
         """A new parameter's state (zeros unless the algorithm says otherwise)."""
         dtype = group.get("state_dtype") or param.dtype
-        state = {name: torch.zeros_like(param, dtype=dtype) for name in self.state_names(group)}
+        fresh = getattr(self, "_fresh_segment", None)  # a first step's: made in place
+        state = {n: engine.zeros_state(fresh, param, n, dtype) for n in self.state_names(group)}
         if self.has_step:  # capturable: on the parameter's device, as torch keeps it then
             device = param.device if group.get("capturable") else None
             state["step"] = torch.tensor(0.0, dtype=_step_dtype(), device=device)
@@ -306,6 +307,8 @@ class Optimizer(torch.optim.Optimizer):
             return
         if group.get("fused") is True and any(p.grad is not None for p in seg.params):
             torch_api.check_fusable(seg.params[0])  # parameters without gradients are not stepped
+        if not seg.flat and seg.flattenable and self._first_step(seg):
+            self._lay_out_fresh(seg, group)
         layout = seg.layout() if seg.flat else engine.Segment.MOVED
         if seg.flat and layout == engine.Segment.MOVED:
             seg.flat = False  # a parameter was moved or replaced: flatten again once possible
@@ -321,6 +324,23 @@ class Optimizer(torch.optim.Optimizer):
                 self._step_pieces(seg, group, pieces, self._count_step(seg, group, step))
                 return
         self._step_each(seg, group)
+
+    def _first_step(self, seg: engine.Segment) -> bool:
+        """No parameter has state yet, and each has a dense gradient to make it from."""
+        return not any(self.state.get(p) for p in seg.params) and all(
+            p.grad is not None and p.grad.layout == torch.strided for p in seg.params
+        )
+
+    def _lay_out_fresh(self, seg: engine.Segment, group: dict) -> None:
+        """Before a first step: the new state made at its places (:func:`engine.lay_out_fresh`;
+        :meth:`init_state`'s zeros there directly, ``engine.zeros_state``)."""
+        self._fresh_segment = seg
+        try:
+            init = functools.partial(self.init_state, group=group)
+            names = self.state_names(group)
+            engine.lay_out_fresh(seg, self.state, names, init, self.has_step, self.scalar_state)
+        finally:
+            self._fresh_segment = None
 
     def _count_step(self, seg: engine.Segment, group: dict, step: int) -> dict | None:
         """Count a flat segment's step (from ``step``, its uniform count) and advance its
@@ -342,8 +362,8 @@ class Optimizer(torch.optim.Optimizer):
                 self._update(param, grad, dict(state), seg.step, group, extra)
             return
         left = targets = plans.targets(seg, pieces)
-        kernel = self._kernel(seg, seg.grad, group, len(targets), scalars)
-        if kernel is not None:
+        # the first step eager: a kernel bakes in flags (SGD's "first"), one step's not worth it
+        if seg.step != 1 and (kernel := self._kernel(seg, seg.grad, group, len(targets), scalars)):
             left = kernel(targets)
         for param, grad, state in left:
             self._update_chunked(param, grad, state, seg.step, group, scalars)

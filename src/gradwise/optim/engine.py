@@ -94,6 +94,11 @@ class Segment:
     kernel_plans: dict[int, Any] = field(default_factory=dict)  # pieces -> plans.Plan
     # views of the flat buffers, by (start, stop): made once per layout (see buffers_at)
     views_at: dict[tuple[int, int], tuple[Tensor, dict[str, Tensor]]] = field(default_factory=dict)
+    # before the first step of a segment without state: where each parameter's state goes
+    # (id -> slice), the buffers' length, and the state buffers made so far (see place_state)
+    fresh_slices: dict[int, slice] | None = None
+    fresh_length: int = 0
+    fresh_state: dict[str, Tensor] = field(default_factory=dict)
 
     #: what :meth:`layout` returns
     MOVED, FLAT, VIEWS = 0, 1, 2
@@ -214,32 +219,35 @@ def flatten(
     into flat buffers (values unchanged): the tensors under :data:`DIRECT_NUMEL` elements
     first, then the larger ones; one element per parameter for the 0-d ones."""
     params = seg.params
-    numels = [p.numel() for p in params]
     like = params[0]
-    order = sorted(range(len(params)), key=lambda i: numels[i] >= DIRECT_NUMEL)  # stable
-    seg.slices = [slice(0, 0)] * len(params)
-    small = [i for i in order if numels[i] < DIRECT_NUMEL]
-    offset = 0
-    for i in order:
-        offset = _aligned(offset, like.element_size())
-        seg.slices[i] = slice(offset, offset + numels[i])
-        offset += numels[i]
-    offset = _aligned(offset, like.element_size())  # zeros after the last tensor
+    seg.slices, offset = plan_layout(params)
+    order = sorted(range(len(params)), key=lambda i: params[i].numel() >= DIRECT_NUMEL)  # stable
+    small = [i for i in order if params[i].numel() < DIRECT_NUMEL]
     seg.small = _aligned(seg.slices[small[-1]].stop, like.element_size()) if small else 0
     seg.small_params = [params[i] for i in small]
-    seg.large = [(params[i], seg.slices[i]) for i in order if numels[i] >= DIRECT_NUMEL]
-    # One buffer at a time, each tensor's old storage released as soon as it is copied: the
-    # memory in flight is one buffer, not the parameters and every state at once. Zeros: the
-    # alignment gaps between tensors get zero gradients (their values never reach a parameter).
-    # The small tensors' piece ends aligned: in the gap before the first large tensor, or in
-    # the buffers' own aligned end.
-    seg.param = torch.zeros(offset, dtype=like.dtype, device=like.device)
+    seg.large = [(params[i], seg.slices[i]) for i in order if i not in small]
+    # One buffer at a time, each tensor's old storage released as soon as it is copied, into
+    # a buffer whose pages the copies touch one tensor at a time: the memory in flight is about
+    # one tensor, not the parameters and every state at once. Zeros in the alignment gaps
+    # between tensors: they get zero gradients (their values never reach a parameter). The
+    # small tensors' piece ends aligned: in the gap before the first large tensor, or in the
+    # buffers' own aligned end.
+    gaps = _gaps(seg.slices, offset)
+    seg.param = _empty_with_zero_gaps(offset, gaps, like.dtype, like.device)
     for p, sl in zip(params, seg.slices):
         view = seg.param[sl].view_as(p)
         view.copy_(p.detach())
         p.data = view
+    fresh, seg.fresh_slices, seg.fresh_state = seg.fresh_state, None, {}
     for name in names:
-        buf = torch.zeros(offset, dtype=states[params[0]][name].dtype, device=like.device)
+        buf = fresh.get(name)
+        if buf is not None and all(
+            states[p][name].data_ptr() == buf[sl].data_ptr() for p, sl in zip(params, seg.slices)
+        ):  # made in place by place_state: nothing to move
+            seg.state[name] = buf
+            continue
+        dtype = states[params[0]][name].dtype
+        buf = _empty_with_zero_gaps(offset, gaps, dtype, like.device)
         for p, sl in zip(params, seg.slices):
             view = buf[sl].view_as(p)
             view.copy_(states[p][name])
@@ -269,6 +277,106 @@ def flatten(
     seg.ptr_array = torch.tensor(seg.ptrs, dtype=torch.int64)
     seg.small_offsets = torch.tensor([seg.slices[i].start for i in small], dtype=torch.int64)
     seg.flat = True
+
+
+def plan_layout(params: list[Tensor]) -> tuple[list[slice], int]:
+    """Where :func:`flatten` puts each parameter (``slices[i]`` for ``params[i]``): the tensors
+    under :data:`DIRECT_NUMEL` elements first, then the larger ones, each at an aligned place;
+    and the buffers' length (aligned too)."""
+    like = params[0]
+    order = sorted(range(len(params)), key=lambda i: params[i].numel() >= DIRECT_NUMEL)  # stable
+    slices = [slice(0, 0)] * len(params)
+    offset = 0
+    for i in order:
+        offset = _aligned(offset, like.element_size())
+        slices[i] = slice(offset, offset + params[i].numel())
+        offset += params[i].numel()
+    return slices, _aligned(offset, like.element_size())  # zeros after the last tensor
+
+
+def lay_out_fresh(
+    seg: Segment,
+    states: dict,
+    names: list[str],
+    init: Callable[[Tensor], dict[str, Tensor]],
+    has_step: bool,
+    scalars: tuple[str, ...] = (),
+) -> None:
+    """Before the first step of a segment none of whose parameters has state yet: make each
+    parameter's state (``init(param)``) at its place in flat buffers and lay the segment out
+    (:func:`flatten`, which adopts those buffers as they are), so that the first update is a
+    flat one too. No state tensor then exists twice, even for a moment (its own and its
+    buffer's), and no update makes a temporary the size of a whole tensor."""
+    plan_fresh_state(seg)
+    for p in seg.params:
+        state = states[p]
+        for name, value in init(p).items():
+            state.setdefault(name, place_state(seg, p, name, value) if name in names else value)
+    flatten(seg, states, names, has_step, scalars)
+    if not has_step:
+        seg.step = 0  # no update yet: the first one counts as step 1
+
+
+def plan_fresh_state(seg: Segment) -> None:
+    """Where each parameter's new state goes (:func:`place_state`, :func:`zeros_state`): the
+    places :func:`flatten` will give it."""
+    slices, length = plan_layout(seg.params)
+    seg.fresh_slices = {id(p): sl for p, sl in zip(seg.params, slices)}
+    seg.fresh_length, seg.fresh_state = length, {}
+
+
+def place_state(seg: Segment, param: Tensor, name: str, value: Tensor) -> Tensor:
+    """A new state tensor ``value`` of ``param``: as it is, or, after :func:`plan_fresh_state`,
+    copied to its place in the segment's buffer for ``name`` and returned as that view."""
+    view = _place(seg, param, name, value.dtype, value.shape, value.device)
+    if view is None:
+        return value
+    if view.data_ptr() != value.data_ptr():  # not made there already (zeros_state)
+        view.copy_(value)
+    return view
+
+
+def zeros_state(seg: Segment | None, param: Tensor, name: str, dtype: torch.dtype) -> Tensor:
+    """New zero state of ``param``'s shape: after :func:`plan_fresh_state`, at its place in the
+    segment's buffer for ``name`` (no temporary), else a tensor of its own."""
+    view = None if seg is None else _place(seg, param, name, dtype, param.shape, param.device)
+    return torch.zeros_like(param, dtype=dtype) if view is None else view.zero_()
+
+
+def _place(seg: Segment, param: Tensor, name: str, dtype, shape, device) -> Tensor | None:
+    """``param``'s place in the segment's fresh buffer for ``name`` (made on first use), or
+    None where it has none (not planned, or state of another shape, dtype or device)."""
+    where = None if seg.fresh_slices is None else seg.fresh_slices.get(id(param))
+    if where is None or shape != param.shape or device != param.device:
+        return None
+    buf = seg.fresh_state.get(name)
+    if buf is None:
+        gaps = _gaps(list(seg.fresh_slices.values()), seg.fresh_length)
+        buf = seg.fresh_state[name] = _empty_with_zero_gaps(seg.fresh_length, gaps, dtype, device)
+    return buf[where].view(shape) if buf.dtype == dtype else None
+
+
+def _gaps(slices: list[slice], length: int) -> list[slice]:
+    """The places of a buffer of ``length`` elements that none of ``slices`` covers."""
+    gaps, covered = [], 0
+    for sl in sorted(slices, key=lambda sl: sl.start):
+        if sl.start > covered:
+            gaps.append(slice(covered, sl.start))
+        covered = max(covered, sl.stop)
+    if length > covered:
+        gaps.append(slice(covered, length))
+    return gaps
+
+
+def _empty_with_zero_gaps(
+    length: int, gaps: list[slice], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """A new buffer with zeros in ``gaps`` only: the rest is written by the copies that follow,
+    so that its pages are not all touched (made resident) at once, as zeros would."""
+    buf = torch.empty(length, dtype=dtype, device=device)
+    for gap in gaps:
+        buf[gap].zero_()
+    return buf
 
 
 #: bytes each tensor's place in the flat buffers is aligned to: a cache line, as PyTorch's CPU

@@ -1689,11 +1689,7 @@ def test_an_option_the_optimizer_ignores_is_refused_from_flags_toml_and_resume(
         saved = out / "config.toml"  # edited by hand: the resumed run must not train with it
         saved.write_text(saved.read_text().replace("momentum = 0.0", f"momentum = {toml}"))
         args = ["--resume", str(out)]
-    done = CliRunner().invoke(cli, ["train", *args])
-    assert done.exit_code == 2, done.output
-    assert_one_line_error(done.stderr, rf"{option}=.* has no effect with optimizer='{optimizer}'")
-    if how != "resume":
-        assert not (out / "checkpoint.pt").exists()
+    refused(args, rf"{option}=.* has no effect with optimizer='{optimizer}'", out, how)
 
 
 @pytest.mark.parametrize(
@@ -1723,9 +1719,15 @@ def test_a_setting_the_model_ignores_is_refused_from_flags_toml_and_resume(
         assert "hidden = [" in text and "channels = [" not in text
         saved.write_text(text + f"{option} = [8, 8]\n")  # edited by hand
         args = ["--resume", str(out)]
+    refused(args, rf"{option}=\(8, 8\) has no effect with model='{model}'", out, how)
+
+
+def refused(args: list[str], message: str, out: Path, how: str) -> None:
+    """``gradwise train ARGS`` ends with exit 2 and one line matching ``message``, having
+    trained nothing (a resumed run keeps the checkpoint it had)."""
     done = CliRunner().invoke(cli, ["train", *args])
     assert done.exit_code == 2, done.output
-    assert_one_line_error(done.stderr, rf"{option}=\(8, 8\) has no effect with model='{model}'")
+    assert_one_line_error(done.stderr, message)
     if how != "resume":
         assert not (out / "checkpoint.pt").exists()
 

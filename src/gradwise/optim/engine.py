@@ -220,12 +220,11 @@ def flatten(
     first, then the larger ones; one element per parameter for the 0-d ones."""
     params = seg.params
     like = params[0]
-    seg.slices, offset = plan_layout(params)
-    order = sorted(range(len(params)), key=lambda i: params[i].numel() >= DIRECT_NUMEL)  # stable
+    seg.slices, offset, order = plan_layout(params)
     small = [i for i in order if params[i].numel() < DIRECT_NUMEL]
     seg.small = _aligned(seg.slices[small[-1]].stop, like.element_size()) if small else 0
     seg.small_params = [params[i] for i in small]
-    seg.large = [(params[i], seg.slices[i]) for i in order if i not in small]
+    seg.large = [(params[i], seg.slices[i]) for i in order[len(small) :]]
     # One buffer at a time, each tensor's old storage released as soon as it is copied, into
     # a buffer whose pages the copies touch one tensor at a time: the memory in flight is about
     # one tensor, not the parameters and every state at once. Zeros in the alignment gaps
@@ -279,10 +278,10 @@ def flatten(
     seg.flat = True
 
 
-def plan_layout(params: list[Tensor]) -> tuple[list[slice], int]:
+def plan_layout(params: list[Tensor]) -> tuple[list[slice], int, list[int]]:
     """Where :func:`flatten` puts each parameter (``slices[i]`` for ``params[i]``): the tensors
     under :data:`DIRECT_NUMEL` elements first, then the larger ones, each at an aligned place;
-    and the buffers' length (aligned too)."""
+    the buffers' length (aligned too); and the parameters' indices in that order."""
     like = params[0]
     order = sorted(range(len(params)), key=lambda i: params[i].numel() >= DIRECT_NUMEL)  # stable
     slices = [slice(0, 0)] * len(params)
@@ -291,7 +290,7 @@ def plan_layout(params: list[Tensor]) -> tuple[list[slice], int]:
         offset = _aligned(offset, like.element_size())
         slices[i] = slice(offset, offset + params[i].numel())
         offset += params[i].numel()
-    return slices, _aligned(offset, like.element_size())  # zeros after the last tensor
+    return slices, _aligned(offset, like.element_size()), order  # zeros after the last
 
 
 def lay_out_fresh(
@@ -320,7 +319,7 @@ def lay_out_fresh(
 def plan_fresh_state(seg: Segment) -> None:
     """Where each parameter's new state goes (:func:`place_state`, :func:`zeros_state`): the
     places :func:`flatten` will give it."""
-    slices, length = plan_layout(seg.params)
+    slices, length, _ = plan_layout(seg.params)
     seg.fresh_slices = {id(p): sl for p, sl in zip(seg.params, slices)}
     seg.fresh_length, seg.fresh_state = length, {}
 

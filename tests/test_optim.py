@@ -878,7 +878,7 @@ def test_an_ahead_of_time_kernel_takes_whole_cache_lines_and_leaves_the_rest_to_
     elements (no partial vector: Inductor's loop then has no branch for one). The engine lays
     its buffers out so; a large gradient's last few elements are left to the eager update, and
     everything else reaches the kernel exactly once, in place."""
-    from gradwise.optim import engine, kernel_args, plans
+    from gradwise.optim import engine, kernel_args, kernels
 
     calls = []
 
@@ -887,12 +887,13 @@ def test_an_ahead_of_time_kernel_takes_whole_cache_lines_and_leaves_the_rest_to_
         param.add_(grad)  # in place, on the views it was given
         state["m"].add_(1.0)
 
-    run = plans._ahead_of_time(kernel, 0, torch.zeros(1))
+    run = kernels.ahead_of_time.runner(kernel, torch.float32).run
+    scalars = kernel_args.Scalars(0, torch.float32)
     lines = kernel_args.length_multiple(torch.float32)
     assert lines == 16 and kernel_args.length_multiple(torch.float64) == 8
     sizes = [64, 70, 5]
     targets = [(torch.zeros(n), torch.ones(n), {"m": torch.zeros(n)}) for n in sizes]
-    left = run([], targets)
+    left = run(targets, scalars)
     assert calls == [64, 64]  # whole lines only; the 5-element piece never reaches the kernel
     assert [p.numel() for p, _, _ in left] == [6, 5]
     for (param, _, state), n in zip(targets, sizes):
@@ -948,7 +949,7 @@ def test_a_new_hyperparameter_value_needs_no_new_kernel(
         run_lockstep(oa, ob, a, b, 8, torch.Generator().manual_seed(21))
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-6)
-    assert len(kernels._loaded) == 1 and len(list(tmp_path.glob("*.pt2"))) == 1
+    assert len(kernels._loaded) == 1 and len(list(tmp_path.glob("*.so"))) == 1
 
 
 def test_compiled_path_with_l1_and_decoupled_decay_matches_eager():
@@ -995,14 +996,29 @@ def test_a_cached_kernel_loads_in_milliseconds_without_inductor():
 def test_a_kernel_is_cached_per_cpu(monkeypatch):
     """Kernels are compiled for the building CPU (-march=native): another CPU sharing the cache
     directory (an NFS home) looks for its own file instead of loading this one."""
-    from gradwise.optim import base, kernels
+    from gradwise.optim import base, kernel_args, kernels
 
     assert kernels.cpu_identity() == kernels.cpu_identity() and len(kernels.cpu_identity()) == 16
-    state = {"momentum_buffer": torch.zeros(2)}
-    args = (base.update, go.SGD.rule, ["momentum_buffer"], {}, [], torch.zeros(2), torch.zeros(2))
-    here = kernels._key(*args, state)
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = go.SGD([p], lr=0.1, momentum=0.9)
+    static, slots, values = kernel_args.split(opt._update_args(opt.param_groups[0], 2))
+    spec = dict(
+        update=base.update,
+        rule=go.SGD.rule,
+        names=["momentum_buffer"],
+        static=static,
+        slots=slots,
+        values=values,
+        device="cpu",
+        dtypes=[torch.float32] * 3,
+    )
+    monkeypatch.setitem(kernels._sources, ("aot",), None)  # as for a rule without a C form
+    generated, ahead = kernels._place(("generated",), spec), kernels._place(("aot",), spec)
+    assert generated[1] is not None and generated[0].suffix == ".so"
+    assert ahead[1] is None and ahead[0].suffix == ".pt2"
     monkeypatch.setattr(kernels, "cpu_identity", lambda: "another cpu")
-    assert kernels._key(*args, state) != here
+    assert kernels._place(("generated",), spec)[0] != generated[0]
+    assert kernels._place(("aot",), spec)[0] != ahead[0]
 
 
 def test_fused_on_a_device_without_kernels_warns_once_and_runs_eager(monkeypatch):
@@ -1039,11 +1055,13 @@ def _fresh_kernels(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_loaded", {})
     monkeypatch.setattr(kernels, "_absent", set())
     monkeypatch.setattr(kernels, "_building", {})
+    monkeypatch.setattr(kernels, "_sources", {})
     monkeypatch.setattr(kernels, "_error", None)
     monkeypatch.setattr(kernels, "_warned_unproven", False)
     return kernels
 
 
+@pytest.mark.parametrize("kind", ["generated", "ahead-of-time"])
 @pytest.mark.parametrize(
     ("child", "said_why"),
     [
@@ -1056,7 +1074,7 @@ def _fresh_kernels(monkeypatch, tmp_path):
     ids=["build-fails", "child-crashes"],
 )
 def test_a_kernel_that_fails_in_its_child_means_one_warning_and_the_eager_path(
-    monkeypatch, tmp_path, child, said_why
+    monkeypatch, tmp_path, child, said_why, kind
 ):
     """Loading native code can kill a process (torch 2.11's CUDA build segfaulted loading a CPU
     kernel), and a build can fail (no compiler). Kernels are built, loaded and run in a child
@@ -1065,7 +1083,12 @@ def test_a_kernel_that_fails_in_its_child_means_one_warning_and_the_eager_path(
     import sys
 
     kernels = _fresh_kernels(monkeypatch, tmp_path)
-    monkeypatch.setattr(kernels, "child_command", lambda: [sys.executable, "-c", child])
+    if kind == "generated":
+        monkeypatch.setattr(kernels.generated, "CHILD", child)
+    else:
+        monkeypatch.setattr(kernels.generated, "source", lambda *args: None)
+        aot = kernels.ahead_of_time
+        monkeypatch.setattr(aot, "child_command", lambda: [sys.executable, "-c", child])
     a, b = twins(make_params(torch.float64))
     oa, ob = go.AdamW(a, lr=0.01, fused=True), torch.optim.AdamW(b, lr=0.01, foreach=False)
     with pytest.warns(RuntimeWarning, match=said_why) as said:
@@ -1110,12 +1133,13 @@ def test_a_large_group_never_waits_for_its_kernel(monkeypatch, tmp_path):
     kernels = _fresh_kernels(monkeypatch, tmp_path)
     monkeypatch.setattr(engine, "AUTO_BUILD_NUMEL", 1000)
     monkeypatch.setattr(engine, "KERNEL_MIN_NUMEL", 1000)
+    monkeypatch.setattr(kernels, "_spare_core", lambda: True)  # a core the build can take
     a, b = twins(make_params(torch.float32, shapes=[(64, 33), (17,)]))
     oa, ob = go.SGD(a, lr=0.05, momentum=0.9), torch.optim.SGD(b, lr=0.05, momentum=0.9)
     gen = torch.Generator().manual_seed(19)
     started = time.perf_counter()
     run_lockstep(oa, ob, a, b, 3, gen)
-    assert time.perf_counter() - started < 5  # no step waited for the build (~10-30 s)
+    assert time.perf_counter() - started < 5  # no step waited for the build
     assert not kernels._loaded and kernels._building
     deadline = time.monotonic() + 240
     while not kernels._loaded and time.monotonic() < deadline:
@@ -1123,6 +1147,23 @@ def test_a_large_group_never_waits_for_its_kernel(monkeypatch, tmp_path):
         time.sleep(0.2)
     assert kernels._loaded and kernels.available()
     run_lockstep(oa, ob, a, b, 3, gen)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-7)
+
+
+def test_without_a_spare_core_the_short_build_is_waited_for(monkeypatch, tmp_path):
+    """Where the training's threads take every core, a build at the lowest priority would get
+    no CPU until the training ends: a generated kernel's (~0.4 s) is waited for instead."""
+    from gradwise.optim import engine
+
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    monkeypatch.setattr(engine, "AUTO_BUILD_NUMEL", 1000)
+    monkeypatch.setattr(engine, "KERNEL_MIN_NUMEL", 1000)
+    monkeypatch.setattr(kernels, "_spare_core", lambda: False)
+    a, b = twins(make_params(torch.float32, shapes=[(64, 33), (17,)]))
+    oa, ob = go.Adam(a, lr=0.01), torch.optim.Adam(b, lr=0.01)
+    run_lockstep(oa, ob, a, b, 2, torch.Generator().manual_seed(20))
+    assert len(kernels._loaded) == 1 and not kernels._building  # there from the second step
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-7)
 

@@ -8,6 +8,9 @@ CUDA's, compiled in the process (:mod:`gradwise.optim.compiled`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -90,6 +93,11 @@ class Update(torch.nn.Module):
         self.update, self.rule, self.names = update, rule, names
         self.static, self.slots = static, slots
 
+    @classmethod
+    def of(cls, spec: dict) -> Update:
+        """The module of a kernel's ``spec`` (see :func:`gradwise.optim.kernels.get`)."""
+        return cls(spec["update"], spec["rule"], spec["names"], spec["static"], spec["slots"])
+
     def forward(self, param: Tensor, grad: Tensor, *rest: Tensor) -> None:
         state = dict(zip(self.names, rest[: len(self.names)]))
         args = {k: dict(v) if isinstance(v, dict) else v for k, v in self.static.items()}
@@ -129,3 +137,41 @@ def scalar_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of a kernel's runtime scalars: float64 for float64 parameters, else float32
     (float64 scalars made the compiled loop convert each of them on every iteration)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A CPU kernel: ``run(targets, scalars) -> the targets it left to the eager update``, with
+    ``targets`` ``(param, grad, state)`` triples and ``scalars`` a :class:`Scalars` of
+    ``scalar_dtype`` holding the step's values."""
+
+    run: Callable[[list, Scalars], list]
+    scalar_dtype: torch.dtype
+
+
+def check_inputs(spec: dict) -> list[Tensor]:
+    """A kernel's check's input: a parameter, its gradient and its state, of ``spec``'s dtypes."""
+    gen = torch.Generator().manual_seed(0)
+    n = 64 * length_multiple(spec["dtypes"][0])
+    return [torch.rand(n, generator=gen).to(dtype=d, device=spec["device"]) for d in spec["dtypes"]]
+
+
+def agrees(kernel: Kernel, spec: dict) -> bool:
+    """Whether ``kernel`` updates a small random input as the eager update of ``spec`` does
+    (see :func:`gradwise.optim.kernels.get`), up to rounding: two units in the last place of
+    the parameter's dtype (bfloat16: 1.6e-2), never less than 1e-3 relative."""
+    names = spec["names"]
+    ran = check_inputs(spec)
+    scalars = Scalars(len(spec["values"]), kernel.scalar_dtype)
+    views = scalars.filled(spec["values"])
+    left = kernel.run([(ran[0], ran[1], dict(zip(names, ran[2:])))], scalars)
+    if left:
+        return False
+    eager = check_inputs(spec)
+    with torch.no_grad():
+        Update.of(spec)(*eager, *views)
+    rtol = max(1e-3, 2 * torch.finfo(ran[0].dtype).eps)
+    return all(
+        torch.allclose(a.double(), b.double(), rtol=rtol, atol=1e-5, equal_nan=True)
+        for a, b in zip(ran, eager)
+    )

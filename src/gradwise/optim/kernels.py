@@ -1,49 +1,56 @@
-"""Fused kernels: the same update, compiled ahead of time into one pass over memory, cached on disk.
+"""Fused kernels on the CPU: the same update in one pass over memory, built once, cached on disk.
 
 This module: where kernels may run (:data:`PROVEN_TORCH`, :data:`DEVICES`), and the CPU's
-ahead-of-time kernels, built, checked, cached and loaded. What a kernel takes is
+kernels, built, checked, cached and loaded. What a kernel takes is
 :mod:`gradwise.optim.kernel_args`; CUDA's kernels, compiled in the process, are
 :mod:`gradwise.optim.compiled`.
 
 The eager path runs a rule as a handful of tensor operations, each a pass over the (chunked)
-buffers. A *kernel* is that same Python code — ``update()`` and the rule it calls — exported with
-``torch.export`` and compiled by AOTInductor into a shared library that reads each buffer once and
-writes it once. Nothing is written twice: the kernel is traced from the rule itself.
+buffers. A *kernel* is that same Python code — ``update()`` and the rule it calls — compiled
+into a loop that reads each buffer once and writes it once. Nothing is written twice: the
+kernel is traced from the rule itself, in one of two ways:
 
-Every number enters as a 0-d tensor (float32, or float64 for float64 parameters): what varies
-from step to step (the learning rate, bias corrections, the decoupled-decay factor, the L1
-threshold) and the hyperparameters alike (``betas``, ``eps``, ``momentum``, ...), so that a new
-value never means a new build (see :func:`kernel_args.split`); a piece's length is a dynamic
-dimension, a multiple of a cache line's worth of elements (:func:`kernel_args.length_multiple`:
-the engine lays its buffers out so; the few elements past a multiple in a large tensor's
-gradient take the eager update). What is baked in and part of the cache key: flags, which
-numbers are zero, dtypes, the device type, together with the torch build, the source code of
-``update`` and the rule, and the CPU (model and instruction-set flags: kernels are compiled for
-the CPU that builds them). Building a kernel takes ~10-30 s once per machine; loading a cached one
-takes milliseconds. The cache lives in ``$GRADWISE_KERNEL_CACHE`` (default
+* **Generated C** (:mod:`generated`), for every rule whose operations are elementwise (all of
+  gradwise's flat-path rules): the trace becomes a C loop that needs only ``Python.h``, built in
+  ~0.3 s. A first run has its kernel after a few dozen steps.
+* **Ahead of time**, for any other rule: exported with ``torch.export`` and compiled by
+  AOTInductor (~20 s). It takes lengths that are a multiple of a cache line's worth of elements
+  (:func:`kernel_args.length_multiple`: the engine lays its buffers out so; the few elements
+  past a multiple in a large tensor's gradient take the eager update).
+
+Every number is a runtime argument: what varies from step to step (the learning rate, bias
+corrections, the decoupled-decay factor, the L1 threshold) and the hyperparameters alike
+(``betas``, ``eps``, ``momentum``, ...), so that a new value never means a new build (see
+:func:`kernel_args.split`). What is baked in and part of the cache key: flags, which numbers
+are zero, dtypes, the device type, the code (the generated C source; for an ahead-of-time
+kernel the torch build and the source of ``update``, the rule and ``engine``), and the CPU
+(model and instruction-set flags: kernels are compiled with ``-march=native`` for the CPU that
+builds them). The cache lives in ``$GRADWISE_KERNEL_CACHE`` (default
 ``~/.cache/gradwise/kernels``) and is written atomically (temporary file + rename). A cached
-kernel loads in ~2 ms, without importing Inductor.
+kernel loads in milliseconds, without importing Inductor.
 
-A kernel is always built as an OpenMP-parallel loop whose thread count is read when it runs
-(``torch.set_num_threads`` decides, as for PyTorch's own kernels). Inductor's default would bake
-in the thread count of the building process: a kernel first built under one thread would then
-stay serial in every later process (measured: SGD on 16M parameters 6.6 ms against 5.7 ms for
-PyTorch's fused kernel with 2 threads, instead of the bandwidth-bound ~6 ms).
+A kernel is a parallel loop whose thread count is read when it runs (``torch.set_num_threads``
+decides, as for PyTorch's own kernels): a kernel first built under one thread must not stay
+serial in every later process.
 
 **A kernel never takes the user's process down.** Loading native code can crash a process where
 no ``try`` can catch it: with torch 2.11's CUDA build, loading an AOTInductor package that had
 just been built for the CPU killed the process with a segmentation fault. So a kernel is built,
-loaded and run (against the eager rule, on a small input) in a *child process* first; only a
-kernel that survived that is renamed into the cache, and only a file in the cache is ever loaded
-here. A child that fails or dies turns kernels off for this process with one warning, and the
-eager path runs (same results). Kernels are also gated to the torch releases where building and
-loading them is proven (:data:`PROVEN_TORCH`); elsewhere the eager path runs, with one warning
-when a kernel was asked for. ``GRADWISE_KERNELS=off`` turns them off; ``GRADWISE_KERNELS=any``
-allows any torch release (each kernel is still checked in a child first).
+loaded and run on a small input in a *child process* first (an ahead-of-time kernel is also
+compared with the eager rule there; a generated one, whose child runs without torch, is compared
+here before its first use); only a kernel that survived that is renamed into the cache, and
+only a file in the cache is ever loaded here. A child that fails or dies, or a kernel that
+disagrees, turns kernels off for this process with one warning, and the eager path runs (same
+results). Kernels are also gated to the torch releases where building and loading them is
+proven (:data:`PROVEN_TORCH`); elsewhere the eager path runs, with one warning when a kernel
+was asked for. ``GRADWISE_KERNELS=off`` turns them off; ``GRADWISE_KERNELS=any`` allows any
+torch release (each kernel is still checked first).
 
 The child runs at the lowest CPU priority (``SCHED_IDLE``), one thread, while the eager path
-goes on: with the default ``fused=None`` a large group never waits for a build (the kernel takes
-over once it is on disk), and ``fused=True`` waits for it.
+goes on: with the default ``fused=None`` a large group does not wait for a build (the kernel
+takes over once it is on disk), and ``fused=True`` waits for it. A generated kernel's build is
+waited for where this process's threads use every core (in the background it would get no CPU
+until the training ends).
 """
 
 from __future__ import annotations
@@ -51,13 +58,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import inspect
 import os
-import pickle
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -66,18 +69,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gradwise import __version__
-from gradwise.optim.kernel_args import (
-    Update,
-    length_multiple,
-    scalar_dtype,
-    scalar_tensors,
-    split,
-)
+from gradwise.optim import ahead_of_time, generated
+from gradwise.optim.kernel_args import Kernel, Scalars, Update, agrees, split
 
 _loaded: dict[tuple, Callable] = {}
 _absent: set[tuple] = set()  # kernels looked for (not to be built) and not on disk
 _building: dict[tuple, tuple[subprocess.Popen, Path]] = {}  # builds running in a child process
+_sources: dict[tuple, str | None] = {}  # generated C sources (None: the rule does not translate)
 _error: str | None = None
 
 #: torch releases (major.minor) on which kernels are proven, by device type: on the CPU by the
@@ -179,18 +177,6 @@ def disable(error: BaseException | str) -> None:
 
 
 @functools.cache
-def _source(fn) -> str:
-    return inspect.getsource(fn)
-
-
-#: changes whenever the way kernels are built changes, so that older cached kernels are not used
-KERNEL_FORMAT = (
-    "5: float32 scalars, omp parallel, dynamic threads, hyperparameters at run time, "
-    "lengths a multiple of a cache line"
-)
-
-
-@functools.cache
 def cpu_identity() -> str:
     """What a kernel built here assumes of the CPU: it is compiled with ``-march=native``, so a
     cache shared by different machines (an NFS home on a cluster) must not hand one CPU's
@@ -209,30 +195,6 @@ def cpu_identity() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _key(update, rule, names, static, slots, param, grad, state) -> str:
-    parts = [
-        KERNEL_FORMAT,
-        cpu_identity(),
-        torch.__version__,
-        str(torch.version.git_version),
-        str(torch.version.cuda),
-        __version__,
-        _source(update),
-        _source(rule),
-        _source(sys.modules["gradwise.optim.engine"]),  # the operations rules are written with
-        rule.__module__,
-        rule.__qualname__,
-        repr(sorted(static.items(), key=str)),
-        repr(slots),
-        repr(names),
-        param.device.type,
-        str(param.dtype),
-        str(grad.dtype),
-        repr([str(state[n].dtype) for n in names]),
-    ]
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
-
-
 #: what :func:`get` does when the kernel is not on disk
 SKIP, START, WAIT = "skip", "start", "wait"
 
@@ -247,73 +209,108 @@ def get(
     *,
     missing: str,
 ) -> tuple[Callable, list[float]] | None:
-    """The kernel for this update and the step's scalars, or None where there is none yet.
+    """The kernel for this update, as ``kernel(targets, scalars) -> the targets it left``
+    (``targets``: ``(param, grad, state)`` triples; ``scalars``: a
+    :class:`kernel_args.Scalars` holding the step's values), and the step's scalars; or None
+    where there is none yet.
 
     A kernel not on disk is, by ``missing``: ``SKIP``, not built; ``START``, built in a child
     process while this one goes on (None until it is on disk); ``WAIT``, built in a child
-    process, waited for. A child that fails turns kernels off (:func:`disable`): None."""
+    process, waited for. A child that fails turns kernels off (:func:`disable`): None. The
+    kernel is generated C (:mod:`generated`) where the rule translates, else ahead-of-time."""
     names = tuple(sorted(state))
     static, slots, values = split(args)
-    memo = (
-        rule,
-        update,
-        names,
-        repr(static),
-        tuple(slots),
-        param.device.type,
-        param.dtype,
-        grad.dtype,
-        tuple(state[n].dtype for n in names),
-    )
+    dtypes = [param.dtype, grad.dtype, *(state[n].dtype for n in names)]
+    memo = (rule, update, names, repr(static), tuple(slots), param.device.type, *dtypes)
     kernel = _loaded.get(memo)
     if kernel is not None:
         return kernel, values
     if missing == SKIP and memo in _absent:
         return None
+    spec = dict(
+        update=update,
+        rule=rule,
+        names=list(names),
+        static=static,
+        slots=slots,
+        values=values,
+        device=param.device.type,
+        dtypes=dtypes,
+        cuda=torch.cuda.is_initialized(),
+    )
     running = _building.get(memo)
     if running is not None:
         proc, path = running
         if missing != WAIT and proc.poll() is None:
             return None
-        if not _finished(memo, proc):
-            return None
     else:
-        key = _key(update, rule, list(names), static, slots, param, grad, state)
-        path = cache_dir() / f"{rule.__name__}-{key}.pt2"
+        path, text = _place(memo, spec)
+        proc = None
         if not path.exists():
             if missing == SKIP:
                 _absent.add(memo)  # not looked for again in this process
                 return None
-            spec = dict(
-                update=update,
-                rule=rule,
-                names=list(names),
-                static=static,
-                slots=slots,
-                values=values,
-                device=param.device.type,
-                dtypes=[param.dtype, grad.dtype, *(state[n].dtype for n in names)],
-                path=str(path),
-                cuda=torch.cuda.is_initialized(),
-            )
-            proc = _start_build(spec, background=missing == START)
+            # a generated kernel's build (~0.4 s) is waited for where no core is spare for it:
+            # in the background, at the lowest priority, it would wait for the whole training
+            background = missing == START and (text is None or _spare_core())
+            proc = _start(spec, path, text, background=background)
             if proc is None:
                 return None
             _building[memo] = (proc, path)
-            if missing == START or not _finished(memo, proc):
+            if background:
                 return None
+    if proc is not None and not _finished(memo, proc):
+        return None
     _absent.discard(memo)
-    kernel = _loaded[memo] = _load(path, names)
+    kernel = _loaded[memo] = _load(path, spec)
     with contextlib.suppress(OSError):  # "last used", for `gradwise cache --older-than`
         os.utime(path)
     return kernel, values
+
+
+def _place(memo: tuple, spec: dict) -> tuple[Path, str | None]:
+    """Where the kernel of ``spec`` is cached, and its C source where it is generated."""
+    rule, names, values = spec["rule"], spec["names"], spec["values"]
+    if memo not in _sources:
+        text = None
+        if spec["device"] == "cpu" and len(set(spec["dtypes"])) == 1:
+            text = generated.source(Update.of(spec), names, len(values), spec["dtypes"][0])
+        _sources[memo] = text
+    text = _sources[memo]
+    if text is not None:
+        return cache_dir() / f"{rule.__name__}-{generated.key(text, cpu_identity())}.so", text
+    return cache_dir() / f"{rule.__name__}-{ahead_of_time.key(spec, cpu_identity())}.pt2", None
+
+
+def _spare_core() -> bool:
+    """Whether this process's threads leave a CPU core free (for a build in the background)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return torch.get_num_threads() < cores
+
+
+def _start(spec: dict, path: Path, text: str | None, *, background: bool):
+    """Start the child process that builds the kernel into ``path`` (None: it could not)."""
+    nice = lowest_priority if background else None
+    try:
+        if text is None:
+            return ahead_of_time.start_build(dict(spec, path=str(path)), nice)
+        return generated.start_build(text, path, len(spec["values"]), spec["dtypes"][0], nice)
+    except Exception as e:  # noqa: BLE001 - no C compiler, a rule that cannot be pickled, ...
+        disable(e)
+        return None
 
 
 def _finished(memo: tuple, proc: subprocess.Popen) -> bool:
     """Wait for a child's build; True if it put a checked kernel on disk, else kernels are
     turned off with the child's reason."""
     proc.wait()
-    del _building[memo]
+    path = _building.pop(memo)[1]
+    if path.suffix == ".so":
+        for leftover in generated.scratch(path):
+            leftover.unlink(missing_ok=True)
     proc.stderr.seek(0)
     err = proc.stderr.read()
     proc.stderr.close()
@@ -361,11 +358,6 @@ def wait_for_builds(timeout_s: float | None = None) -> None:
             _finished(memo, proc)
 
 
-def child_command() -> list[str]:
-    """The command of a kernel-building child process; it reads its job (pickled) on stdin."""
-    return [sys.executable, "-c", "from gradwise.optim import kernels; kernels.child_main()"]
-
-
 def lowest_priority() -> None:  # pragma: no cover - runs in the child before exec
     """CPU time only when nothing else wants it (Linux's SCHED_IDLE), else the lowest nice:
     a build beside a training on 2 cores must not make PyTorch's threads wait on each other."""
@@ -374,76 +366,6 @@ def lowest_priority() -> None:  # pragma: no cover - runs in the child before ex
     except (AttributeError, OSError):
         with contextlib.suppress(OSError):
             os.nice(19)
-
-
-def _start_build(spec: dict, *, background: bool) -> subprocess.Popen | None:
-    """Start a child process that builds, loads and checks one kernel (:func:`child_main`)."""
-    try:
-        job = pickle.dumps(spec)
-    except Exception as e:  # a rule the child could not import (e.g. defined in a closure)
-        disable(f"its rule cannot be sent to a child process to be built ({e})")
-        return None
-    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHINDUCTOR_COMPILE_THREADS="1")
-    # the eager path goes on meanwhile: the build takes only what the training leaves of the CPU
-    nice = lowest_priority if background else None
-    try:
-        # a file, not a pipe: a chatty build never blocks; closed in _finished
-        errors = tempfile.TemporaryFile()  # noqa: SIM115
-        proc = subprocess.Popen(
-            child_command(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-            env=env,
-            preexec_fn=nice,
-        )
-        proc.stdin.write(job)
-        proc.stdin.close()
-        proc.stderr = errors
-    except OSError as e:
-        disable(e)
-        return None
-    return proc
-
-
-def child_main() -> None:
-    """In the child process: build the kernel of the pickled job on stdin, load it, run it on a
-    small input and compare it with the eager update; only then rename it into the cache."""
-    torch.set_num_threads(1)
-    spec = pickle.loads(sys.stdin.buffer.read())
-    if spec["cuda"]:
-        torch.cuda.init()  # load as the parent would: with CUDA up
-    names, device = spec["names"], torch.device(spec["device"])
-    gen = torch.Generator().manual_seed(0)
-    n = 64 * length_multiple(spec["dtypes"][0])
-
-    def tensors():
-        gen.manual_seed(0)
-        return [torch.rand(n, generator=gen).to(dtype=d, device=device) for d in spec["dtypes"]]
-
-    module = Update(spec["update"], spec["rule"], names, spec["static"], spec["slots"])
-    param, grad, *states = tensors()
-    path = Path(spec["path"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.checked.pt2")
-    _build(tmp, module, param, grad, dict(zip(names, states)), names, spec["values"])
-    try:
-        kernel = _load(tmp, tuple(names))
-        ran = tensors()
-        scalars = scalar_tensors(spec["values"], device, scalar_dtype(spec["dtypes"][0]))
-        kernel(ran[0], ran[1], dict(zip(names, ran[2:])), scalars)
-        eager = tensors()
-        with torch.no_grad():
-            module(*eager, *scalars)
-        # FMA contraction changes last bits: allow two units in the last place of the
-        # parameter's dtype (bfloat16: 1.6e-2), and never less than 1e-3
-        rtol = max(1e-3, 2 * torch.finfo(ran[0].dtype).eps)
-        for a, b in zip(ran, eager):
-            if not torch.allclose(a.double(), b.double(), rtol=rtol, atol=1e-5, equal_nan=True):
-                sys.exit("the compiled kernel disagrees with the eager update")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def cache_entries() -> list[dict]:
@@ -486,47 +408,20 @@ def clear_cache(older_than_days: float | None = None) -> tuple[int, int]:
     return files, size
 
 
-def _load(path: Path, names: tuple[str, ...]) -> Callable:
-    """The kernel in ``path`` as ``kernel(param, grad, state, scalars)``.
-
-    Loaded with AOTInductor's C++ package loader itself and run through its ``boxed_run``:
-    ``torch._inductor.aoti_load_package`` first imports Inductor's Python package (~1-2 s in a
-    fresh process), and its callable (de)serializes the call's pytree spec on every call. The
-    loader alone takes ~2 ms. Where its signature differs (another torch), the public way."""
-    loader = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
-    run = None
-    if loader is not None:
-        with contextlib.suppress(RuntimeError, TypeError):
-            run = loader(str(path), "model", False, 1, -1).boxed_run
-    if run is None:
-        loaded = torch._inductor.aoti_load_package(str(path))
-
-        def kernel(p, g, st, scalars):
-            loaded(p, g, *(st[n] for n in names), *scalars)
-
+def _load(path: Path, spec: dict) -> Callable:
+    """The kernel cached in ``path``, as :func:`get` gives it."""
+    names = tuple(spec["names"])
+    if path.suffix == ".so":  # its child ran it without torch: checked here, before its first use
+        kernel = _generated(generated.load(path, names))
+        if not agrees(kernel, spec):
+            raise RuntimeError("the generated kernel disagrees with the eager update")
         return kernel
-
-    def kernel(p, g, st, scalars):
-        run([p, g, *(st[n] for n in names), *scalars])
-
-    return kernel
+    return ahead_of_time.runner(ahead_of_time.load(path, names), spec["dtypes"][0], disable)
 
 
-def _build(path: Path, module, param, grad, state, names, values) -> None:
-    from torch.export import Dim, export
+def _generated(kernel: Callable) -> Kernel:
+    def run(targets: list, scalars: Scalars) -> list:
+        kernel(targets, scalars)  # all of them, or (an error) none
+        return []
 
-    # a multiple of a cache line (see length_multiple): no partial vector, no branch for one
-    n = length_multiple(param.dtype) * Dim("lines", min=1)
-    scalars = scalar_tensors(values, param.device, scalar_dtype(param.dtype))
-    inputs = (param, grad, *(state[name] for name in names), *scalars)
-    shapes = ({0: n}, {0: n}, (*({0: n} for _ in names), *(None for _ in scalars)))
-    exported = export(module, inputs, dynamic_shapes=shapes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")
-    # parallel code whatever this process's thread count; the count is read at run time
-    parallel = {"cpp.threads": max(2, os.cpu_count() or 2), "cpp.dynamic_threads": True}
-    with torch._inductor.config.patch(parallel), warnings.catch_warnings():
-        # torch 2.13 deep-copies its own tree spec here and warns about itself: not the user's
-        warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
-    os.replace(tmp, path)
+    return Kernel(run, torch.float64)  # the step's numbers as Python has them

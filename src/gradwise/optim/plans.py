@@ -98,7 +98,7 @@ def choose(
             return None
         plan = _compiled_plan(seg, runner, options, signature(group), slots)
     else:
-        plan = Plan(options, signature(group), _ahead_of_time(kernel, len(values), grad), slots)
+        plan = Plan(options, signature(group), _on_cpu(kernel, len(values)), slots)
     seg.kernel_plans[pieces] = plan  # chosen once for these options
     return functools.partial(plan.run, values)
 
@@ -120,28 +120,16 @@ def _compiled_plan(seg, runner: compiled.Runner, options, sig, slots) -> Plan:
     return Plan(options, sig, run, slots, runner, replayer)
 
 
-def _ahead_of_time(kernel: Callable, count: int, grad: Tensor) -> Callable:
-    scalars = kernel_args.Scalars(count, kernel_args.scalar_dtype(grad.dtype))
-    multiple = kernel_args.length_multiple(grad.dtype)
+def _on_cpu(kernel: kernels.Kernel, count: int) -> Callable:
+    scalars = kernel_args.Scalars(count, kernel.scalar_dtype)
 
     def run(values: list[float], targets: list) -> list:
-        filled = scalars.filled(values)
-        left = []  # what the kernel does not take: the eager update's
-        for i, (param, grad, state) in enumerate(targets):
-            n = param.numel()
-            body = n - n % multiple  # the kernel takes whole cache lines (length_multiple)
-            head = (param, grad, state)
-            if body < n:  # views only where a tail is left (a view costs ~1 µs)
-                head = (param[:body], grad[:body], {k: t[:body] for k, t in state.items()})
-            if body:
-                try:
-                    kernel(*head, filled)
-                except Exception as e:  # e.g. an input the kernel was not built for
-                    kernels.disable(e)
-                    return left + targets[i:]
-            if body < n:  # a large tensor's last few elements
-                left.append((param[body:], grad[body:], {k: t[body:] for k, t in state.items()}))
-        return left
+        scalars.filled(values)
+        try:
+            return kernel.run(targets, scalars)
+        except Exception as e:  # e.g. an input the kernel was not built for: nothing updated
+            kernels.disable(e)
+            return targets
 
     return run
 

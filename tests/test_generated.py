@@ -1,0 +1,211 @@
+"""The CPU's generated kernels: every rule of the flat path traced into C, built in a child
+process, checked, and run with torch's numbers."""
+
+import math
+
+import pytest
+import torch
+
+import gradwise.optim as go
+from gradwise.optim import base, engine, generated, kernel_args
+from test_optim import GRID, _fresh_kernels, make_params, run_lockstep, twins
+
+# optimizers beyond the parity GRID whose rules take the flat path (no ``fused`` argument: their
+# kernels are built from a size up, lowered here)
+MORE = [
+    ("adadelta", go.Adadelta, torch.optim.Adadelta, dict(lr=0.5, weight_decay=0.1)),
+    ("adamax", go.Adamax, torch.optim.Adamax, dict(lr=0.01, weight_decay=0.1)),
+    ("nadam", go.NAdam, torch.optim.NAdam, dict(lr=0.01, decoupled_weight_decay=True)),
+    ("radam", go.RAdam, torch.optim.RAdam, dict(lr=0.01, weight_decay=0.1)),
+    ("rprop", go.Rprop, torch.optim.Rprop, dict(lr=0.01)),
+    ("asgd", go.ASGD, torch.optim.ASGD, dict(lr=0.01, t0=3)),
+]
+
+
+def _update_module(opt):
+    group = opt.param_groups[0]
+    static, slots, values = kernel_args.split(opt._update_args(group, 2))
+    names = sorted(opt.state_names(group))
+    module = kernel_args.Update(base.update, type(opt).rule, names, static, slots)
+    return module, names, values
+
+
+def _cached(tmp_path, suffix):
+    return [p for p in tmp_path.iterdir() if p.suffix == suffix and not p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=[g[0] for g in GRID])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_generated_kernels_match_torch(monkeypatch, tmp_path, name, cls, tcls, kw, dtype):
+    """fused=True on the CPU runs the rule as generated C: torch's numbers to rounding (no FMA
+    contraction: the roundings of the eager update, one operation at a time)."""
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    a, b = twins(make_params(dtype, shapes=[(64, 33), (17,), (5, 5)]))
+    oa, ob = cls(a, fused=True, **kw), tcls(b, foreach=False, **kw)
+    run_lockstep(oa, ob, a, b, 12, torch.Generator().manual_seed(31))
+    assert len(_cached(tmp_path, ".so")) == 1 and not _cached(tmp_path, ".pt2")
+    assert len(kernels._loaded) == 1
+    tol = 2e-6 if dtype == torch.float32 else 1e-12
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), MORE, ids=[m[0] for m in MORE])
+def test_the_other_flat_rules_run_generated_kernels_too(monkeypatch, tmp_path, name, cls, tcls, kw):
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    monkeypatch.setattr(engine, "KERNEL_MIN_NUMEL", 1)
+    monkeypatch.setattr(engine, "AUTO_BUILD_NUMEL", 1)
+    a, b = twins(make_params(torch.float32, shapes=[(64, 33), (17,)]))
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    gen = torch.Generator().manual_seed(32)
+    run_lockstep(oa, ob, a, b, 2, gen)  # the build starts in the background
+    kernels.wait_for_builds()
+    run_lockstep(oa, ob, a, b, 10, gen)
+    assert len(kernels._loaded) == 1 and len(_cached(tmp_path, ".so")) == 1
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=2e-6, atol=2e-6)
+
+
+def test_lion_translates():
+    """(Lion has no torch.optim twin to run against: its kernel is checked against the eager
+    update when it is loaded, and here its source is what the loop needs.)"""
+    p = torch.nn.Parameter(torch.randn(8))
+    opt = go.Lion([p], lr=1e-3, weight_decay=0.1)
+    p.grad = torch.randn(8)
+    opt.step()
+    module, names, values = _update_module(opt)
+    text = generated.source(module, names, len(values), torch.float32)
+    assert text is not None and "for (int64_t i = 0; i < n; i++)" in text
+    assert "b0[i] = " in text and "b2[i] = " in text  # the parameter and exp_avg are written
+
+
+def test_a_rule_outside_the_elementwise_operations_is_not_translated():
+    """A reduction (or any operation without a C form, or a number read out of a tensor) means
+    no generated kernel: None, and the ahead-of-time kernel is built instead."""
+
+    def normalized(param, grad, state, *, lr):
+        param.sub_(grad / grad.norm() * lr)
+
+    def reads_a_number(param, grad, state, *, lr):
+        param.sub_(grad * float(lr))
+
+    for rule in (normalized, reads_a_number):
+        module = kernel_args.Update(
+            base.update,
+            rule,
+            [],
+            dict(
+                maximize=False,
+                weight_decay=0,
+                shrink=None,
+                l1_threshold=None,
+                hyperparameters={},
+                coefficients={"lr": kernel_args.RUNTIME},
+            ),
+            [("coefficients", "lr")],
+        )
+        assert generated.source(module, [], 1, torch.float32) is None
+    assert generated.source(module, [], 1, torch.bfloat16) is None  # float32 and float64 only
+
+
+def _adam_module(monkeypatch, tmp_path):
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    p = torch.nn.Parameter(torch.randn(8))
+    opt = go.Adam([p], lr=0.01, amsgrad=True)
+    p.grad = torch.randn(8)
+    opt.step()
+    module, names, values = _update_module(opt)
+    spec = dict(
+        update=base.update,
+        rule=go.Adam.rule,
+        names=names,
+        static=module.static,
+        slots=module.slots,
+        values=values,
+        device="cpu",
+        dtypes=[torch.float32] * (2 + len(names)),
+    )
+    path, text = kernels._place(("adam",), spec)
+    assert text is not None
+    proc = generated.start_build(text, path, len(values), torch.float32, None)
+    assert proc.wait() == 0 and path.exists()
+    return kernels, spec, path, values
+
+
+def test_the_module_refuses_what_it_was_not_built_for_and_changes_nothing(monkeypatch, tmp_path):
+    kernels, spec, path, values = _adam_module(monkeypatch, tmp_path)
+    run = generated.load(path, tuple(spec["names"]))
+    scalars = kernel_args.Scalars(len(values), torch.float64)
+    scalars.filled(values)
+
+    def target(n, dtype=torch.float32, grad_n=None):
+        p = torch.ones(n, dtype=dtype)
+        g = torch.ones(grad_n or n, dtype=dtype)
+        return p, g, {name: torch.ones(n, dtype=dtype) for name in spec["names"]}
+
+    good = target(64)
+    for bad, error in [
+        (target(64, grad_n=63), ValueError),  # lengths differ
+        (target(64, dtype=torch.float64), ValueError),  # another item size
+    ]:
+        with pytest.raises(error):
+            run([good, bad], scalars)  # the good one first: still untouched
+        assert good[0].eq(1).all() and all(t.eq(1).all() for t in good[2].values())
+    strided = (torch.ones(128)[::2], torch.ones(64), {n: torch.ones(64) for n in spec["names"]})
+    with pytest.raises((ValueError, BufferError)):
+        run([strided], scalars)
+    with pytest.raises(ValueError):
+        run([good], kernel_args.Scalars(len(values), torch.float32))  # not doubles
+    run([good], scalars)
+    assert not good[0].eq(1).all()
+    assert kernels.agrees(kernels._generated(run), spec)
+
+
+def test_threads_split_a_piece_without_changing_a_bit(monkeypatch, tmp_path):
+    _, spec, path, values = _adam_module(monkeypatch, tmp_path)
+    run = generated.load(path, tuple(spec["names"]))
+    scalars = kernel_args.Scalars(len(values), torch.float64)
+    scalars.filled(values)
+    n = 4 * generated.PARALLEL_MIN + 5
+    gen = torch.Generator().manual_seed(3)
+    start = [torch.rand(n, generator=gen) for _ in range(2 + len(spec["names"]))]
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            p, g, *st = (t.clone() for t in start)
+            run([(p, g, dict(zip(spec["names"], st)))], scalars)
+            results.append([p, *st])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for x, y in zip(results[0], other):
+            assert torch.equal(x, y)
+
+
+def test_nan_and_inf_take_the_eager_updates_path(monkeypatch, tmp_path):
+    """torch.maximum keeps a NaN, torch.sign(NaN) is 0, clamp keeps a NaN: the C forms agree
+    with the eager update on NaN and ±inf gradients (AMSGrad, Rprop, Lion)."""
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    monkeypatch.setattr(engine, "KERNEL_MIN_NUMEL", 1)
+    monkeypatch.setattr(engine, "AUTO_BUILD_NUMEL", 1)
+    for cls, kw in [
+        (go.Adam, dict(lr=0.01, amsgrad=True)),
+        (go.Rprop, dict(lr=0.01)),
+        (go.Lion, dict(lr=0.01)),
+    ]:
+        a, b = twins(make_params(torch.float32, shapes=[(64, 4)]))
+        oa, ob = cls(a, **kw), cls(b, **kw)
+        ob.param_groups[0]["fused"] = False
+        gen = torch.Generator().manual_seed(5)
+        for step in range(8):
+            g = torch.randn(64, 4, generator=gen)
+            if step >= 3:
+                g[step, :] = [math.nan, math.inf, -math.inf, 0.0][step % 4]
+            a[0].grad, b[0].grad = g.clone(), g.clone()
+            oa.step()
+            ob.step()
+            kernels.wait_for_builds()
+        assert any(memo[0] is cls.rule for memo in kernels._loaded)
+        torch.testing.assert_close(a[0], b[0], rtol=2e-6, atol=1e-6, equal_nan=True)

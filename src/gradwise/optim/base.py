@@ -88,10 +88,8 @@ class Optimizer(torch.optim.Optimizer):
     nothing: ``l1`` (proximal L1 strength), ``state_dtype`` (e.g. ``torch.bfloat16``: moment
     buffers stored in that dtype, halving their memory; the update is computed in the
     parameter's dtype), and ``fused`` (``None``: the update runs as one compiled pass for groups of
-    at least ``engine.KERNEL_MIN_NUMEL`` elements when that kernel is cached on disk, and for
-    groups of at least ``engine.AUTO_BUILD_NUMEL`` elements the kernel is built in the
-    background while the eager path runs; ``True``: always, waiting for a build; ``False``:
-    never).
+    at least ``engine.KERNEL_MIN_NUMEL`` elements, see ``engine.KERNEL_MIN_NUMEL`` for when it is
+    built; ``True``: always, waiting for a build; ``False``: never).
     """
 
     #: the rule: ``rule(param, grad, state, **hyperparameters, **coefficients)``, in place

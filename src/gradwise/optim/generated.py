@@ -9,8 +9,8 @@ only (``1 − β1``, ``lr/(1 − β1^t)``, ...) is computed once per call, befor
 parameter's dtype, as the traced operations on 0-d tensors compute it.
 
 The C source needs only ``Python.h``: a C compiler builds it in ~0.3 s (the ahead-of-time
-kernels take ~20 s, most of it parsing torch's headers), so a first run has its kernel after a
-few dozen steps. Its buffers come through Python's buffer protocol (``Tensor.numpy()``), whose
+kernels take ~20 s, most of it parsing torch's headers), so even a first run on a machine waits
+for it (at its second step) rather than running the slower eager update meanwhile. Its buffers come through Python's buffer protocol (``Tensor.numpy()``), whose
 length, item size and contiguity the module checks before it touches any memory; it needs
 neither torch's headers nor its ABI, so one build serves every torch release.
 

@@ -46,11 +46,12 @@ proven (:data:`PROVEN_TORCH`); elsewhere the eager path runs, with one warning w
 was asked for. ``GRADWISE_KERNELS=off`` turns them off; ``GRADWISE_KERNELS=any`` allows any
 torch release (each kernel is still checked first).
 
-The child runs at the lowest CPU priority (``SCHED_IDLE``), one thread, while the eager path
-goes on: with the default ``fused=None`` a large group does not wait for a build (the kernel
-takes over once it is on disk), and ``fused=True`` waits for it. A generated kernel's build is
-waited for where this process's threads use every core (in the background it would get no CPU
-until the training ends).
+A generated kernel's build (~0.4 s, once per machine) is waited for, at the second step (the
+first is always eager: a kernel bakes in flags such as SGD's first step): every run then takes
+the same path from the same step, whatever the cache holds, and the results are the same from
+run to run. An ahead-of-time kernel's child runs at the lowest CPU priority (``SCHED_IDLE``),
+one thread, while the eager path goes on: with the default ``fused=None`` a large group does
+not wait for it (the kernel takes over once it is on disk), and ``fused=True`` does.
 """
 
 from __future__ import annotations
@@ -214,10 +215,11 @@ def get(
     :class:`kernel_args.Scalars` holding the step's values), and the step's scalars; or None
     where there is none yet.
 
-    A kernel not on disk is, by ``missing``: ``SKIP``, not built; ``START``, built in a child
-    process while this one goes on (None until it is on disk); ``WAIT``, built in a child
-    process, waited for. A child that fails turns kernels off (:func:`disable`): None. The
-    kernel is generated C (:mod:`generated`) where the rule translates, else ahead-of-time."""
+    The kernel is generated C (:mod:`generated`) where the rule translates: one not on disk is
+    built in a child process, waited for (~0.4 s). Else it is ahead of time; one not on disk
+    is, by ``missing``: ``SKIP``, not built; ``START``, built in a child process while this one
+    goes on (None until it is on disk); ``WAIT``, built in a child process, waited for. A child
+    that fails turns kernels off (:func:`disable`): None."""
     names = tuple(sorted(state))
     static, slots, values = split(args)
     dtypes = [param.dtype, grad.dtype, *(state[n].dtype for n in names)]
@@ -247,12 +249,12 @@ def get(
         path, text = _place(memo, spec)
         proc = None
         if not path.exists():
-            if missing == SKIP:
+            if text is None and missing == SKIP:
                 _absent.add(memo)  # not looked for again in this process
                 return None
-            # a generated kernel's build (~0.4 s) is waited for where no core is spare for it:
-            # in the background, at the lowest priority, it would wait for the whole training
-            background = missing == START and (text is None or _spare_core())
+            # a generated kernel (~0.4 s to build) is always waited for: it then runs from the
+            # same step in every run, so that the results do not depend on the build's timing
+            background = text is None and missing == START
             proc = _start(spec, path, text, background=background)
             if proc is None:
                 return None
@@ -280,15 +282,6 @@ def _place(memo: tuple, spec: dict) -> tuple[Path, str | None]:
     if text is not None:
         return cache_dir() / f"{rule.__name__}-{generated.key(text, cpu_identity())}.so", text
     return cache_dir() / f"{rule.__name__}-{ahead_of_time.key(spec, cpu_identity())}.pt2", None
-
-
-def _spare_core() -> bool:
-    """Whether this process's threads leave a CPU core free (for a build in the background)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return torch.get_num_threads() < cores
 
 
 def _start(spec: dict, path: Path, text: str | None, *, background: bool):

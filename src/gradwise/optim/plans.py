@@ -2,9 +2,10 @@
 options (later steps only pass the scalars' new values), and on CUDA its graphs.
 
 The choice (:func:`choose`): ``fused=False`` never a kernel; ``True`` always (waiting for its
-build or compile if needed); ``None`` (the default) when the kernel is on disk or compiled in
-this process, or, for a segment large enough to pay for one, once a build started in the
-background has put it there (on the CPU; on CUDA it is compiled at once). Without a kernel, the
+build or compile if needed); ``None`` (the default) for a segment of ``KERNEL_MIN_NUMEL``
+elements or more: a generated CPU kernel (built at once if need be, ~0.4 s), an ahead-of-time
+one when it is on disk or, for a segment of ``AUTO_BUILD_NUMEL`` or more, once a build started
+in the background has put it there, and on CUDA a kernel compiled at once. Without a kernel, the
 eager update runs.
 
 On CUDA the whole step (gathering the small tensors' gradients, then the compiled update) is

@@ -2,23 +2,25 @@
 
 A rule is a handful of elementwise tensor operations. :func:`source` runs the same module the
 ahead-of-time kernels export (:class:`kernel_args.Update`: every number a 0-d tensor) once on
-16-element tensors and records each ATen operation it dispatches; each becomes one C
-expression. The loop reads every buffer once, computes the step's values in registers, and
-writes back the buffers the rule changed: one pass over memory. What depends on the scalars
-only (``1 − β1``, ``lr/(1 − β1^t)``, ...) is computed once per call, before the loop, in the
-parameter's dtype, as the traced operations on 0-d tensors compute it.
+16-element tensors, under a ``TorchFunctionMode`` that records each tensor operation it calls;
+each becomes one C expression (:data:`OPS`). The loop reads every buffer once, computes the
+step's values in registers, and writes back the buffers the rule changed: one pass over memory.
+What depends on the scalars only (``1 − β1``, ``1/√(1 − β2^t)``, ...) is computed once per
+call, before the loop, in double precision, and rounded to the parameter's dtype where the loop
+uses it, as the eager update computes such numbers in Python and torch rounds them.
 
 The C source needs only ``Python.h``: a C compiler builds it in ~0.3 s (the ahead-of-time
 kernels take ~20 s, most of it parsing torch's headers), so even a first run on a machine waits
-for it (at its second step) rather than running the slower eager update meanwhile. Its buffers come through Python's buffer protocol (``Tensor.numpy()``), whose
-length, item size and contiguity the module checks before it touches any memory; it needs
-neither torch's headers nor its ABI, so one build serves every torch release.
+for it (at its second step) rather than running the slower eager update meanwhile. Its buffers
+come through Python's buffer protocol (``Tensor.numpy()``), whose length, item size and
+contiguity the module checks before it writes any memory; it needs neither torch's headers nor
+its ABI, so one build serves every torch release.
 
-A rule with an operation outside :data:`OPS` (a reduction, an index, a dtype other than the
-parameter's or bool) has no generated kernel: :func:`source` returns None and the
-ahead-of-time kernel is built instead. Like every CPU kernel, the module is compiled, imported
-and run on a small input in a child process before this process loads it (see
-:mod:`kernels`); this process then checks it against the eager update before its first use.
+A rule with an operation outside :data:`OPS` (a reduction, a factory, a number read out of a
+tensor, a dtype other than the parameter's or bool) has no generated kernel: :func:`source`
+returns None and the ahead-of-time kernel is built instead. Like every CPU kernel, the module
+is compiled, imported and run on a small input in a child process before this process loads it
+(see :mod:`kernels`); this process then checks it against the eager update before its first use.
 """
 
 from __future__ import annotations

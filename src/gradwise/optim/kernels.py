@@ -73,7 +73,7 @@ from torch import Tensor
 from gradwise.optim import ahead_of_time, generated
 from gradwise.optim.kernel_args import Kernel, Scalars, Update, agrees, split
 
-_loaded: dict[tuple, Callable] = {}
+_loaded: dict[tuple, Callable] = {}  # CPU: Kernels; CUDA: compiled.CompiledUpdates
 _absent: set[tuple] = set()  # kernels looked for (not to be built) and not on disk
 _building: dict[tuple, tuple[subprocess.Popen, Path]] = {}  # builds running in a child process
 _sources: dict[tuple, str | None] = {}  # generated C sources (None: the rule does not translate)
@@ -209,11 +209,9 @@ def get(
     args: dict,
     *,
     missing: str,
-) -> tuple[Callable, list[float]] | None:
-    """The kernel for this update, as ``kernel(targets, scalars) -> the targets it left``
-    (``targets``: ``(param, grad, state)`` triples; ``scalars``: a
-    :class:`kernel_args.Scalars` holding the step's values), and the step's scalars; or None
-    where there is none yet.
+) -> tuple[Kernel, list[float]] | None:
+    """The kernel for this update (a :class:`kernel_args.Kernel`) and the step's scalars, or
+    None where there is none yet.
 
     The kernel is generated C (:mod:`generated`) where the rule translates: one not on disk is
     built in a child process, waited for (~0.4 s). Else it is ahead of time; one not on disk

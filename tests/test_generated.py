@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gradwise.optim as go
 from gradwise.optim import base, engine, generated, kernel_args
@@ -48,6 +50,40 @@ def test_generated_kernels_match_torch(monkeypatch, tmp_path, name, cls, tcls, k
     tol = 2e-6 if dtype == torch.float32 else 1e-12
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    case=st.sampled_from([g for g in GRID if g[0].startswith(("adam", "sgd-", "rmsprop"))]),
+    lr=st.floats(1e-4, 0.3),
+    beta=st.floats(0.0, 0.999),
+    eps=st.sampled_from([1e-8, 1e-6, 1e-3]),
+    decay=st.sampled_from([0.0, 1e-3, 0.1]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_a_generated_kernel_takes_any_hyperparameter_value(
+    monkeypatch, tmp_path, case, lr, beta, eps, decay, seed
+):
+    """The numbers are the kernel's runtime arguments: any learning rate, beta, momentum, eps
+    or decay gives torch's numbers (one build per set of flags and zeros, in this cache)."""
+    _, cls, tcls, kw = case
+    kw = dict(kw, lr=lr, weight_decay=decay)
+    if "betas" in kw or cls in (go.Adam, go.AdamW):
+        kw["betas"] = (beta, 0.999)
+        kw["eps"] = eps
+    elif cls is go.RMSprop:
+        kw["alpha"], kw["eps"] = max(beta, 0.5), eps
+    elif kw.get("momentum"):
+        kw["momentum"] = max(beta, 0.1)
+    _fresh_kernels(monkeypatch, tmp_path)
+    a, b = twins(make_params(torch.float32, shapes=[(40, 30), (7,)], seed=seed))
+    oa, ob = cls(a, fused=True, **kw), tcls(b, foreach=False, **kw)
+    run_lockstep(oa, ob, a, b, 6, torch.Generator().manual_seed(seed))
+    assert _cached(tmp_path, ".so")
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=2e-6, atol=2e-6)
 
 
 @pytest.mark.parametrize(("name", "cls", "tcls", "kw"), MORE, ids=[m[0] for m in MORE])

@@ -222,15 +222,13 @@ class _Trace(TorchFunctionMode):
         target = kwargs.get("out")
         positional = [self._operand(v, name) for v in args]
         named = {k: self._operand(v, name) for k, v in kwargs.items() if k != "out"}
-        if "alpha" in kwargs and kwargs["alpha"] == 1:
+        if kwargs.get("alpha") == 1:
             del named["alpha"]
         uniform = all(u for _, u in [*positional, *named.values()])
-        if not uniform:  # in the loop: the uniform values (doubles) rounded to the dtype, as
+        if not uniform:  # in the loop, uniform values (doubles) are rounded to the dtype, as
             # torch rounds a Python number to a float32 tensor's dtype in an operation
-            positional = [(f"((T){e})" if u and e is not None else e, u) for e, u in positional]
-            named = {
-                k: (f"((T){e})" if u and e is not None else e, u) for k, (e, u) in named.items()
-            }
+            positional = [_rounded(*operand) for operand in positional]
+            named = {k: _rounded(*operand) for k, operand in named.items()}
         try:
             expr = OPS[name](*(e for e, _ in positional), **{k: e for k, (e, _) in named.items()})
         except TypeError as e:  # arguments it does not take
@@ -281,6 +279,7 @@ class _Trace(TorchFunctionMode):
 
 
 def _rounded(expr: str | None, uniform: bool) -> tuple[str | None, bool]:
+    """An operand of an operation in the loop: a uniform value rounded to the dtype ``T``."""
     return (f"((T){expr})" if uniform and expr is not None else expr), uniform
 
 

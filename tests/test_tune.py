@@ -219,7 +219,9 @@ def test_two_machines_share_one_study_through_a_journal_file(tmp_path):
     folder, share one study through an Optuna journal file (``--storage journal:FILE``, the
     shared-disk setup of docs/scaling.md): both take trials, and the study holds them all."""
     space = tmp_path / "space.toml"
-    space.write_text("epochs = [2, 3]\nwidth = [4, 16]\ndepth = 1\nbatch_size = [32, 64]\n")
+    # trials of ~0.5 s: the first command to start cannot take all 8 before the other is up
+    # (with 2-3 epochs a trial took ~0.1 s, and one command once took all 8)
+    space.write_text("epochs = [20, 30]\nwidth = [4, 16]\ndepth = 1\nbatch_size = [32, 64]\n")
     journal = tmp_path / "shared" / "study.log"
     journal.parent.mkdir()
     command = [sys.executable, "-m", "gradwise", "tune", "--dataset", "moons", "--model", "mlp",

@@ -163,14 +163,15 @@ def _adam_module(monkeypatch, tmp_path):
     )
     path, text = kernels._place(("adam",), spec)
     assert text is not None
-    proc = generated.start_build(text, path, len(values), torch.float32, None)
+    proc = generated.start_build(text, path, 2 + len(names), len(values), torch.float32)
     assert proc.wait() == 0 and path.exists()
     return kernels, spec, path, values
 
 
 def test_the_module_refuses_what_it_was_not_built_for_and_changes_nothing(monkeypatch, tmp_path):
     kernels, spec, path, values = _adam_module(monkeypatch, tmp_path)
-    run = generated.load(path, tuple(spec["names"]))
+    kernel = generated.load(path, tuple(spec["names"]))
+    run = kernel.run
     scalars = kernel_args.Scalars(len(values), torch.float64)
     scalars.filled(values)
 
@@ -194,12 +195,12 @@ def test_the_module_refuses_what_it_was_not_built_for_and_changes_nothing(monkey
         run([good], kernel_args.Scalars(len(values), torch.float32))  # not doubles
     run([good], scalars)
     assert not good[0].eq(1).all()
-    assert kernels.agrees(kernels._generated(run), spec)
+    assert kernels.agrees(kernel, spec)
 
 
 def test_threads_split_a_piece_without_changing_a_bit(monkeypatch, tmp_path):
     _, spec, path, values = _adam_module(monkeypatch, tmp_path)
-    run = generated.load(path, tuple(spec["names"]))
+    run = generated.load(path, tuple(spec["names"])).run
     scalars = kernel_args.Scalars(len(values), torch.float64)
     scalars.filled(values)
     n = 4 * generated.PARALLEL_MIN + 5

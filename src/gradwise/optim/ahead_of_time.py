@@ -141,11 +141,12 @@ def child_main() -> None:
 
 
 def runner(
-    kernel: Callable, dtype: torch.dtype, on_error: Callable[[Exception], None] = print
+    kernel: Callable, dtype: torch.dtype, on_error: Callable[[Exception], None] | None = None
 ) -> Kernel:
     """An ahead-of-time kernel as ``run(targets, scalars) -> the targets it left``: it takes
     whole cache lines (:func:`kernel_args.length_multiple`), a large tensor's last few elements
-    are left to the eager update, and so is every target after one it failed on."""
+    are left to the eager update, and so is every target after one it failed on (``on_error``
+    is told; without it the error is raised)."""
     multiple = length_multiple(dtype)
 
     def run(targets: list, scalars: Scalars) -> list:
@@ -160,6 +161,8 @@ def runner(
                 try:
                     kernel(*head, scalars.views)
                 except Exception as e:  # e.g. an input the kernel was not built for
+                    if on_error is None:  # the check in the child: its error is the reason
+                        raise
                     on_error(e)
                     return left + targets[i:]
             if body < n:  # a large tensor's last few elements

@@ -43,6 +43,8 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from gradwise.optim.kernel_args import Kernel, Scalars
+
 #: elements per thread below which a piece is updated by one thread (a parallel region's start
 #: costs about as much as updating this many elements)
 PARALLEL_MIN = 1 << 15
@@ -443,22 +445,24 @@ def key(text: str, cpu: str) -> str:
     return hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-def start_build(text: str, path: Path, count: int, dtype: torch.dtype, nice) -> subprocess.Popen:
-    """Start a child process that compiles ``text`` into ``path`` (atomically), having first
-    imported the module and run it on a small input (:data:`CHILD`: no torch in the child)."""
+def start_build(
+    text: str, path: Path, buffers: int, count: int, dtype: torch.dtype
+) -> subprocess.Popen:
+    """Start a child process that compiles ``text`` (a kernel over ``buffers`` buffers of
+    ``dtype`` and ``count`` scalars) into ``path`` (atomically), having first imported the
+    module and run it on a small input (:data:`CHILD`: no torch in the child)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     c_file, tmp = scratch(path)
     c_file.write_text(text)
-    k = text.count("T* restrict b")
     item = torch.empty((), dtype=dtype).element_size()
-    job = [str(c_file), str(tmp), str(path), str(k), str(count), str(item), *command(tmp, c_file)]
+    job = [str(c_file), str(tmp), str(path), str(buffers), str(count), str(item)]
+    job += command(tmp, c_file)
     errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the caller
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, *job],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=errors,
-        preexec_fn=nice,
     )
     proc.stderr = errors
     return proc
@@ -495,18 +499,19 @@ finally:
 """
 
 
-def load(path: Path, names: tuple[str, ...]) -> Callable:
-    """The kernel in ``path`` as ``kernel(targets, scalars)``: ``targets`` a list of
-    ``(param, grad, state)`` (1-D CPU tensors, ``state`` by name), ``scalars`` a
-    :class:`kernel_args.Scalars`; one call updates them all."""
+def load(path: Path, names: tuple[str, ...]) -> Kernel:
+    """The kernel in ``path``: one call updates all of a step's ``(param, grad, state)``
+    targets (1-D CPU tensors, ``state`` by name), or, refusing one, none of them. Its scalars
+    are doubles: the step's numbers as Python has them."""
     loader = importlib.machinery.ExtensionFileLoader("gradwise_kernel", str(path))
     spec = importlib.util.spec_from_file_location("gradwise_kernel", path, loader=loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
-    run = module.run
+    call = module.run
 
-    def kernel(targets: list, scalars) -> None:
+    def run(targets: list, scalars: Scalars) -> list:
         pieces = [(p.numpy(), g.numpy(), *(st[n].numpy() for n in names)) for p, g, st in targets]
-        run(pieces, scalars.array, torch.get_num_threads())
+        call(pieces, scalars.array, torch.get_num_threads())
+        return []
 
-    return kernel
+    return Kernel(run, torch.float64)

@@ -12,7 +12,7 @@ kernel is traced from the rule itself, in one of two ways:
 
 * **Generated C** (:mod:`generated`), for every rule whose operations are elementwise (all of
   gradwise's flat-path rules): the trace becomes a C loop that needs only ``Python.h``, built in
-  ~0.3 s. A first run has its kernel after a few dozen steps.
+  ~0.3 s, so that even a first run waits for it (see below).
 * **Ahead of time**, for any other rule: exported with ``torch.export`` and compiled by
   AOTInductor (~20 s). It takes lengths that are a multiple of a cache line's worth of elements
   (:func:`kernel_args.length_multiple`: the engine lays its buffers out so; the few elements
@@ -71,7 +71,7 @@ import torch
 from torch import Tensor
 
 from gradwise.optim import ahead_of_time, generated
-from gradwise.optim.kernel_args import Kernel, Scalars, Update, agrees, split
+from gradwise.optim.kernel_args import Kernel, Update, agrees, split
 
 _loaded: dict[tuple, Callable] = {}  # CPU: Kernels; CUDA: compiled.CompiledUpdates
 _absent: set[tuple] = set()  # kernels looked for (not to be built) and not on disk
@@ -284,11 +284,12 @@ def _place(memo: tuple, spec: dict) -> tuple[Path, str | None]:
 
 def _start(spec: dict, path: Path, text: str | None, *, background: bool):
     """Start the child process that builds the kernel into ``path`` (None: it could not)."""
-    nice = lowest_priority if background else None
     try:
         if text is None:
+            nice = lowest_priority if background else None
             return ahead_of_time.start_build(dict(spec, path=str(path)), nice)
-        return generated.start_build(text, path, len(spec["values"]), spec["dtypes"][0], nice)
+        buffers, count = len(spec["dtypes"]), len(spec["values"])
+        return generated.start_build(text, path, buffers, count, spec["dtypes"][0])
     except Exception as e:  # noqa: BLE001 - no C compiler, a rule that cannot be pickled, ...
         disable(e)
         return None
@@ -403,16 +404,8 @@ def _load(path: Path, spec: dict) -> Callable:
     """The kernel cached in ``path``, as :func:`get` gives it."""
     names = tuple(spec["names"])
     if path.suffix == ".so":  # its child ran it without torch: checked here, before its first use
-        kernel = _generated(generated.load(path, names))
+        kernel = generated.load(path, names)
         if not agrees(kernel, spec):
             raise RuntimeError("the generated kernel disagrees with the eager update")
         return kernel
     return ahead_of_time.runner(ahead_of_time.load(path, names), spec["dtypes"][0], disable)
-
-
-def _generated(kernel: Callable) -> Kernel:
-    def run(targets: list, scalars: Scalars) -> list:
-        kernel(targets, scalars)  # all of them, or (an error) none
-        return []
-
-    return Kernel(run, torch.float64)  # the step's numbers as Python has them

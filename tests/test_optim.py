@@ -274,6 +274,27 @@ def test_params_moved_after_flattening_fall_back_and_reflatten():
     assert_same_state(oa, ob, a, b, torch.float64)
 
 
+def test_first_step_moves_params_before_any_state_exists(monkeypatch):
+    """Moving a parameter into the flat buffer holds two copies of it for a moment; on the first
+    step that happens before any state is made, so the moment is not at the iteration's peak
+    (gradients plus all state). Then the step is still torch's."""
+    from gradwise.optim import engine
+
+    a, b = twins(make_params(torch.float32))
+    oa, ob = go.Adam(a, lr=0.01), torch.optim.Adam(b, lr=0.01, foreach=False)
+    states_when_moved = []
+    move = engine.move_params
+
+    def watched(seg):
+        states_when_moved.append(sum(len(oa.state[p]) for p in seg.params))
+        move(seg)
+
+    monkeypatch.setattr(engine, "move_params", watched)
+    run_lockstep(oa, ob, a, b, 3, torch.Generator().manual_seed(6))
+    assert states_when_moved == [0]
+    assert_same_state(oa, ob, a, b, torch.float32)
+
+
 def _many_param_net(seed=0):
     """40 parameters: enough for the native layout check (native.MIN_PARAMS) to serve them."""
     torch.manual_seed(seed)

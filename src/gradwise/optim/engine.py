@@ -212,31 +212,48 @@ def split_group(params: list[Tensor]) -> list[Segment]:
     return [Segment(ps, flattenable=plain) for (_, _, plain), ps in by_key.items()]
 
 
+def move_params(seg: Segment) -> None:
+    """Move a segment's parameters into one flat buffer, ``seg.param`` (values unchanged), at
+    the places :func:`plan_layout` gives them.
+
+    One tensor at a time, each tensor's old storage released as soon as it is copied, into a
+    buffer whose pages the copies touch one tensor at a time: the memory in flight is about one
+    tensor. Zeros in the alignment gaps between tensors: they get zero gradients (their values
+    never reach a parameter)."""
+    like = seg.params[0]
+    slices, length, _ = plan_layout(seg.params)
+    seg.param = _empty_with_zero_gaps(length, _gaps(slices, length), like.dtype, like.device)
+    for p, sl in zip(seg.params, slices):
+        view = seg.param[sl].view_as(p)
+        view.copy_(p.detach())
+        p.data = view
+
+
 def flatten(
-    seg: Segment, states: dict, names: list[str], has_step: bool, scalars: tuple[str, ...] = ()
+    seg: Segment,
+    states: dict,
+    names: list[str],
+    has_step: bool,
+    scalars: tuple[str, ...] = (),
+    params_moved: bool = False,
 ) -> None:
-    """Move a segment's params, states, step counters and ``scalars`` (per-parameter 0-d state)
-    into flat buffers (values unchanged): the tensors under :data:`DIRECT_NUMEL` elements
-    first, then the larger ones; one element per parameter for the 0-d ones."""
+    """Move a segment's params (unless ``params_moved``: :func:`move_params` did), states, step
+    counters and ``scalars`` (per-parameter 0-d state) into flat buffers (values unchanged): the
+    tensors under :data:`DIRECT_NUMEL` elements first, then the larger ones; one element per
+    parameter for the 0-d ones. The states move as the parameters do (:func:`move_params`),
+    one buffer at a time."""
     params = seg.params
     like = params[0]
     seg.slices, offset, order = plan_layout(params)
     small = [i for i in order if params[i].numel() < DIRECT_NUMEL]
+    # the small tensors' piece ends aligned: in the gap before the first large tensor, or in
+    # the buffers' own aligned end
     seg.small = _aligned(seg.slices[small[-1]].stop, like.element_size()) if small else 0
     seg.small_params = [params[i] for i in small]
     seg.large = [(params[i], seg.slices[i]) for i in order[len(small) :]]
-    # One buffer at a time, each tensor's old storage released as soon as it is copied, into
-    # a buffer whose pages the copies touch one tensor at a time: the memory in flight is about
-    # one tensor, not the parameters and every state at once. Zeros in the alignment gaps
-    # between tensors: they get zero gradients (their values never reach a parameter). The
-    # small tensors' piece ends aligned: in the gap before the first large tensor, or in the
-    # buffers' own aligned end.
     gaps = _gaps(seg.slices, offset)
-    seg.param = _empty_with_zero_gaps(offset, gaps, like.dtype, like.device)
-    for p, sl in zip(params, seg.slices):
-        view = seg.param[sl].view_as(p)
-        view.copy_(p.detach())
-        p.data = view
+    if not params_moved:
+        move_params(seg)
     fresh, seg.fresh_slices, seg.fresh_state = seg.fresh_state, None, {}
     for name in names:
         buf = fresh.get(name)
@@ -305,13 +322,16 @@ def lay_out_fresh(
     parameter's state (``init(param)``) at its place in flat buffers and lay the segment out
     (:func:`flatten`, which adopts those buffers as they are), so that the first update is a
     flat one too. No state tensor then exists twice, even for a moment (its own and its
-    buffer's), and no update makes a temporary the size of a whole tensor."""
+    buffer's), and no update makes a temporary the size of a whole tensor. The parameters move
+    first, while there is no state: moving one holds a copy of it for a moment, and that moment
+    is then not at the iteration's peak (gradients and all state alive)."""
+    move_params(seg)
     plan_fresh_state(seg)
     for p in seg.params:
         state = states[p]
         for name, value in init(p).items():
             state.setdefault(name, place_state(seg, p, name, value) if name in names else value)
-    flatten(seg, states, names, has_step, scalars)
+    flatten(seg, states, names, has_step, scalars, params_moved=True)
     if not has_step:
         seg.step = 0  # no update yet: the first one counts as step 1
 

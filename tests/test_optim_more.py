@@ -440,10 +440,11 @@ print(peak_mib() - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 @pytest.mark.parametrize(("name", "states"), [("Adam", 2), ("RMSprop", 1)])
 def test_the_first_step_makes_the_state_in_place(tmp_path, name, states):
-    """A first step makes each state tensor at its place in the flat buffers and moves the
-    parameters into theirs one at a time: the peak memory grows by the state (64 MiB a state
-    tensor here) and about one parameter (16 MiB), not by a second copy of the state or a
-    full-size temporary per tensor (which added ~130 MiB to Adam's peak here)."""
+    """A first step moves the parameters into their flat buffer one at a time, before any state
+    exists, and then makes each state tensor at its place in the flat buffers: the peak memory
+    grows by the state (64 MiB a state tensor here) and a few MiB, not by a second copy of the
+    state or a full-size temporary per tensor (which added ~130 MiB to Adam's peak here), nor by
+    the moment a parameter exists twice (16 MiB, when it was moved after the state was made)."""
     env = {**os.environ, "GRADWISE_KERNELS": "off", "GRADWISE_KERNEL_CACHE": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-c", FIRST_STEP_PEAK, name],
@@ -453,4 +454,4 @@ def test_the_first_step_makes_the_state_in_place(tmp_path, name, states):
         check=True,
     )
     grew = float(done.stdout.split()[-1])
-    assert 64 * states <= grew <= 64 * states + 32, done.stdout
+    assert 64 * states <= grew <= 64 * states + 12, done.stdout

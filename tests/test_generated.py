@@ -246,3 +246,147 @@ def test_nan_and_inf_take_the_eager_updates_path(monkeypatch, tmp_path):
             kernels.wait_for_builds()
         assert any(memo[0] is cls.rule for memo in kernels._loaded)
         torch.testing.assert_close(a[0], b[0], rtol=2e-6, atol=1e-6, equal_nan=True)
+
+
+def _small_tensor_net(dtype, seed=0):
+    """40 small parameters (native.MIN_PARAMS and up, 6.6K elements in all), for the native
+    helpers and the scattered gradients' table."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(16, 9), (7,), (3, 5, 2), (1,)] * 10
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "tcls", "kw"),
+    [g for g in GRID if g[0].startswith(("adam", "adamw", "sgd-", "rmsprop"))],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_gradients_are_read_where_backward_left_them(
+    monkeypatch, tmp_path, name, cls, tcls, kw, dtype
+):
+    """With the default zero_grad(), the small tensors' gradients are not copied into a flat
+    buffer: the generated kernel reads each where backward left it, through a table of their
+    addresses. Bit for bit what the gathered gradients give, and torch's numbers."""
+    from test_optim import _engine_helpers
+
+    _engine_helpers()  # loaded before the cache moves (built once per machine)
+    _fresh_kernels(monkeypatch, tmp_path)
+    tables = []
+    monkeypatch.setattr(engine.Segment, "_table", _counted(engine.Segment._table, tables))
+    runs = {}
+    for scattered in (True, False):
+        if not scattered:
+            monkeypatch.setattr(engine.Segment, "_scattered", lambda self: None)
+        a, b = twins(_small_tensor_net(dtype))
+        oa, ob = cls(a, fused=True, **kw), tcls(b, foreach=False, **kw)
+        gen = torch.Generator().manual_seed(7)
+        for _ in range(6):
+            for x, y in zip(a, b):
+                x.grad = torch.randn(x.shape, generator=gen, dtype=dtype)  # new tensors, as
+                y.grad = x.grad.clone()  # backward leaves them after zero_grad()
+            oa.step()
+            ob.step()
+        runs[scattered] = [x.detach().clone() for x in a]
+        tol = 2e-6 if dtype == torch.float32 else 1e-12
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+    assert len(tables) == 5  # steps 2-6 (the first is eager); none without the table
+    for x, y in zip(runs[True], runs[False]):
+        assert torch.equal(x, y)
+
+
+def _counted(method, calls):
+    def counted(self):
+        calls.append(1)
+        return method(self)
+
+    return counted
+
+
+def test_a_missing_or_odd_small_gradient_is_gathered_or_stepped_per_tensor(monkeypatch, tmp_path):
+    """The native helper vouches for every gradient it gives the kernel an address of: a missing
+    one (None), one of another dtype, or a non-contiguous one means no table that step; the
+    step is still torch's."""
+    from test_optim import _engine_helpers
+
+    _engine_helpers()
+    _fresh_kernels(monkeypatch, tmp_path)
+    tables = []
+    monkeypatch.setattr(engine.Segment, "_table", _counted(engine.Segment._table, tables))
+    a, b = twins(_small_tensor_net(torch.float32))
+    oa = go.Adam(a, lr=0.01, fused=True)
+    ob = torch.optim.Adam(b, lr=0.01, foreach=False)
+    gen = torch.Generator().manual_seed(8)
+    odd = {
+        3: lambda g: torch.cat([torch.zeros(3), g.flatten()])[3:].view_as(g),  # at an offset: fine
+        4: lambda g: g.t().contiguous().t(),  # not contiguous
+        6: lambda g: None,  # missing (its step count then differs: per tensor from here)
+    }
+    for step in range(7):
+        for i, (x, y) in enumerate(zip(a, b)):
+            g = torch.randn(x.shape, generator=gen)
+            if i == 0 and step in odd:
+                g = odd[step](g)
+            x.grad = g
+            y.grad = None if g is None else g.clone()
+        before = len(tables)
+        oa.step()
+        ob.step()
+        assert (len(tables) > before) == (step not in (0, 4, 6)), step
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=2e-6, atol=2e-6)
+
+
+def test_the_table_is_checked_before_anything_is_written(monkeypatch, tmp_path):
+    kernels, spec, path, values = _adam_module(monkeypatch, tmp_path)
+    run = generated.load(path, tuple(spec["names"])).run
+    scalars = kernel_args.Scalars(len(values), torch.float64)
+    scalars.filled(values)
+    grads = [torch.full((n,), 0.5) for n in (5, 7)]
+
+    def table(offsets, lengths, ptrs=None):
+        ptrs = ptrs if ptrs is not None else [g.data_ptr() for g in grads]
+        arrays = [torch.tensor(v, dtype=torch.int64) for v in (ptrs, offsets, lengths)]
+        return kernel_args.Scattered(lambda: None, lambda: tuple(t.numpy() for t in arrays))
+
+    def fresh():
+        return torch.ones(16), {n: torch.ones(16) for n in spec["names"]}
+
+    for bad in [
+        table([0, 10], [5, 7]),  # past the piece's end
+        table([-1, 8], [5, 7]),  # before its start
+        table([0, 8], [5, -7]),  # a negative length
+        table([0, 8], [5, 7], ptrs=[grads[0].data_ptr(), 0]),  # no address
+        table([0], [5, 7]),  # counts differ
+    ]:
+        p, st = fresh()
+        with pytest.raises(ValueError):
+            run([(p, bad, st), (torch.ones(4), torch.ones(4), fresh()[1])], scalars)
+        assert p.eq(1).all() and all(t.eq(1).all() for t in st.values())
+    p, st = fresh()
+    run([(p, table([0, 8], [5, 7]), st)], scalars)
+    flat_p, flat_st = fresh()
+    run([(flat_p, torch.full((16,), 0.5), flat_st)], scalars)
+    covered = torch.zeros(16, dtype=torch.bool)
+    covered[0:5] = covered[8:15] = True
+    for x, y in [(p, flat_p), *((st[n], flat_st[n]) for n in spec["names"])]:
+        assert torch.equal(x[covered], y[covered])  # what the flat gradient gives
+        assert x[~covered].eq(1).all()  # the gaps between the tensors: untouched
+
+
+def test_a_rule_that_writes_its_gradient_takes_no_table():
+    """A kernel never writes memory it reads through the table (the user's gradients)."""
+    opt = go.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.1, momentum=0.9)
+    group = opt.param_groups[0]
+    static, slots, values = kernel_args.split(opt._update_args(group, 2))
+    names = sorted(opt.state_names(group))
+
+    def writes_grad(param, grad, state, **kw):
+        grad.mul_(2.0)
+        return type(opt).rule(param, grad, state, **kw)
+
+    for rule, table in [(type(opt).rule, 1), (writes_grad, 0)]:
+        module = kernel_args.Update(base.update, rule, names, static, slots)
+        text = generated.source(module, names, len(values), torch.float32)
+        assert f"#define TABLE {table}" in text

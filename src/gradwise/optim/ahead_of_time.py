@@ -37,6 +37,7 @@ from gradwise.optim.kernel_args import (
     Update,
     agrees,
     check_inputs,
+    dense,
     length_multiple,
     scalar_dtype,
     scalar_tensors,
@@ -152,7 +153,7 @@ def runner(
     def run(targets: list, scalars: Scalars) -> list:
         left = []
         for i, (param, grad, state) in enumerate(targets):
-            n = param.numel()
+            grad, n = dense(grad), param.numel()
             body = n - n % multiple
             head = (param, grad, state)
             if body < n:  # views only where a tail is left (a view costs ~1 µs)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from gradwise import checks
-from gradwise.optim import engine, plans, torch_api
+from gradwise.optim import engine, kernel_args, plans, torch_api
 from gradwise.optim.torch_api import TORCH_WORDS, torch_words  # noqa: F401 (their home before)
 
 _GRAD = operator.attrgetter("grad")
@@ -317,7 +317,7 @@ class Optimizer(torch.optim.Optimizer):
                 return
             # views: one update of the whole buffers; else (the default zero_grad()) backward's
             # own gradient tensors, or None when one is missing
-            pieces = seg.pieces(views)
+            pieces = seg.pieces(views, scattered=True)
             if pieces is not None:
                 self._step_pieces(seg, group, pieces, self._count_step(seg, group, step))
                 return
@@ -357,14 +357,14 @@ class Optimizer(torch.optim.Optimizer):
             for where, grad in pieces:
                 param, state = seg.buffers_at(where)
                 extra = {**(scalars or {}), **self.piece_arguments(seg, where)}
-                self._update(param, grad, dict(state), seg.step, group, extra)
+                self._update(param, kernel_args.dense(grad), dict(state), seg.step, group, extra)
             return
         left = targets = plans.targets(seg, pieces)
         # the first step eager: a kernel bakes in flags (SGD's "first"), one step's not worth it
         if seg.step != 1 and (kernel := self._kernel(seg, seg.grad, group, len(targets), scalars)):
             left = kernel(targets)
         for param, grad, state in left:
-            self._update_chunked(param, grad, state, seg.step, group, scalars)
+            self._update_chunked(param, kernel_args.dense(grad), state, seg.step, group, scalars)
 
     def _step_replayed(self, seg: engine.Segment, group: dict, step: int, views: bool) -> bool:
         """The whole step as one CUDA graph replay (:mod:`graphs`), where the segment's compiled

@@ -90,6 +90,9 @@ class Segment:
     uses_native: bool = False
     ptr_array: Tensor | None = None
     small_offsets: Tensor | None = None
+    # the small tensors' gradients' addresses (filled each step), offsets and lengths: the table
+    # a generated kernel reads them through (see gradient_pieces)
+    grad_table: tuple[Tensor, Tensor, Tensor] | None = None
     # the optimizer's chosen kernel for a step of this many pieces (see Optimizer._kernel)
     kernel_plans: dict[int, Any] = field(default_factory=dict)  # pieces -> plans.Plan
     # views of the flat buffers, by (start, stop): made once per layout (see buffers_at)
@@ -149,24 +152,19 @@ class Segment:
             found = self.views_at[key] = (self.param[where], state)
         return found
 
-    def gradient_pieces(self) -> list[tuple[slice, Tensor]] | None:
+    def gradient_pieces(self, scattered: bool = False) -> list[tuple[slice, Any]] | None:
         """For a step on gradients that are not (all) views of ``grad``: where in the flat
-        buffers each piece is, and its gradient; None if a gradient is missing. The small
-        tensors' gradients are gathered into ``grad`` (one ``memcpy`` each natively, else one
-        multi-tensor copy); each large tensor's gradient is used where it lies."""
+        buffers each piece is, and its gradient; None if a gradient is missing. Each large
+        tensor's gradient is used where it lies. The small tensors' gradients are gathered into
+        ``grad`` (one ``memcpy`` each natively, else one multi-tensor copy), or, if
+        ``scattered`` and the native helpers can vouch for them, left where they are: a
+        :class:`kernel_args.Scattered` (see :func:`kernel_args.dense`)."""
         pieces = []
         if self.small:
-            helpers = native.helpers() if self.uses_native else None
-            if helpers is None or not helpers.gather(
-                self.small_params, self.small_offsets, self.grad
-            ):
-                grads = list(map(_GRAD, self.small_params))
-                if not all(map(operator.is_not, grads, itertools.repeat(None))):
-                    return None
-                if any(g.layout != torch.strided for g in grads):
-                    return None  # a sparse gradient: the per-tensor path
-                torch._foreach_copy_(self.small_views, grads)
-            pieces.append(self._small_piece())
+            grad = self._scattered() if scattered else None
+            if grad is None and (grad := self._gathered()) is None:
+                return None
+            pieces.append((slice(0, self.small), grad))
         for p, sl in self.large:
             g = p.grad
             if g is None or g.layout != torch.strided:
@@ -174,10 +172,38 @@ class Segment:
             pieces.append((sl, _flat(g)))
         return pieces
 
-    def pieces(self, views: bool) -> list[tuple[slice, Tensor]] | None:
+    def _gathered(self) -> Tensor | None:
+        """The small tensors' gradients copied into ``grad``: its first ``small`` elements;
+        None if one is missing or sparse."""
+        helpers = native.helpers() if self.uses_native else None
+        if helpers is None or not helpers.gather(self.small_params, self.small_offsets, self.grad):
+            grads = list(map(_GRAD, self.small_params))
+            if not all(map(operator.is_not, grads, itertools.repeat(None))):
+                return None
+            if any(g.layout != torch.strided for g in grads):
+                return None  # a sparse gradient: the per-tensor path
+            torch._foreach_copy_(self.small_views, grads)
+        return self._small_piece()[1]
+
+    def _scattered(self) -> kernel_args.Scattered | None:
+        """The small tensors' gradients where backward left them, their addresses in
+        ``grad_table``; None where the native helpers are not here or do not vouch for every
+        one (defined, dense, contiguous, on the CPU, of the parameter's dtype and size)."""
+        helpers = native.helpers() if self.uses_native else None
+        addresses = self.grad_table[0]
+        if helpers is None or not helpers.pointers(self.small_params, self.param, addresses):
+            return None
+        return kernel_args.Scattered(self._gathered, self._table)
+
+    def _table(self) -> tuple:
+        return tuple(t.numpy() for t in self.grad_table)
+
+    def pieces(self, views: bool, scattered: bool = False) -> list[tuple[slice, Any]] | None:
         """The step's pieces: the whole buffers when the gradients are views of ``grad``,
         else :meth:`gradient_pieces`."""
-        return [(slice(0, self.param.numel()), self.grad)] if views else self.gradient_pieces()
+        if views:
+            return [(slice(0, self.param.numel()), self.grad)]
+        return self.gradient_pieces(scattered)
 
     def _small_piece(self) -> tuple[slice, Tensor]:
         return slice(0, self.small), self.grad[: self.small]
@@ -292,6 +318,8 @@ def flatten(
     seg.uses_native = len(params) >= native.MIN_PARAMS
     seg.ptr_array = torch.tensor(seg.ptrs, dtype=torch.int64)
     seg.small_offsets = torch.tensor([seg.slices[i].start for i in small], dtype=torch.int64)
+    lengths = torch.tensor([params[i].numel() for i in small], dtype=torch.int64)
+    seg.grad_table = (torch.zeros_like(lengths), seg.small_offsets, lengths)
     seg.flat = True
 
 

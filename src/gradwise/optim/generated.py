@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from gradwise.optim.kernel_args import Kernel, Scalars
+from gradwise.optim.kernel_args import Kernel, Scalars, Scattered
 
 #: elements per thread below which a piece is updated by one thread (a parallel region's start
 #: costs about as much as updating this many elements)
@@ -318,6 +318,10 @@ def _render(k: int, count: int, ctype: str, trace: _Trace, stores: list[str]) ->
     scalars = " ".join(f"const double s{i} = s[{i}];" for i in range(count))
     lines = "\n    ".join([loads, *trace.inside, *stores])
     before = "\n  ".join([scalars, *trace.before])
+    # the table's loop: the same statements, the gradient read where backward left each tensor
+    # (never written: a rule that writes it has no table)
+    table = not any(line.startswith("b1[") for line in stores)
+    places = " ".join(f"T* restrict b{i} = B[{i}] + off[t];" for i in range(k) if i != 1)
     return f"""\
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -327,6 +331,7 @@ typedef {ctype} T;
 #define K {k}
 #define SCALARS {count}
 #define PARALLEL_MIN {PARALLEL_MIN}
+#define TABLE {int(table)}
 
 static void body(int64_t n, {params}, const double* restrict s) {{
   {before}
@@ -334,6 +339,34 @@ static void body(int64_t n, {params}, const double* restrict s) {{
     {lines}
   }}
 }}
+
+#if TABLE
+static void table_body(int64_t lo, int64_t hi, const int64_t* restrict gp,
+                       const int64_t* restrict off, const int64_t* restrict len, T** B,
+                       const double* restrict s) {{
+  {before}
+  for (int64_t t = lo; t < hi; t++) {{
+    const int64_t n = len[t];
+    {places} const T* restrict b1 = (const T*)(intptr_t)gp[t];
+    for (int64_t i = 0; i < n; i++) {{
+      {lines}
+    }}
+  }}
+}}
+
+static void run_table(int64_t m, int64_t n, const int64_t* gp, const int64_t* off,
+                      const int64_t* len, T** B, const double* s, int threads) {{
+  int64_t parts = n / PARALLEL_MIN < threads ? n / PARALLEL_MIN : threads;
+  if (parts > m) parts = m;
+  if (parts <= 1) {{
+    table_body(0, m, gp, off, len, B, s);
+    return;
+  }}
+  #pragma omp parallel for num_threads(parts) schedule(static)
+  for (int64_t j = 0; j < parts; j++)
+    table_body(m * j / parts, m * (j + 1) / parts, gp, off, len, B, s);
+}}
+#endif
 
 static void piece(int64_t n, T** b, const double* s, int threads) {{
   int64_t parts = n / PARALLEL_MIN < threads ? n / PARALLEL_MIN : threads;
@@ -351,9 +384,12 @@ static void piece(int64_t n, T** b, const double* s, int threads) {{
 {_WRAPPER}"""
 
 
-# run(pieces, scalars, threads): pieces a list of K-tuples of writable C-contiguous buffers of
-# one length and of T's item size, scalars a buffer of SCALARS values of T. Every buffer is
-# checked before any is written: a refused call changes nothing.
+# run(pieces, scalars, threads, table=None): pieces a list of K-tuples of writable C-contiguous
+# buffers of one length and of T's item size, scalars a buffer of SCALARS doubles. With a table
+# (ptrs, offsets, lengths: buffers of one count of int64), the first piece's gradient is None:
+# tensor t's gradient starts at address ptrs[t] and is read for lengths[t] elements, where the
+# piece's other buffers are at offsets[t]. Every buffer and every table entry is checked before
+# any memory is written: a refused call changes nothing.
 _WRAPPER = r"""
 static int take(PyObject* obj, Py_buffer* view, Py_ssize_t len) {
   if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
@@ -367,11 +403,47 @@ static int take(PyObject* obj, Py_buffer* view, Py_ssize_t len) {
   return 0;
 }
 
+// The table's three buffers into t (released by the caller); 0, or -1 with an error set.
+static int take_table(PyObject* table, Py_buffer* t, Py_ssize_t piece_len) {
+  if (!TABLE) {
+    PyErr_SetString(PyExc_ValueError, "this kernel writes the gradient: it takes no table");
+    return -1;
+  }
+  if (!PyTuple_Check(table) || PyTuple_GET_SIZE(table) != 3) {
+    PyErr_SetString(PyExc_TypeError, "table must be a tuple (ptrs, offsets, lengths)");
+    return -1;
+  }
+  for (int i = 0; i < 3; i++) {
+    PyObject* item = PyTuple_GET_ITEM(table, i);
+    if (PyObject_GetBuffer(item, &t[i], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    if (t[i].itemsize != 8 || t[i].len != t[0].len) {
+      PyErr_SetString(PyExc_ValueError, "table: three buffers of one count of 8-byte items");
+      return -1;
+    }
+  }
+  const int64_t* gp = (const int64_t*)t[0].buf;
+  const int64_t* off = (const int64_t*)t[1].buf;
+  const int64_t* len = (const int64_t*)t[2].buf;
+  const int64_t n = piece_len / (Py_ssize_t)sizeof(T);
+  for (Py_ssize_t i = 0; i < t[0].len / 8; i++) {
+    if (off[i] < 0 || len[i] < 0 || off[i] > n - len[i] || (len[i] > 0 && gp[i] == 0)) {
+      PyErr_Format(PyExc_ValueError, "table entry %zd: %lld elements at %lld, outside the piece's "
+                   "%lld", i, (long long)len[i], (long long)off[i], (long long)n);
+      return -1;
+    }
+  }
+  return 0;
+}
+
 static PyObject* run(PyObject* self, PyObject* args) {
   PyObject* pieces;
+  PyObject* table = Py_None;
   Py_buffer scalars;
+  Py_buffer tab[3] = {0};
   int threads;
-  if (!PyArg_ParseTuple(args, "O!y*i", &PyList_Type, &pieces, &scalars, &threads)) return NULL;
+  if (!PyArg_ParseTuple(args, "O!y*i|O", &PyList_Type, &pieces, &scalars, &threads, &table))
+    return NULL;
+  const int has_table = table != Py_None;
   if (scalars.len != (Py_ssize_t)(SCALARS * sizeof(double))) {
     PyBuffer_Release(&scalars);
     return PyErr_Format(PyExc_ValueError, "scalars: %zd bytes, expected %zd", scalars.len,
@@ -384,6 +456,10 @@ static PyObject* run(PyObject* self, PyObject* args) {
     return PyErr_NoMemory();
   }
   int ok = 1;
+  if (has_table && n < 1) {
+    PyErr_SetString(PyExc_ValueError, "a table needs a piece");
+    ok = 0;
+  }
   for (Py_ssize_t p = 0; ok && p < n; p++) {
     PyObject* piece_ = PyList_GET_ITEM(pieces, p);
     if (!PyTuple_Check(piece_) || PyTuple_GET_SIZE(piece_) != K) {
@@ -393,19 +469,40 @@ static PyObject* run(PyObject* self, PyObject* args) {
     }
     for (int i = 0; ok && i < K; i++) {
       Py_ssize_t len = i == 0 ? -1 : views[p * K].len;
+      if (p == 0 && i == 1 && has_table) {
+        if (PyTuple_GET_ITEM(piece_, i) != Py_None) {
+          PyErr_SetString(PyExc_ValueError, "with a table, the first piece's gradient is None");
+          ok = 0;
+        }
+        continue;
+      }
       if (take(PyTuple_GET_ITEM(piece_, i), &views[p * K + i], len) < 0) ok = 0;
     }
   }
+  if (ok && has_table && take_table(table, tab, views[0].len) < 0) ok = 0;
   if (ok) {
     const double* s = (const double*)scalars.buf;
-    Py_BEGIN_ALLOW_THREADS
+    const int t = threads < 1 ? 1 : threads;
+    // with a table, the GIL stays held: each gradient read is kept alive by its p.grad, which
+    // no other Python thread can replace meanwhile
+    PyThreadState* saved = has_table ? NULL : PyEval_SaveThread();
     for (Py_ssize_t p = 0; p < n; p++) {
       T* b[K];
       for (int i = 0; i < K; i++) b[i] = (T*)views[p * K + i].buf;
-      piece(views[p * K].len / (Py_ssize_t)sizeof(T), b, s, threads < 1 ? 1 : threads);
+      const int64_t len = views[p * K].len / (Py_ssize_t)sizeof(T);
+#if TABLE
+      if (p == 0 && has_table) {
+        run_table(tab[0].len / 8, len, (const int64_t*)tab[0].buf, (const int64_t*)tab[1].buf,
+              (const int64_t*)tab[2].buf, b, s, t);
+        continue;
+      }
+#endif
+      piece(len, b, s, t);
     }
-    Py_END_ALLOW_THREADS
+    if (saved != NULL) PyEval_RestoreThread(saved);
   }
+  for (int i = 0; i < 3; i++)
+    if (tab[i].obj != NULL) PyBuffer_Release(&tab[i]);
   for (Py_ssize_t i = 0; i < n * K; i++)
     if (views[i].obj != NULL) PyBuffer_Release(&views[i]);
   PyMem_Free(views);
@@ -414,10 +511,18 @@ static PyObject* run(PyObject* self, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-static PyMethodDef methods[] = {{"run", run, METH_VARARGS, "run(pieces, scalars, threads)"},
-                                {NULL, NULL, 0, NULL}};
+static PyMethodDef methods[] = {
+    {"run", run, METH_VARARGS, "run(pieces, scalars, threads, table=None)"},
+    {NULL, NULL, 0, NULL}};
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "gradwise_kernel", NULL, -1, methods};
-PyMODINIT_FUNC PyInit_gradwise_kernel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_gradwise_kernel(void) {
+  PyObject* m = PyModule_Create(&module);
+  if (m != NULL && PyModule_AddIntConstant(m, "TABLE", TABLE) < 0) {
+    Py_DECREF(m);
+    return NULL;
+  }
+  return m;
+}
 """
 
 
@@ -507,11 +612,20 @@ def load(path: Path, names: tuple[str, ...]) -> Kernel:
     spec = importlib.util.spec_from_file_location("gradwise_kernel", path, loader=loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
-    call = module.run
+    call, takes_table = module.run, bool(module.TABLE)
 
     def run(targets: list, scalars: Scalars) -> list:
-        pieces = [(p.numpy(), g.numpy(), *(st[n].numpy() for n in names)) for p, g, st in targets]
-        call(pieces, scalars.array, torch.get_num_threads())
+        pieces, table = [], None
+        for param, grad, state in targets:
+            if isinstance(grad, Scattered):
+                if takes_table and not pieces:  # read where backward left them
+                    table = grad.table()
+                    grad = None
+                else:
+                    grad = grad.gather()
+            grad = grad if grad is None else grad.numpy()
+            pieces.append((param.numpy(), grad, *(state[n].numpy() for n in names)))
+        call(pieces, scalars.array, torch.get_num_threads(), table)
         return []
 
     return Kernel(run, torch.float64)

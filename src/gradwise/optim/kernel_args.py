@@ -149,6 +149,22 @@ class Kernel:
     scalar_dtype: torch.dtype
 
 
+@dataclass(frozen=True)
+class Scattered:
+    """A piece's gradient as backward left it, one tensor per parameter (the segment's small
+    tensors): ``table()`` is ``(addresses, offsets, lengths)``, int64 arrays that a generated
+    kernel reads them through (see :mod:`generated`); ``gather()`` copies them into one tensor,
+    for every other update."""
+
+    gather: Callable[[], Tensor]
+    table: Callable[[], tuple]
+
+
+def dense(grad: Tensor | Scattered) -> Tensor:
+    """A piece's gradient as one tensor (a :class:`Scattered` one gathered)."""
+    return grad.gather() if isinstance(grad, Scattered) else grad
+
+
 def check_inputs(spec: dict) -> list[Tensor]:
     """A kernel's check's input: a parameter, its gradient and its state, of ``spec``'s dtypes."""
     gen = torch.Generator().manual_seed(0)

@@ -121,11 +121,52 @@ PyObject* py_gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Py_RETURN_TRUE;
 }
 
+// pointers(params, like, out) -> bool. Writes where each params[i].grad's data starts to out[i],
+// when every gradient is defined, dense, contiguous, of like's dtype, on the CPU and of its
+// parameter's size; else writes nothing and returns False (the caller gathers them). A generated
+// kernel then reads each gradient where backward left it (see gradwise/optim/generated.py); it
+// runs at once, holding the GIL, while every p.grad keeps its tensor alive.
+PyObject* py_pointers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) {
+    PyErr_Format(PyExc_TypeError, "pointers takes 3 arguments (%zd given)", nargs);
+    return nullptr;
+  }
+  if (!tensor_list(args[0], -1, "params")) return nullptr;
+  const Py_ssize_t n = PyList_GET_SIZE(args[0]);
+  const at::Tensor* like = tensor_of(args[1], "like");
+  if (like == nullptr) return nullptr;
+  const std::int64_t* out_values = nullptr;
+  if (!int64_values(args[2], n, "out", &out_values)) return nullptr;
+  std::int64_t* out = const_cast<std::int64_t*>(out_values);
+  try {
+    if (!like->is_cpu()) Py_RETURN_FALSE;
+    const auto dtype = like->scalar_type();
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      const at::Tensor* p = tensor_of(PyList_GET_ITEM(args[0], i), "params[i]");
+      if (p == nullptr) return nullptr;
+      const at::Tensor& g = p->grad();
+      if (!g.defined() || g.unsafeGetTensorImpl()->is_python_dispatch() || !g.has_storage() ||
+          g.layout() != at::kStrided || !g.is_cpu() || g.scalar_type() != dtype ||
+          !g.is_contiguous() || g.numel() != p->numel() || g.is_conj() || g.is_neg())
+        Py_RETURN_FALSE;
+    }
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      const at::Tensor& g = THPVariable_Unpack(PyList_GET_ITEM(args[0], i)).grad();
+      out[i] = reinterpret_cast<std::int64_t>(g.const_data_ptr());
+    }
+  } catch (const std::exception&) {  // the caller gathers them
+    Py_RETURN_FALSE;
+  }
+  Py_RETURN_TRUE;
+}
+
 PyMethodDef methods[] = {
     {"layout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_layout)),
      METH_FASTCALL, "layout(params, ptrs, views) -> 0 moved / 1 flat / 2 views"},
     {"gather", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_gather)),
      METH_FASTCALL, "gather(params, offsets, buffer) -> whether every .grad was copied"},
+    {"pointers", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_pointers)),
+     METH_FASTCALL, "pointers(params, like, out) -> whether every .grad's address was written"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "gradwise_optim_native", nullptr, -1, methods};

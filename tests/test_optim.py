@@ -278,18 +278,18 @@ def test_first_step_moves_params_before_any_state_exists(monkeypatch):
     """Moving a parameter into the flat buffer holds two copies of it for a moment; on the first
     step that happens before any state is made, so the moment is not at the iteration's peak
     (gradients plus all state). Then the step is still torch's."""
-    from gradwise.optim import engine
+    from gradwise.optim import layout
 
     a, b = twins(make_params(torch.float32))
     oa, ob = go.Adam(a, lr=0.01), torch.optim.Adam(b, lr=0.01, foreach=False)
     states_when_moved = []
-    move = engine.move_params
+    move = layout.move_params
 
     def watched(seg):
         states_when_moved.append(sum(len(oa.state[p]) for p in seg.params))
         move(seg)
 
-    monkeypatch.setattr(engine, "move_params", watched)
+    monkeypatch.setattr(layout, "move_params", watched)
     run_lockstep(oa, ob, a, b, 3, torch.Generator().manual_seed(6))
     assert states_when_moved == [0]
     assert_same_state(oa, ob, a, b, torch.float32)
@@ -899,7 +899,7 @@ def test_an_ahead_of_time_kernel_takes_whole_cache_lines_and_leaves_the_rest_to_
     elements (no partial vector: Inductor's loop then has no branch for one). The engine lays
     its buffers out so; a large gradient's last few elements are left to the eager update, and
     everything else reaches the kernel exactly once, in place."""
-    from gradwise.optim import engine, kernel_args, kernels
+    from gradwise.optim import engine, kernel_args, kernels, layout
 
     calls = []
 
@@ -927,7 +927,7 @@ def test_an_ahead_of_time_kernel_takes_whole_cache_lines_and_leaves_the_rest_to_
     # the engine's layout: the small tensors' piece and the whole buffers end on a line
     params = [torch.nn.Parameter(torch.zeros(n)) for n in (3, 17, engine.DIRECT_NUMEL + 3)]
     seg = engine.split_group(params)[0]
-    engine.flatten(seg, {p: {} for p in params}, [], has_step=False)
+    layout.flatten(seg, {p: {} for p in params}, [], has_step=False)
     assert seg.small % lines == 0 and seg.param.numel() % lines == 0
     assert seg.small <= seg.large[0][1].start
 

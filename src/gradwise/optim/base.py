@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from gradwise import checks
-from gradwise.optim import engine, kernel_args, plans, torch_api
+from gradwise.optim import engine, kernel_args, layout, plans, torch_api
 from gradwise.optim.torch_api import TORCH_WORDS, torch_words  # noqa: F401 (their home before)
 
 _GRAD = operator.attrgetter("grad")
@@ -143,7 +143,7 @@ class Optimizer(torch.optim.Optimizer):
         """A new parameter's state (zeros unless the algorithm says otherwise)."""
         dtype = group.get("state_dtype") or param.dtype
         fresh = getattr(self, "_fresh_segment", None)  # a first step's: made in place
-        state = {n: engine.zeros_state(fresh, param, n, dtype) for n in self.state_names(group)}
+        state = {n: layout.zeros_state(fresh, param, n, dtype) for n in self.state_names(group)}
         if self.has_step:  # capturable: on the parameter's device, as torch keeps it then
             device = param.device if group.get("capturable") else None
             state["step"] = torch.tensor(0.0, dtype=_step_dtype(), device=device)
@@ -225,7 +225,7 @@ class Optimizer(torch.optim.Optimizer):
                     and not _per_tensor(group)
                     and all(self._has_state(p, names) for p in seg.params)
                 ):
-                    engine.flatten(seg, self.state, names, self.has_step, self.scalar_state)
+                    layout.flatten(seg, self.state, names, self.has_step, self.scalar_state)
 
     def state_dict(self) -> dict:
         """PyTorch's layout; ``step`` and scalar-state tensors are copies so that each stands on
@@ -330,13 +330,13 @@ class Optimizer(torch.optim.Optimizer):
         )
 
     def _lay_out_fresh(self, seg: engine.Segment, group: dict) -> None:
-        """Before a first step: the new state made at its places (:func:`engine.lay_out_fresh`;
-        :meth:`init_state`'s zeros there directly, ``engine.zeros_state``)."""
+        """Before a first step: the new state made at its places (:func:`layout.lay_out_fresh`;
+        :meth:`init_state`'s zeros there directly, ``layout.zeros_state``)."""
         self._fresh_segment = seg
         try:
             init = functools.partial(self.init_state, group=group)
             names = self.state_names(group)
-            engine.lay_out_fresh(seg, self.state, names, init, self.has_step, self.scalar_state)
+            layout.lay_out_fresh(seg, self.state, names, init, self.has_step, self.scalar_state)
         finally:
             self._fresh_segment = None
 
@@ -361,7 +361,7 @@ class Optimizer(torch.optim.Optimizer):
             return
         left = targets = plans.targets(seg, pieces)
         # the first step eager: a kernel bakes in flags (SGD's "first"), one step's not worth it
-        if seg.step != 1 and (kernel := self._kernel(seg, seg.grad, group, len(targets), scalars)):
+        if seg.step != 1 and (kernel := self._kernel(seg, group, len(targets), scalars)):
             left = kernel(targets)
         for param, grad, state in left:
             self._update_chunked(param, kernel_args.dense(grad), state, seg.step, group, scalars)
@@ -390,7 +390,7 @@ class Optimizer(torch.optim.Optimizer):
         if not replayer.knows(key):
             return False
         scalars = self._count_step(seg, group, step)
-        kernel = self._kernel(seg, seg.grad, group, count, scalars)
+        kernel = self._kernel(seg, group, count, scalars)
         if kernel is None or kernel.func is not plan.run:  # kernels off, or a flag changed
             self._step_pieces(seg, group, seg.pieces(views), scalars)
             return True
@@ -427,12 +427,12 @@ class Optimizer(torch.optim.Optimizer):
             self._update(param[sl], grad[sl], state_here, step, group, scalars)
 
     def _kernel(
-        self, seg: engine.Segment, grad: Tensor, group: dict, pieces: int, scalars: dict | None
+        self, seg: engine.Segment, group: dict, pieces: int, scalars: dict | None
     ) -> Callable[[list], list] | None:
         """The fused kernel that runs this step's flat update, if that is the choice (see
         :func:`plans.choose`), as ``kernel(targets) -> the targets it left``; None: eager."""
         args = functools.partial(self._update_args, group, seg.step, scalars)
-        return plans.choose(seg, grad, group, pieces, args, type(self).rule, update)
+        return plans.choose(seg, group, pieces, args, type(self).rule, update)
 
     def _step_each(self, seg: engine.Segment, group: dict) -> None:
         """The per-tensor path: the same rule, one parameter at a time."""
@@ -477,7 +477,7 @@ class Optimizer(torch.optim.Optimizer):
         if seg.steps is not None:
             seg.step = None  # step counts may now differ between parameters
         if seg.flattenable and not seg.flat and all(self._has_state(p, names) for p in seg.params):
-            engine.flatten(seg, self.state, names, self.has_step, self.scalar_state)
+            layout.flatten(seg, self.state, names, self.has_step, self.scalar_state)
 
     def _dense(self, grad: Tensor, group: dict) -> Tensor:
         """A sparse gradient (``nn.Embedding(sparse=True)``) as the dense one it stands for,

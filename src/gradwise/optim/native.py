@@ -10,8 +10,13 @@
   tensor's gradient in a tensor of its own, and the step copies them into the segment's gradient
   buffer. ``torch._foreach_copy_`` costs ~1.5-2 µs a tensor (2.4 ms for 1,200 small gradients);
   one ``memcpy`` each costs 0.4 ms for the same.
+* **The gradients' addresses** (``pointers``). A generated CPU kernel needs no gather at all: it
+  reads each small tensor's gradient where backward left it, through a table of their addresses
+  that this helper writes after checking every gradient (defined, dense, contiguous, on the CPU,
+  of the parameter's dtype and size). The kernel runs at once, holding the GIL, while each
+  ``p.grad`` keeps its tensor alive. 2000 × 512 Adam: 0.85 ms a step, against 1.89 ms gathered.
 
-Both are in ``native.cpp``, written against PyTorch's public extension API only
+All three are in ``native.cpp``, written against PyTorch's public extension API only
 (``THPVariable_Unpack`` and ``at::Tensor``'s accessors). :class:`Extension` builds such a file
 with the C++ compiler (``$CXX``, else ``c++``) against this torch and Python, once per machine
 (~20 s of one core), in a child process at the lowest CPU priority while the Python versions

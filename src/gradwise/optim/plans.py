@@ -39,7 +39,6 @@ class Plan:
 
 def choose(
     seg: engine.Segment,
-    grad: Tensor,
     group: dict,
     pieces: int,
     args: Callable[[], dict],
@@ -70,6 +69,9 @@ def choose(
     else:
         missing = kernels.SKIP
     step_args = args()
+    # a gradient like the step's: the gradient buffer where there is one (CUDA, or views of it),
+    # else the parameters' (of the same dtype and device)
+    grad = seg.grad if seg.grad is not None else seg.param
     options = [value for key, value in group.items() if key != "params"]
     plan = seg.kernel_plans.get(pieces)
     if plan is not None and (plan.options == options or plan.signature == signature(group)):

@@ -18,7 +18,7 @@ COLORS = {
     "torch foreach": "#888888",
     "torch fused": "#444444",
     "gradwise eager": "#9ecae1",
-    "gradwise (gather)": "#6baed6",
+    "gradwise (separate grads)": "#6baed6",
     "gradwise": "#08519c",
 }
 

@@ -82,7 +82,7 @@ def test_tiny_run_json_structure(tmp_path):
         assert r["bytes_per_param"] in (20, 28)
         if r["implementation"] == "gradwise":
             assert r["grads_flat"], r  # the flat path, no gather
-        if r["implementation"] == "gradwise (gather)":
+        if r["implementation"] == "gradwise (separate grads)":
             assert not r["grads_flat"], r
     for group in {(r["workload"], r["optimizer"]) for r in data["results"]}:
         torch_rows = [

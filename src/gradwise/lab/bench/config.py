@@ -41,7 +41,7 @@ IMPLEMENTATIONS = (
     "torch foreach",
     "torch fused",
     "gradwise",
-    "gradwise (gather)",
+    "gradwise (separate grads)",
     "gradwise eager",
 )
 TORCH_IMPLEMENTATIONS = IMPLEMENTATIONS[:3]

@@ -75,21 +75,21 @@ def _minor_faults() -> int:
 class _Runner:
     """One implementation of one optimizer on its own copy of a workload's params and grads."""
 
-    def __init__(self, impl: str, make_opt: Callable, params0, grads0, gather: bool | None):
+    def __init__(self, impl: str, make_opt: Callable, params0, grads0, separate: bool | None):
         self.impl = impl
         self.params = [torch.nn.Parameter(p.clone()) for p in params0]
         self.grads = [g.clone() for g in grads0]
         for p, g in zip(self.params, self.grads):
             p.grad = g
         self.opt = make_opt(self.params)
-        self.gather = gather  # None: a torch path; True/False: gradwise with separate/flat grads
+        self.separate = separate  # None: torch; True/False: gradwise with separate/flat grads
         self.step_s = float("nan")
         self.faults = 0  # minor page faults during the timed steps
         self.steps = 0
 
     def warm_up(self, steps: int) -> None:
         self.opt.step()  # creates the state (gradwise: then lays the group out flat)
-        if self.gather is False:
+        if self.separate is False:
             # as a training loop would: zero_grad(set_to_none=False) makes p.grad views into the
             # flat gradient buffer, and backward() would accumulate into them; we copy instead.
             self.opt.zero_grad(set_to_none=False)
@@ -159,9 +159,9 @@ def _run_group(
         if workload.numel >= engine.KERNEL_MIN_NUMEL:  # smaller groups stay eager by default
             kernels.prebuild_kernel(spec, gw, params0, grads0)
     for impl in impls:
-        gather = None if impl in TORCH_FLAGS else impl == "gradwise (gather)"
+        separate = None if impl in TORCH_FLAGS else impl == "gradwise (separate grads)"
         try:
-            runner = _Runner(impl, _make_factory(impl, spec, gw), params0, grads0, gather)
+            runner = _Runner(impl, _make_factory(impl, spec, gw), params0, grads0, separate)
             runner.warm_up(cfg.warmup)
         except Exception as exc:  # noqa: BLE001 - e.g. fused=True unsupported for this optimizer
             first_line = (str(exc).splitlines() or [""])[0]
@@ -214,7 +214,7 @@ def _run_group(
             "minor_faults_per_step": r.faults / r.steps if resource else None,
             "bandwidth_gbs": statistics.median(probed) if probed else None,
         }
-        if r.gather is not None:
+        if r.separate is not None:
             row["grads_flat"] = r.flat_grads()
         rows.append(row)
     log(
@@ -369,7 +369,7 @@ def run(config: Config | None = None, log: Callable[[str], None] | None = None) 
     if not_flat:
         warnings.append(
             "gradwise: after zero_grad(set_to_none=False) the grads were not views into one flat "
-            f"buffer ({', '.join(not_flat)}); those 'gradwise' rows measure a gather"
+            f"buffer ({', '.join(not_flat)}); those 'gradwise' rows measure separate gradients"
         )
     if any(r["bandwidth_fraction"] and r["bandwidth_fraction"] > 1 for r in rows):
         notes.append(

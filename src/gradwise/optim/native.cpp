@@ -32,7 +32,7 @@ bool tensor_list(PyObject* obj, Py_ssize_t n, const char* what) {
 
 // A contiguous 1-D int64 CPU tensor of n values, as a pointer to them in `values` (false: a
 // TypeError is set).
-bool int64_values(PyObject* obj, std::int64_t n, const char* what, const std::int64_t** values) {
+bool int64_values(PyObject* obj, std::int64_t n, const char* what, std::int64_t** values) {
   const at::Tensor* t = tensor_of(obj, what);
   if (t == nullptr) return false;
   if (t->scalar_type() != at::kLong || t->dim() != 1 || t->numel() != n || !t->is_cpu() ||
@@ -41,8 +41,19 @@ bool int64_values(PyObject* obj, std::int64_t n, const char* what, const std::in
                  static_cast<long long>(n));
     return false;
   }
-  *values = t->const_data_ptr<std::int64_t>();
+  *values = t->data_ptr<std::int64_t>();
   return true;
+}
+
+// The gradient of parameter p when a helper may read it as plain memory (defined, dense, of no
+// tensor subclass, contiguous, on the CPU, of dtype and of p's size), else nullptr.
+const at::Tensor* plain_grad(const at::Tensor& p, at::ScalarType dtype) {
+  const at::Tensor& g = p.grad();
+  if (!g.defined() || g.unsafeGetTensorImpl()->is_python_dispatch() || !g.has_storage() ||
+      g.layout() != at::kStrided || !g.is_cpu() || g.scalar_type() != dtype ||
+      !g.is_contiguous() || g.numel() != p.numel() || g.is_conj() || g.is_neg())
+    return nullptr;
+  return &g;
 }
 
 // layout(params, ptrs, views) -> 0 / 1 / 2. params[i]: a parameter; ptrs[i]: where its data
@@ -57,7 +68,7 @@ PyObject* py_layout(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (!tensor_list(args[0], -1, "params")) return nullptr;
   const Py_ssize_t n = PyList_GET_SIZE(args[0]);
   if (!tensor_list(args[2], n, "views")) return nullptr;
-  const std::int64_t* ptrs = nullptr;
+  std::int64_t* ptrs = nullptr;
   if (!int64_values(args[1], n, "ptrs", &ptrs)) return nullptr;
   try {
     for (Py_ssize_t i = 0; i < n; ++i) {
@@ -90,7 +101,7 @@ PyObject* py_gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   }
   if (!tensor_list(args[0], -1, "params")) return nullptr;
   const Py_ssize_t n = PyList_GET_SIZE(args[0]);
-  const std::int64_t* offsets = nullptr;
+  std::int64_t* offsets = nullptr;
   if (!int64_values(args[1], n, "offsets", &offsets)) return nullptr;
   const at::Tensor* buffer = tensor_of(args[2], "buffer");
   if (buffer == nullptr) return nullptr;
@@ -102,11 +113,7 @@ PyObject* py_gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     for (Py_ssize_t i = 0; i < n; ++i) {
       const at::Tensor* p = tensor_of(PyList_GET_ITEM(args[0], i), "params[i]");
       if (p == nullptr) return nullptr;
-      const at::Tensor& g = p->grad();
-      if (!g.defined() || g.unsafeGetTensorImpl()->is_python_dispatch() || !g.has_storage() ||
-          g.layout() != at::kStrided || !g.is_cpu() || g.scalar_type() != dtype ||
-          !g.is_contiguous() || g.numel() != p->numel() || offsets[i] < 0 ||
-          offsets[i] + g.numel() > size || g.is_conj() || g.is_neg())
+      if (plain_grad(*p, dtype) == nullptr || offsets[i] < 0 || offsets[i] + p->numel() > size)
         Py_RETURN_FALSE;
     }
     char* base = static_cast<char*>(buffer->data_ptr());
@@ -135,20 +142,15 @@ PyObject* py_pointers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const Py_ssize_t n = PyList_GET_SIZE(args[0]);
   const at::Tensor* like = tensor_of(args[1], "like");
   if (like == nullptr) return nullptr;
-  const std::int64_t* out_values = nullptr;
-  if (!int64_values(args[2], n, "out", &out_values)) return nullptr;
-  std::int64_t* out = const_cast<std::int64_t*>(out_values);
+  std::int64_t* out = nullptr;
+  if (!int64_values(args[2], n, "out", &out)) return nullptr;
   try {
     if (!like->is_cpu()) Py_RETURN_FALSE;
     const auto dtype = like->scalar_type();
     for (Py_ssize_t i = 0; i < n; ++i) {
       const at::Tensor* p = tensor_of(PyList_GET_ITEM(args[0], i), "params[i]");
       if (p == nullptr) return nullptr;
-      const at::Tensor& g = p->grad();
-      if (!g.defined() || g.unsafeGetTensorImpl()->is_python_dispatch() || !g.has_storage() ||
-          g.layout() != at::kStrided || !g.is_cpu() || g.scalar_type() != dtype ||
-          !g.is_contiguous() || g.numel() != p->numel() || g.is_conj() || g.is_neg())
-        Py_RETURN_FALSE;
+      if (plain_grad(*p, dtype) == nullptr) Py_RETURN_FALSE;
     }
     for (Py_ssize_t i = 0; i < n; ++i) {
       const at::Tensor& g = THPVariable_Unpack(PyList_GET_ITEM(args[0], i)).grad();

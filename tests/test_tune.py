@@ -149,7 +149,10 @@ def test_killed_search_resumes_and_two_workers_share_the_storage(tmp_path):
     workers, one SQLite file) continues the study."""
     out = tmp_path / "t"
     space = tmp_path / "space.toml"
-    space.write_text("epochs = [2, 3]\nwidth = [4, 16]\ndepth = 1\nbatch_size = [32, 64]\n")
+    # trials of ~0.5 s: when the search resumes, the first worker up cannot take all the new
+    # trials before the second is (with 2-3 epochs a trial took ~0.1 s, and one worker once took
+    # all 4)
+    space.write_text("epochs = [20, 30]\nwidth = [4, 16]\ndepth = 1\nbatch_size = [32, 64]\n")
     args = ["--dataset", "moons", "--model", "mlp", "--space", str(space), "--seeds", "0"]
     child = subprocess.Popen(
         [
@@ -196,7 +199,7 @@ def test_killed_search_resumes_and_two_workers_share_the_storage(tmp_path):
         "moons",
         "mlp",
         out=out,
-        trials=before + 4,
+        trials=before + 8,
         space=space,
         jobs=2,
         retrain_seeds=0,
@@ -205,7 +208,7 @@ def test_killed_search_resumes_and_two_workers_share_the_storage(tmp_path):
     study = optuna.load_study(study_name=result.study, storage=result.storage)
     states = optuna.trial.TrialState
     done = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)]
-    assert len(done) >= before + 4
+    assert len(done) >= before + 8
     late = [t for t in done if t.datetime_start >= resumed]
     assert len({t.user_attrs["worker"] for t in late}) == 2  # both workers took trials
     # the trials in flight at SIGTERM are marked failed, none is left running (a worker killed

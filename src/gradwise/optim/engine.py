@@ -194,7 +194,8 @@ class Segment:
         """The small tensors' gradients where backward left them, their addresses in
         ``grad_table``; None where the native helpers are not here or do not vouch for every
         one (defined, dense, contiguous, on the CPU, of the parameter's dtype and size)."""
-        helpers = native.helpers() if self.uses_native else None
+        on_cpu = self.uses_native and self.param.device.type == "cpu"  # CUDA: always gathered
+        helpers = native.helpers() if on_cpu else None
         addresses = self.grad_table[0]
         if helpers is None or not helpers.pointers(self.small_params, self.param, addresses):
             return None

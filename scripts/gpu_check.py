@@ -336,7 +336,7 @@ def whole_iterations() -> None:
 
     cfg = train_step.Config(
         device=str(DEV),
-        rounds=3 if QUICK else 15,
+        rounds=3 if QUICK else int(os.environ.get("GRADWISE_CHECK_ROUNDS", "15")),
         iterations=1 if QUICK else 3,
         models=["deep-narrow"] if QUICK else None,
     )

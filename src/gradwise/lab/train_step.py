@@ -363,6 +363,16 @@ def run_row(cfg: Config, model_name: str, optimizer: str, log: Callable[[str], N
     return row
 
 
+def _summary(row: dict) -> str:
+    """One finished row in a line: each implementation's time and its ratio to torch's."""
+    ms, ratio = row["ms"], row.get("ratio", {})
+    times = ", ".join(
+        f"{impl} {ms[impl]:.3g} ms" + (f" ({ratio[impl]:.3f}×)" if impl in ratio else "")
+        for impl in ms
+    )
+    return f"{row['model']} × {row['optimizer']}: {times}"
+
+
 def run(cfg: Config | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every model × optimizer row; returns the results as a dict (see :func:`render`)."""
     cfg = cfg or Config()
@@ -378,6 +388,7 @@ def run(cfg: Config | None = None, log: Callable[[str], None] | None = None) -> 
                 log(f"{model_name} × {optimizer}")
                 try:
                     rows.append(run_row(cfg, model_name, optimizer, log))
+                    log(_summary(rows[-1]))
                 except NotApplicable as why:
                     log(f"{model_name} × {optimizer}: skipped, {why}")
                     skipped.append({"model": model_name, "optimizer": optimizer, "why": str(why)})

@@ -175,9 +175,10 @@ class Runner:
             self.staged.copy(values, self.buffer)
 
     def call(self, targets: list) -> int:
-        names = self.names
+        names, dense = self.names, kernel_args.dense
         self.compiled(
-            *[t for p, g, st in targets for t in (p, g, *(st[n] for n in names))], *self.views
+            *[t for p, g, st in targets for t in (p, dense(g), *(st[n] for n in names))],
+            *self.views,
         )
         return len(targets)
 

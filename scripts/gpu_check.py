@@ -10,7 +10,8 @@ parameter and replaced gradients; (5) fit() on digits; (6) the device-to-device 
 and optimizer.step() timings on the three benchmark workloads, gradients as separate tensors
 (what backward leaves) and as views, against torch fused and foreach, interleaved; (7) whole
 training iterations (lab/train_step.py on cuda); (8) peak GPU memory of an iteration, torch
-fused against gradwise. With $OUT set, the timings are also written there as JSON.
+fused against gradwise; (9) every class torch.optim has too, on the default path (compiled,
+steps replayed as graphs), against torch. With $OUT set, the timings are also written there as JSON.
 
 GRADWISE_CHECK_DEVICE=cpu GRADWISE_CHECK_QUICK=1 tries the script on a CPU (small sizes).
 """
@@ -380,6 +381,65 @@ def peak_memory() -> None:
     RESULTS["memory"] = rows
 
 
+#: every class that torch.optim has too, on the default path (compiled, steps replayed as graphs)
+TWINS = [
+    ("Adam", dict(lr=1e-3, amsgrad=True, weight_decay=0.01)),
+    ("Adam", dict(lr=1e-3, maximize=True)),
+    ("SGD", dict(lr=1e-2, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    ("SGD", dict(lr=1e-2, momentum=0.9, nesterov=True)),
+    ("RMSprop", dict(lr=1e-3, alpha=0.9, momentum=0.5, centered=True)),
+    ("Adagrad", dict(lr=1e-2, lr_decay=0.01, weight_decay=0.01)),
+    ("Adamax", dict(lr=2e-3, weight_decay=0.01)),
+    ("NAdam", dict(lr=2e-3, momentum_decay=4e-3)),
+    ("NAdam", dict(lr=2e-3, weight_decay=0.01, decoupled_weight_decay=True)),
+    ("RAdam", dict(lr=1e-3)),
+    ("RAdam", dict(lr=1e-3, weight_decay=0.01, decoupled_weight_decay=True)),
+    ("Adadelta", dict(lr=1.0, rho=0.9, weight_decay=0.01)),
+    ("ASGD", dict(lr=1e-2, t0=5, weight_decay=0.01)),
+    ("Rprop", dict(lr=1e-2)),
+]
+
+
+@section("9. every torch.optim twin on the default path (compiled, graphs), 20 steps")
+def parity_twins() -> None:
+    from gradwise.optim import kernels
+
+    big = 256 if QUICK else 1024
+    shapes = [(big, big), (big,), (big // 2, big), (10,), (3, 2 * big), (1,)]
+    for name, kw in TWINS:
+        gen = torch.Generator().manual_seed(3)
+        vals = [torch.randn(s, generator=gen) for s in shapes]
+        a = [torch.nn.Parameter(v.clone().to(DEV)) for v in vals]
+        b = [torch.nn.Parameter(v.clone().to(DEV)) for v in vals]
+        oa = getattr(go, name)(a, **kw)
+        ob = getattr(torch.optim, name)(b, **kw)
+        sa = torch.optim.lr_scheduler.ExponentialLR(oa, gamma=0.95)
+        sb = torch.optim.lr_scheduler.ExponentialLR(ob, gamma=0.95)
+        before = jit_kernels()
+        for _ in range(20):
+            oa.zero_grad()  # as a training loop: new gradient tensors every step
+            ob.zero_grad()
+            for p, q in zip(a, b):
+                g = torch.randn(p.shape, generator=gen).to(DEV)
+                p.grad, q.grad = g, g.clone()
+            oa.step()
+            ob.step()
+            sa.step()
+            sb.step()
+        err = rel_err(a, b)
+        seg = oa._group_segments(oa.param_groups[0])[0]
+        plans = seg.kernel_plans.values()
+        replays = sum(p.replayer.replays for p in plans if p.replayer is not None)
+        RESULTS.setdefault("twins", []).append(
+            dict(optimizer=name, options=kw, err=err, replays=replays)
+        )
+        check(
+            err <= 1e-5 and (jit_kernels() > before or QUICK),
+            f"{name} {kw}: param {err:.2g}; compiled {jit_kernels() - before}; replays "
+            f"{replays}; error {kernels._error}",
+        )
+
+
 def main() -> int:
     name = torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu"
     print(torch.__version__, name, flush=True)
@@ -394,6 +454,7 @@ def main() -> int:
         step_timings,
         whole_iterations,
         peak_memory,
+        parity_twins,
     ]
     for i, run in enumerate(sections, 1):
         if not only or str(i) in only.split(","):

@@ -98,16 +98,27 @@ def test_a_recording_that_fails_runs_the_step_once_and_stops_recording():
         ("AdamW", dict(lr=0.01, weight_decay=0.1)),
         ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
         ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True)),
+        ("Adagrad", dict(lr=0.05, lr_decay=0.01, weight_decay=0.01)),
+        ("Adamax", dict(lr=0.01, weight_decay=0.01)),
+        ("NAdam", dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)),
+        ("RAdam", dict(lr=0.01)),
+        ("Adadelta", dict(lr=1.0, rho=0.9, weight_decay=0.01)),
+        ("ASGD", dict(lr=0.01, t0=5, weight_decay=0.01)),
+        ("Rprop", dict(lr=0.01)),
     ],
 )
-def test_replayed_steps_equal_torch(cuda_path_on_cpu, cls, kw):
+def test_replayed_steps_equal_torch(cuda_path_on_cpu, monkeypatch, cls, kw):
     """The CUDA path (compiled in the process, steps replayed) emulated on the CPU, against
     torch for 24 steps with a learning rate that changes every step: gradients written into
     the same tensors (the addresses repeat: replays), then new tensors at new addresses (no
-    replay may run: it would read the old gradients), then the same tensors again."""
+    replay may run: it would read the old gradients), then the same tensors again. The default
+    path (``fused=None``; NAdam and ASGD have no ``fused``), its size thresholds lowered to
+    these tensors'."""
+    monkeypatch.setattr(engine, "KERNEL_MIN_NUMEL", 2)
+    monkeypatch.setattr(engine, "AUTO_BUILD_NUMEL", 2)
     shapes = [(40, 30), (7,), (33, 20), (5, 3)]
     a, b = twins(make_params(torch.float32, shapes=shapes))
-    oa = getattr(go, cls)(a, fused=True, **kw)
+    oa = getattr(go, cls)(a, **kw)
     ob = getattr(torch.optim, cls)(b, foreach=False, **kw)
     sa = torch.optim.lr_scheduler.ExponentialLR(oa, gamma=0.9)
     sb = torch.optim.lr_scheduler.ExponentialLR(ob, gamma=0.9)

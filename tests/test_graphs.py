@@ -144,6 +144,34 @@ def test_replayed_steps_equal_torch(cuda_path_on_cpu, monkeypatch, cls, kw):
     assert plan.replayer.replays >= 12  # 24 steps, less 6 at new addresses, less the firsts
 
 
+@pytest.mark.parametrize(
+    ("widths", "set_to_none"),
+    [
+        ((256, 512, 10), True),  # a large tensor: pieces with gradients of their own
+        ((256, 512, 10), False),  # gradients are views of the flat buffer: one piece
+        ((64,) * 21, True),  # small tensors only: one gathered piece
+    ],
+)
+def test_a_kernel_is_compiled_once(cuda_path_on_cpu, widths, set_to_none):
+    """The compiled kernel's check before its first use runs on pieces laid out as the step's
+    are, so that the step finds that compiled code and Dynamo compiles nothing more (a second
+    compile, from guards on how each view relates to its base, cost seconds of a first run)."""
+    from torch._dynamo.utils import counters
+
+    layers = [torch.nn.Linear(a, b) for a, b in zip(widths, widths[1:])]
+    model = torch.nn.Sequential(*layers)
+    opt = go.Adam(model.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(8, widths[0])
+    before = counters["stats"]["unique_graphs"]
+    for _ in range(4):
+        opt.zero_grad(set_to_none=set_to_none)
+        model(x).square().mean().backward()
+        opt.step()
+    (seg,) = opt._group_segments(opt.param_groups[0])
+    assert len(seg.kernel_plans) == 1
+    assert counters["stats"]["unique_graphs"] - before == 1
+
+
 @pytest.mark.parametrize("set_to_none", [True, False, "both"])
 def test_replayed_training_loop_equals_torch(cuda_path_on_cpu, set_to_none):
     """A training loop as users write it (zero_grad, forward, backward, step), the CUDA path

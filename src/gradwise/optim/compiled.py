@@ -82,21 +82,28 @@ def _compile_checked(
     scalar_type = kernel_args.scalar_dtype(dtypes[0])
 
     def inputs():
-        """Pieces as in a segment: piece 0 at the start of the flat buffers with its gradient
-        in the gathered buffer, the others later in the flat buffers with gradients of their
-        own. Sizes differ, so that the compiled code is general in each piece's length."""
+        """Pieces laid out as a segment's step lays them out (``Segment.pieces``), so that the
+        step finds the kernel compiled for it: Dynamo guards on how each view relates to its
+        base, and a check on other layouts would cost a second compile at the step. One piece:
+        the whole parameter and state buffers, and the gradients gathered into a buffer of
+        their own (a view of all of it). More: piece 0 at the start of the flat buffers with
+        its gradient gathered so, the others later in the flat buffers with gradients of
+        their own. Sizes differ, so that the compiled code is general in each length."""
         gen = torch.Generator().manual_seed(0)
+
+        def rand(n: int, dtype: torch.dtype) -> Tensor:
+            return torch.rand(n, generator=gen, dtype=dtype).to(device)
+
         sizes = [1000 + 48 * i for i in range(pieces)]
         starts = [sum(sizes[:i]) + 16 * i for i in range(pieces)]
-        flat = [torch.rand(starts[-1] + sizes[-1], generator=gen, dtype=d) for d in dtypes]
-        flat = [t.to(device) for t in flat]
+        flat = [rand(starts[-1] + sizes[-1], d) for d in dtypes]
         tensors = []
         for i, (start, size) in enumerate(zip(starts, sizes)):
             for k, t in enumerate(flat):
-                if k == 1 and i > 0:  # a large tensor's gradient: its own tensor
-                    tensors.append(torch.rand(size, generator=gen, dtype=dtypes[1]).to(device))
+                if k == 1:  # piece 0: the gathered buffer's view; else a gradient of its own
+                    tensors.append(rand(size, t.dtype)[:size] if i == 0 else rand(size, t.dtype))
                 else:
-                    tensors.append(t[start : start + size])
+                    tensors.append(t if pieces == 1 else t[start : start + size])
         return tensors
 
     def eager(tensors, scalars):

@@ -211,8 +211,9 @@ class Segment:
     def pieces(self, views: bool, scattered: bool = False) -> list[tuple[slice, Any]] | None:
         """The step's pieces: the whole buffers when the gradients are views of ``grad``,
         else :meth:`gradient_pieces`."""
-        if views:
-            return [(slice(0, self.param.numel()), self.grad)]
+        if views:  # a view of all of it, laid out as gathered gradients are: one compile
+            n = self.param.numel()
+            return [(slice(0, n), self.grad[:n])]
         return self.gradient_pieces(scattered)
 
     def _small_piece(self) -> tuple[slice, Tensor]:

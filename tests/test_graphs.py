@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import gradwise.optim as go
-from gradwise.optim import engine, graphs
+from gradwise.optim import engine, graphs, plans
 from test_optim import _fresh_kernels, make_params, twins
 
 
@@ -23,12 +23,14 @@ def emulated(run):
 @pytest.fixture
 def cuda_path_on_cpu(monkeypatch, tmp_path):
     """CUDA's path on the CPU: kernels compiled in the process (no ahead-of-time ones), graphs
-    emulated, tensors of 500+ elements updated where their gradients lie."""
+    emulated, tensors of 500+ elements updated where their gradients lie, and the default
+    path compiling at once (as a run does once it has trained ``plans.COMPILE_AFTER_S``)."""
     kernels = _fresh_kernels(monkeypatch, tmp_path)
     monkeypatch.setattr(kernels, "DEVICES", ())
     monkeypatch.setattr(kernels, "JIT_DEVICES", ("cpu",))
     monkeypatch.setattr(engine, "DIRECT_NUMEL", 500)
     monkeypatch.setattr(graphs, "RECORDERS", {"cpu": emulated})
+    monkeypatch.setattr(plans, "COMPILE_AFTER_S", 0.0)  # a long run's steady state
 
 
 class Calls:
@@ -142,6 +144,40 @@ def test_replayed_steps_equal_torch(cuda_path_on_cpu, monkeypatch, cls, kw):
     (seg,) = oa._group_segments(oa.param_groups[0])
     (plan,) = seg.kernel_plans.values()
     assert plan.replayer.replays >= 12  # 24 steps, less 6 at new addresses, less the firsts
+
+
+def test_the_default_path_compiles_once_a_run_has_trained_a_while(cuda_path_on_cpu, monkeypatch):
+    """Where kernels are compiled in the process, ``fused=None`` runs the eager update until the
+    segment has asked for a kernel for ``COMPILE_AFTER_S`` seconds (a short run never pays for
+    a compile), then compiles; ``fused=True`` compiles at once. gradwise equals torch
+    throughout. (A kernel already compiled in the process is used at once.)"""
+    clock = [100.0]
+    monkeypatch.setattr(plans.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(plans, "COMPILE_AFTER_S", 10.0)
+    monkeypatch.setattr(engine, "KERNEL_MIN_NUMEL", 2)
+    monkeypatch.setattr(engine, "AUTO_BUILD_NUMEL", 2)
+    shapes = [(40, 30), (7,), (33, 20)]
+    a, b = twins(make_params(torch.float32, shapes=shapes))
+    c, _ = twins(make_params(torch.float32, shapes=shapes))
+    oa, ob = go.Adam(a, lr=0.01), torch.optim.Adam(b, lr=0.01, foreach=False)
+    oc = go.Adam(c, lr=0.01, fused=True, amsgrad=True)  # a kernel of its own
+    gen = torch.Generator().manual_seed(4)
+    compiled_at = {}
+    for i in range(12):
+        clock[0] += 1.0  # a second a step
+        for x, y, z in zip(a, b, c):
+            g = torch.randn(x.shape, generator=gen)
+            x.grad, y.grad, z.grad = g.clone(), g.clone(), g.clone()
+        for name, opt in (("default", oa), ("fused", oc)):
+            opt.step()
+            (seg,) = opt._group_segments(opt.param_groups[0])
+            if seg.kernel_plans and name not in compiled_at:
+                compiled_at[name] = i + 1
+        ob.step()
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-6)
+    # asked first at step 2 (the first step is eager), due 10 s later
+    assert compiled_at == {"fused": 2, "default": 12}
 
 
 @pytest.mark.parametrize(

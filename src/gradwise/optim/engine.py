@@ -106,6 +106,8 @@ class Segment:
     fresh_slices: dict[int, slice] | None = None
     fresh_length: int = 0
     fresh_state: dict[str, Tensor] = field(default_factory=dict)
+    # when (time.monotonic()) a kernel was first asked for: see plans.COMPILE_AFTER_S
+    kernel_asked: float | None = None
 
     #: what :meth:`layout` returns
     MOVED, FLAT, VIEWS = 0, 1, 2

@@ -5,9 +5,10 @@ runtime scalars (:func:`kernel_args.split`), compiled where they run: on CUDA, l
 AOTInductor package crashed the process (torch 2.11), while ``torch.compile``'s own path is the
 one PyTorch users run every day. One call updates all of a step's pieces (the gathered small
 tensors and each large gradient where backward left it); Inductor may launch them together
-(:data:`COMBO_KERNELS`). A kernel is compiled once per process, at the step that first needs it,
-and checked against the eager update on small inputs before it is used; Inductor's cache on disk
-makes a later process's compile short.
+(:data:`COMBO_KERNELS`). A kernel is compiled once per process, when a step first asks for it
+(the default path asks once a segment has trained for ``plans.COMPILE_AFTER_S``), and checked
+against the eager update on small inputs laid out as the step's before it is used; Inductor's
+cache on disk makes a later process's compile shorter.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def jit(
     ``pieces`` triples ``(param, grad, state)`` (1-D tensors; on CUDA, the small tensors'
     gathered gradients and each large tensor's gradient where backward left it): one call for
     all of them. Compiling takes seconds the first time on a machine, less once Inductor's
-    cache holds it; it happens once per process, at the step that first needs it. An error or
+    cache holds it; it happens once per process, at the step that first asks for it. An error or
     a kernel that disagrees with the eager update raises (the caller turns kernels off)."""
     names = tuple(sorted(state))
     static, slots, values = kernel_args.split(args)

@@ -392,3 +392,27 @@ def test_a_rule_that_writes_its_gradient_takes_no_table():
         module = kernel_args.Update(base.update, rule, names, static, slots)
         text = generated.source(module, names, len(values), torch.float32)
         assert f"#define TABLE {table}" in text
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw"), [("Adam", dict(lr=0.01)), ("SGD", dict(lr=0.1, momentum=0.9))]
+)
+def test_a_first_step_reads_small_gradients_where_they_lie(cls, kw):
+    """The first step is eager (a kernel runs from the second); it updates each small tensor
+    from the gradient backward left, so no gather buffer, a second copy of the gradients, is
+    made at the step that sets the iteration's peak. Bit for bit torch's for-loop."""
+    from test_optim import _engine_helpers
+
+    _engine_helpers()
+    a, b = twins(_small_tensor_net(torch.float32, seed=3))
+    oa, ob = getattr(go, cls)(a, **kw), getattr(torch.optim, cls)(b, foreach=False, **kw)
+    gen = torch.Generator().manual_seed(8)
+    for x, y in zip(a, b):
+        x.grad = torch.randn(x.shape, generator=gen)
+        y.grad = x.grad.clone()
+    oa.step()
+    ob.step()
+    (seg,) = [seg for _, segs, _ in oa._segments.values() for seg in segs]
+    assert seg.flat and seg.grad is None
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)

@@ -363,6 +363,8 @@ class Optimizer(torch.optim.Optimizer):
         # the first step eager: a kernel bakes in flags (SGD's "first"), one step's not worth it
         if seg.step != 1 and (kernel := self._kernel(seg, group, len(targets), scalars)):
             left = kernel(targets)
+        if seg.step == 1:  # small gradients read where they lie: no gather buffer (peak memory)
+            left = [each for target in left for each in engine.each_tensor(seg, *target)]
         for param, grad, state in left:
             self._update_chunked(param, kernel_args.dense(grad), state, seg.step, group, scalars)
 

@@ -250,6 +250,22 @@ class Segment:
         return gather
 
 
+def each_tensor(seg: Segment, param: Tensor, grad: Any, state: dict) -> list[tuple]:
+    """A step's target ``(param, grad, state)`` for an eager update: a piece whose small
+    tensors' gradients are :class:`kernel_args.Scattered` (where backward left them) as one
+    target per tensor, each gradient read where it lies, so that no gather buffer is made (the
+    first step's update; from the second a kernel reads them through their addresses). The
+    rules are elementwise, so the results are the same. Any other target: itself."""
+    if not isinstance(grad, kernel_args.Scattered):
+        return [(param, grad, state)]
+    found = []
+    for i in seg.small_index:  # the piece starts at 0: the small tensors' own slices
+        where = seg.slices[i]
+        views = {name: buffer[where] for name, buffer in state.items()}
+        found.append((param[where], _flat(seg.params[i].grad), views))
+    return found
+
+
 def _flat(grad: Tensor) -> Tensor:
     """A gradient as 1-D: a view where it is contiguous, else a copy."""
     return grad.view(-1) if grad.is_contiguous() else grad.reshape(-1)

@@ -90,6 +90,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GRADWISE_KERNEL_CACHE", Path.home() / ".cache/gradwise/kernels"))
 
 
+@functools.cache
 def torch_release() -> str:
     """``major.minor`` of the running torch (``"2.13"`` for ``2.13.0+cpu``)."""
     return ".".join(torch.__version__.split("+")[0].split(".")[:2])

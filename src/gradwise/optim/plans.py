@@ -75,6 +75,11 @@ def choose(
     as ``kernel(targets) -> the targets left to the eager update`` (a ``functools.partial`` of
     its plan's ``run`` with this step's scalars), or None: the eager update. ``args()`` gives
     ``update``'s keyword arguments for this step."""
+    options = [value for key, value in group.items() if key != "params"]
+    plan = seg.kernel_plans.get(pieces)
+    if plan is not None and plan.options == options and kernels.available(seg.param.device.type):
+        # the usual step: the kernel chosen for these options, with this step's scalars
+        return functools.partial(plan.run, kernel_args.values_at(args(), plan.slots))
     fused, numel, device = group.get("fused"), seg.param.numel(), seg.param.device
     if fused is False or numel < 2:
         return None
@@ -98,9 +103,7 @@ def choose(
     # a gradient like the step's: the gradient buffer where there is one (CUDA, or views of it),
     # else the parameters' (of the same dtype and device)
     grad = seg.grad if seg.grad is not None else seg.param
-    options = [value for key, value in group.items() if key != "params"]
-    plan = seg.kernel_plans.get(pieces)
-    if plan is not None and (plan.options == options or plan.signature == signature(group)):
+    if plan is not None and plan.signature == signature(group):
         plan.options = options  # a new learning rate, say: the same kernel, new scalars
         return functools.partial(plan.run, kernel_args.values_at(step_args, plan.slots))
     try:

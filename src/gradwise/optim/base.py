@@ -89,7 +89,8 @@ class Optimizer(torch.optim.Optimizer):
     buffers stored in that dtype, halving their memory; the update is computed in the
     parameter's dtype), and ``fused`` (``None``: the update runs as one compiled pass for groups of
     at least ``engine.KERNEL_MIN_NUMEL`` elements, see ``engine.KERNEL_MIN_NUMEL`` for when it is
-    built; ``True``: always, waiting for a build; ``False``: never).
+    built, and on CUDA ``plans.COMPILE_AFTER_S``; ``True``: always, waiting for a build;
+    ``False``: never).
     """
 
     #: the rule: ``rule(param, grad, state, **hyperparameters, **coefficients)``, in place

@@ -7,12 +7,15 @@
 #    a failure: nothing later is worth the machine's time then);
 # 2. the CUDA tests of the suite (they skip on a machine without CUDA);
 # 3. parity of the default path, CUDA graphs on, and the step's CPU profile (gpu_graphs_probe);
-# 4. gpu_check sections 1-6: parity grids, fused=True, fit(), step() timings, copy bandwidth;
-# 5. gpu_check section 8: peak GPU memory of an iteration;
-# 6. gpu_check section 7: whole training iterations;
-# 7. the GPU kernels of the 67M-parameter MLP's iteration (gpu_graphs_probe kernels_67m).
+# 4. gpu_check section 9: every class torch.optim has too, compiled and replayed;
+# 5. gpu_check sections 1-6: parity grids, fused=True, fit(), step() timings, copy bandwidth;
+# 6. a short run's time from process start, caches empty and kept (benchmarks/first_run.py);
+# 7. gpu_check section 8: peak GPU memory of an iteration;
+# 8. gpu_check section 7: whole training iterations;
+# 9. the GPU kernels of the 67M-parameter MLP's iteration (gpu_graphs_probe kernels_67m).
 #
-# The log is $OUT/all.log; the parts' JSON lands in $OUT too (6 files in all).
+# About 9 minutes on an H200 with empty caches (the parts took 25, 23, 40, 45, 112, ~95, 60, 120 and
+# 22 s there), so one call fits a 15-minute lease. The log is $OUT/all.log; the parts' JSON lands in $OUT too (7 files in all).
 # A dry run on the CPU: GRADWISE_CHECK_DEVICE=cpu GRADWISE_CHECK_QUICK=1 PROBE_DEVICE=cpu.
 set -u
 OUT=${OUT:-gpu-out}
@@ -36,8 +39,13 @@ part cuda-tests 120 python3 -m pytest -p no:cacheprovider -q tests/test_graphs.p
     tests/test_optim.py -k "cuda or capture"
 part probe-parity 90 python3 "$HERE/gpu_graphs_probe.py" parity profile
 mv "$OUT/graphs_probe.json" "$OUT/graphs_probe_parity.json" 2>/dev/null
+part check-9-twins 90 env GRADWISE_CHECK_ONLY=9 python3 "$HERE/gpu_check.py"
+mv "$OUT/gpu_check.json" "$OUT/gpu_check_9.json" 2>/dev/null
 part check-1-6 200 env GRADWISE_CHECK_ONLY=1,2,3,4,5,6 python3 "$HERE/gpu_check.py"
 mv "$OUT/gpu_check.json" "$OUT/gpu_check_1-6.json" 2>/dev/null
+DEVICE=${GRADWISE_CHECK_DEVICE:-cuda}
+part first-run-cold 100 python3 "$HERE/../benchmarks/first_run.py" --device "$DEVICE" --runs 1
+part first-run-warm 120 python3 "$HERE/../benchmarks/first_run.py" --device "$DEVICE" --runs 1 --warm
 part check-8-memory 60 env GRADWISE_CHECK_ONLY=8 python3 "$HERE/gpu_check.py"
 mv "$OUT/gpu_check.json" "$OUT/gpu_check_8.json" 2>/dev/null
 part check-7-iterations 200 env GRADWISE_CHECK_ONLY=7 GRADWISE_CHECK_ROUNDS=11 python3 "$HERE/gpu_check.py"

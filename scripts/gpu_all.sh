@@ -14,7 +14,7 @@
 # 8. gpu_check section 7: whole training iterations;
 # 9. the GPU kernels of the 67M-parameter MLP's iteration (gpu_graphs_probe kernels_67m).
 #
-# About 9 minutes on an H200 with empty caches (the parts took 25, 23, 40, 45, 112, ~95, 60,
+# About 9 minutes on an H200 with empty caches (the parts took 25, 23, 40, 45, 112, ~90, 60,
 # 120 and 22 s there), so one call fits a 15-minute lease. The log is $OUT/all.log; the parts'
 # JSON lands in $OUT too (7 files in all).
 # A dry run on the CPU: GRADWISE_CHECK_DEVICE=cpu GRADWISE_CHECK_QUICK=1 PROBE_DEVICE=cpu.

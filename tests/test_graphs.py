@@ -8,6 +8,8 @@ therefore updates from stale gradients, and the lockstep with torch fails.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -235,6 +237,62 @@ def test_replayed_training_loop_equals_torch(cuda_path_on_cpu, set_to_none):
     replays = sum(p.replayer.replays for p in seg.kernel_plans.values() if p.replayer)
     if set_to_none is False:
         assert replays >= 10  # one set of addresses: recorded at the third step
+
+
+def test_a_gather_buffer_off_the_cpu_lives_for_one_step(cuda_path_on_cpu, monkeypatch):
+    """Off the CPU, the buffer the small tensors' gradients are gathered into goes back to the
+    allocator after each replayed step (backward may then use its memory) and is made again
+    at the next. A caching allocator hands a freed block out again, here one block three
+    times, then another: the steps are recorded and replayed on each block, every replay on
+    the block its graph was recorded on (a graph writes to the addresses it recorded), and
+    the loop equals torch's. After every replayed step there is no buffer."""
+    monkeypatch.setattr(engine, "GATHER_KEPT_ON", ())
+    blocks, made = {}, itertools.count()
+
+    def gather_buffer(seg):  # the allocator: blocks 0, 0, 0, 1, 1, 1, 0, ...
+        if seg.grad is None:
+            block = blocks.setdefault(next(made) // 3 % 2, torch.empty(seg.small))
+            seg.grad = block.view(-1).zero_()  # a new tensor on the old block
+        return seg.grad
+
+    def record(run):
+        recorded_on = segment().grad.data_ptr()
+
+        def replay():
+            assert segment().grad.data_ptr() == recorded_on
+            run()
+
+        return replay
+
+    monkeypatch.setattr(engine.Segment, "gather_buffer", gather_buffer)
+    monkeypatch.setattr(graphs, "RECORDERS", {"cpu": record})
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 3))
+    ref = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 3))
+    ref.load_state_dict(ours.state_dict())
+    oa = go.Adam(ours.parameters(), lr=0.01, fused=True)
+    ob = torch.optim.Adam(ref.parameters(), lr=0.01)
+    segment = lambda: oa._group_segments(oa.param_groups[0])[0]  # noqa: E731
+    grads = [torch.zeros_like(p) for p in ours.parameters()]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(18):
+        x, y = torch.randn(8, 16, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+        for model, opt in ((ours, oa), (ref, ob)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        for p, g in zip(ours.parameters(), grads):  # backward's gradients, where they were
+            p.grad = g.copy_(p.grad)
+        replays = sum(p.replayer.replays for p in segment().kernel_plans.values() if p.replayer)
+        oa.step()
+        ob.step()
+        replayed = sum(p.replayer.replays for p in segment().kernel_plans.values() if p.replayer)
+        if replayed > replays:
+            assert segment().grad is None and not segment().small_views
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-6)
+    (plan,) = segment().kernel_plans.values()
+    assert plan.replayer is not None  # no replay failed (each checks its block)
+    assert plan.replayer.replays >= 6 and len(plan.replayer.graphs) == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -47,6 +47,10 @@ def _is_plain(t: Tensor) -> bool:
     )
 
 
+#: the devices whose segments keep their gather buffer from one step to the next (see
+#: :meth:`Segment.release_gather_buffer`)
+GATHER_KEPT_ON = ("cpu",)
+
 #: tensors of at least this many elements are updated where backward left their gradient (no
 #: copy); smaller ones have theirs gathered into one buffer and are updated together
 DIRECT_NUMEL = 1 << 16
@@ -66,7 +70,8 @@ class Segment:
     (:meth:`gather_buffer`: the first ``small`` elements only; a generated CPU kernel reads them
     where they lie instead), or until :meth:`use_grad_views` makes it whole for
     ``zero_grad(set_to_none=False)``, whose gradients are then its views (``grad_views``) and
-    need no copy at all.
+    need no copy at all. Off the CPU a gather buffer lives for one step only
+    (:meth:`release_gather_buffer`).
     """
 
     params: list[Tensor]
@@ -189,7 +194,7 @@ class Segment:
                 return None
             if any(g.layout != torch.strided for g in grads):
                 return None  # a sparse gradient: the per-tensor path
-            torch._foreach_copy_(self.small_views, grads)
+            torch._foreach_copy_(self.gather_views(), grads)
         return self._small_piece()[1]
 
     def _scattered(self) -> kernel_args.Scattered | None:
@@ -224,14 +229,33 @@ class Segment:
     def gather_buffer(self) -> Tensor:
         """``grad``, made at its first use: a CPU segment whose kernel reads the small tensors'
         gradients where they lie (:meth:`gradient_pieces`) never needs one, and then holds no
-        second copy of them."""
+        second copy of them. Zeros: the alignment gaps between the tensors get zero gradients."""
         if self.grad is None:
             like = self.param
             self.grad = torch.zeros(self.small, dtype=like.dtype, device=like.device)
-            self.small_views = [
-                self.grad[self.slices[i]].view_as(self.params[i]) for i in self.small_index
-            ]
         return self.grad
+
+    def gather_views(self) -> list[Tensor]:
+        """Each small tensor's place in :meth:`gather_buffer`, shaped as the tensor (made once
+        per buffer: a replayed step, which needs only the buffer's address, makes none)."""
+        if not self.small_views and self.small_index:
+            buffer = self.gather_buffer()
+            self.small_views = [
+                buffer[self.slices[i]].view_as(self.params[i]) for i in self.small_index
+            ]
+        return self.small_views
+
+    def release_gather_buffer(self) -> None:
+        """After a step replayed as a CUDA graph: the gather buffer goes back to the device's
+        caching allocator, so that the next forward and backward may use its memory (it would
+        otherwise add its size to the iteration's peak, which is in backward). The next step
+        asks for the same size at the same point of the iteration and gets the same block, so
+        its address, which the graph bakes in and its key holds (see
+        ``Optimizer._step_replayed``), repeats; a replay needs the buffer only, not its views
+        (:meth:`gather_views`, ~5 µs each to make). On the CPU the buffer stays: the gather
+        there is a fallback, and a kernel reads the gradients where they lie."""
+        if self.small and not self.whole_grad and self.param.device.type not in GATHER_KEPT_ON:
+            self.grad, self.small_views = None, []
 
     def gatherer(self) -> Callable[[], list[tuple[slice, Tensor]]]:
         """:meth:`gradient_pieces` for a step recorded as a CUDA graph: a function that gathers
@@ -239,13 +263,12 @@ class Segment:
         them) and returns the pieces. Every gradient must be there and dense."""
         small = list(map(_GRAD, self.small_params))
         large = [(where, p.grad) for p, where in self.large]
+        views, piece = (self.gather_views(), self._small_piece()) if self.small else ([], None)
 
         def gather() -> list[tuple[slice, Tensor]]:
-            pieces = []
-            if self.small:
-                torch._foreach_copy_(self.small_views, small)
-                pieces.append(self._small_piece())
-            return pieces + [(where, _flat(g)) for where, g in large]
+            if piece is not None:
+                torch._foreach_copy_(views, small)
+            return ([piece] if piece is not None else []) + [(w, _flat(g)) for w, g in large]
 
         return gather
 

@@ -75,8 +75,6 @@ def flatten(
     seg.views_at = {}
     seg.kernel_plans = {}  # their CUDA graphs (plans.Plan) are bound to the old buffers
     seg.small_index, seg.grad, seg.small_views, seg.whole_grad = small, None, [], False
-    if like.device.type != "cpu":  # a CUDA graph gathers into a buffer that stays where it is
-        seg.gather_buffer()
     seg.grad_views = [None] * len(params)  # none until Segment.use_grad_views
     if has_step:
         old = [states[p]["step"] for p in params]

@@ -143,9 +143,14 @@ def test_replayed_steps_equal_torch(cuda_path_on_cpu, monkeypatch, cls, kw):
         sb.step()
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-6)
+            # every state, ASGD's average (ax) from t0 on; looser: centered RMSprop's
+            # momentum divides by √(v − ḡ²), which cancels (5.7e-6 of 8.1 at the first kernel step)
+            for n, theirs in ob.state[y].items():
+                torch.testing.assert_close(oa.state[x][n], theirs, rtol=2e-5, atol=1e-5)
     (seg,) = oa._group_segments(oa.param_groups[0])
     (plan,) = seg.kernel_plans.values()
-    assert plan.replayer.replays >= 12  # 24 steps, less 6 at new addresses, less the firsts
+    # 24 steps, less 6 at new addresses, less the firsts; ASGD's from its second kernel on (t0)
+    assert plan.replayer.replays >= (8 if cls == "ASGD" else 12)
 
 
 def test_the_default_path_compiles_once_a_run_has_trained_a_while(cuda_path_on_cpu, monkeypatch):

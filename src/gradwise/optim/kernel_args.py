@@ -56,6 +56,14 @@ def split(args: dict) -> tuple[dict, list[tuple], list[float]]:
     return static, slots, values
 
 
+def flags(args: dict) -> tuple:
+    """The step's coefficients that a kernel bakes in as constants (flags, None: every number
+    is a runtime scalar, see :func:`split`). Unlike the group's options they may change from
+    one step to the next (ASGD's ``average`` turns on at ``t0``), and a kernel built for one
+    set of them must not run a step with another."""
+    return tuple((k, v) for k, v in args["coefficients"].items() if not _is_scalar(v))
+
+
 def values_at(args: dict, slots: list[tuple]) -> list[float]:
     """The runtime scalars' values in ``args``, at the places :func:`split` found them (cheaper
     than splitting again, for a kernel already chosen)."""

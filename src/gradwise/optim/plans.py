@@ -57,6 +57,7 @@ class Plan:
 
     options: list  # the group's options it was chosen for
     signature: tuple  # what of them shapes the kernel (:func:`signature`)
+    flags: tuple  # the step's coefficients baked into the kernel (:func:`kernel_args.flags`)
     run: Callable[[list[float], list], list]  # run(values, targets) -> what it left to eager
     slots: list[tuple]  # where the runtime scalars are in the update's arguments
     runner: compiled.Runner | None = None  # CUDA: the compiled kernel, for graphs
@@ -75,11 +76,14 @@ def choose(
     as ``kernel(targets) -> the targets left to the eager update`` (a ``functools.partial`` of
     its plan's ``run`` with this step's scalars), or None: the eager update. ``args()`` gives
     ``update``'s keyword arguments for this step."""
-    options = [value for key, value in group.items() if key != "params"]
+    options, step_args = [value for key, value in group.items() if key != "params"], args()
     plan = seg.kernel_plans.get(pieces)
+    flags = kernel_args.flags(step_args)
+    if plan is not None and plan.flags != flags:
+        plan = None  # a flag of the step changed (ASGD's average): another kernel
     if plan is not None and plan.options == options and kernels.available(seg.param.device.type):
         # the usual step: the kernel chosen for these options, with this step's scalars
-        return functools.partial(plan.run, kernel_args.values_at(args(), plan.slots))
+        return functools.partial(plan.run, kernel_args.values_at(step_args, plan.slots))
     fused, numel, device = group.get("fused"), seg.param.numel(), seg.param.device
     if fused is False or numel < 2:
         return None
@@ -99,7 +103,6 @@ def choose(
         missing = kernels.START
     else:
         missing = kernels.SKIP
-    step_args = args()
     # a gradient like the step's: the gradient buffer where there is one (CUDA, or views of it),
     # else the parameters' (of the same dtype and device)
     grad = seg.grad if seg.grad is not None else seg.param
@@ -128,9 +131,9 @@ def choose(
         except Exception as e:
             kernels.disable(e)
             return None
-        plan = _compiled_plan(seg, runner, options, signature(group), slots)
+        plan = _compiled_plan(seg, runner, options, signature(group), flags, slots)
     else:
-        plan = Plan(options, signature(group), _on_cpu(kernel, len(values)), slots)
+        plan = Plan(options, signature(group), flags, _on_cpu(kernel, len(values)), slots)
     seg.kernel_plans[pieces] = plan  # chosen once for these options
     return functools.partial(plan.run, values)
 
@@ -147,7 +150,7 @@ def _compile_due(seg: engine.Segment, device: torch.device) -> bool:
     return now - seg.kernel_asked >= COMPILE_AFTER_S
 
 
-def _compiled_plan(seg, runner: compiled.Runner, options, sig, slots) -> Plan:
+def _compiled_plan(seg, runner: compiled.Runner, options, sig, flags, slots) -> Plan:
     def run(values: list[float], targets: list) -> list:
         if any(param.numel() < 2 for param, _, _ in targets):
             return targets  # a 1-element piece: Dynamo would specialize on it; eager
@@ -161,7 +164,7 @@ def _compiled_plan(seg, runner: compiled.Runner, options, sig, slots) -> Plan:
     record = graphs.recorder(seg.param.device) if runner.recordable else None
     # graphs only where every piece goes through the kernel (none is left to the eager update)
     replayer = graphs.Replayer(record) if record and _pieces_fit(seg) else None
-    return Plan(options, sig, run, slots, runner, replayer)
+    return Plan(options, sig, flags, run, slots, runner, replayer)
 
 
 def _on_cpu(kernel: kernels.Kernel, count: int) -> Callable:

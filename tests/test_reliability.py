@@ -40,7 +40,7 @@ import gradwise.init as gi
 import gradwise.optim as go
 import gradwise.schedules as gs
 from gradwise.cli import main as cli
-from gradwise.errors import CheckpointError
+from gradwise.errors import CheckpointError, CheckpointWarning
 from gradwise.train import checkpoint as ckpt
 from gradwise.train import run as run_module
 from gradwise.train.config import TrainConfig
@@ -991,7 +991,8 @@ def test_corrupted_checkpoint_is_detected_and_resume_falls_back(tmp_path, name, 
     with pytest.raises(CheckpointError, match=match) as info:
         ckpt.load_file(current)
     assert "\n" not in str(info.value)
-    payload, path, problems = ckpt.load_latest(tmp_path)
+    with pytest.warns(CheckpointWarning, match=r"checkpoint\.pt .*; using .*checkpoint\.prev\.pt"):
+        payload, path, problems = ckpt.load_latest(tmp_path)
     assert payload["n"] == 1 and path.name == ckpt.PREVIOUS and len(problems) == 1
     prev = tmp_path / ckpt.PREVIOUS
     prev.write_bytes(damage(prev.read_bytes()))
@@ -1077,10 +1078,27 @@ def test_resume_after_the_newest_checkpoint_is_corrupted_is_still_bit_exact(tmp_
     train_blobs(6, tmp_path)
     current = tmp_path / ckpt.CURRENT
     current.write_bytes(current.read_bytes()[:-100])  # the epoch-6 checkpoint is damaged
-    model, opt = train_blobs(6, tmp_path, resume=True)  # redoes epoch 6 from epoch 5
+    with pytest.warns(CheckpointWarning, match="corrupted or truncated"):
+        model, opt = train_blobs(6, tmp_path, resume=True)  # redoes epoch 6 from epoch 5
     assert_same_state(reference.state_dict(), model.state_dict())
     assert_same_state(ref_opt.state_dict(), opt.state_dict())
     assert ckpt.load_file(current)["epoch"] == 6
+
+
+def test_the_cli_says_when_a_damaged_checkpoint_is_passed_over(tmp_path):
+    """A damaged checkpoint.pt: export (and resume) use checkpoint.prev.pt, an epoch older, and
+    say so on one line; a silent fallback would hand over older weights as the latest."""
+    out = tmp_path / "run"
+    args = ["--dataset", "moons", "--hidden", "8", "--epochs", "2", "--lr", "0.03", "--no-progress"]
+    done = CliRunner().invoke(cli, ["train", *args, "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    current = out / ckpt.CURRENT
+    current.write_bytes(current.read_bytes()[:-100])
+    done = CliRunner().invoke(cli, ["export", str(out), "--out", str(tmp_path / "model.pt")])
+    assert done.exit_code == 0, done.output
+    (line,) = [line for line in done.stderr.splitlines() if line.strip()]
+    assert line.startswith("gradwise: warning: ") and "checkpoint.pt is corrupted" in line
+    assert "checkpoint.prev.pt" in line
 
 
 # =============================================================================================
@@ -1735,8 +1753,9 @@ def refused(args: list[str], message: str, out: Path, how: str) -> None:
 def test_a_run_that_learned_nothing_is_not_reported_as_a_success(tmp_path):
     """A loss that explodes without a NaN (--lr 1e6) stops the run at the end of the epoch, before
     its checkpoint: exit 2, one line, no diverged weights on disk. A classifier whose training
-    accuracy ends at most 1.5x chance (SGD on single samples; a rate of 1e-9) prints its
-    summary, keeps its folder and exits 2 with one line saying so."""
+    accuracy (the final weights', on the validation set) is at most 1.5x chance (SGD on single
+    samples; a rate of 1e-9) prints its summary, keeps its folder and exits 2 with one line
+    saying so."""
     out = tmp_path / "run"
     done = CliRunner().invoke(cli, ["train", "--lr", "1e6", "--epochs", "2", "--out", str(out)])
     assert done.exit_code == 2, done.output
@@ -1750,7 +1769,8 @@ def test_a_run_that_learned_nothing_is_not_reported_as_a_success(tmp_path):
         done = CliRunner().invoke(cli, ["train", "--optimizer", "sgd", *args, "--out", str(out)])
         assert done.exit_code == 2, done.output
         line = assert_one_line_error(
-            done.stderr, r"the model did not learn: its training accuracy .* is at most 1.5x chance"
+            done.stderr,
+            r"the model did not learn: its validation accuracy .* is at most 1.5x chance",
         )
         assert "gradwise lr-find" in line and str(out) in line
         assert (out / "metrics.csv").exists() and (out / "checkpoint.pt").exists()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import gradwise.optim as go
-from gradwise.errors import CheckpointError, ConfigError
+from gradwise.errors import CheckpointError, CheckpointWarning, ConfigError
 from gradwise.schedules import Cosine, Plateau, Scheduler, Warmup
 from gradwise.train import checkpoint as ckpt
 from gradwise.train.callbacks import EarlyStopping
@@ -312,7 +312,8 @@ def test_checkpoint_integrity_and_fallback(tmp_path):
     current.write_bytes(data[: len(data) // 2])  # truncated
     with pytest.raises(CheckpointError, match="corrupted or truncated"):
         ckpt.load_file(current)
-    payload, path, problems = ckpt.load_latest(tmp_path)
+    with pytest.warns(CheckpointWarning, match="corrupted or truncated"):
+        payload, path, problems = ckpt.load_latest(tmp_path)
     assert payload["n"] == 1 and path.name == ckpt.PREVIOUS and problems
     current.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a gradwise checkpoint"):

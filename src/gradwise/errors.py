@@ -1,4 +1,5 @@
-"""Exceptions gradwise raises for bad input; the CLI turns them into one-line errors (exit 2)."""
+"""Exceptions gradwise raises for bad input; the CLI turns them into one-line errors (exit 2).
+And the warnings it gives where it goes on (the CLI prints them as one line each)."""
 
 
 class GradwiseError(Exception):
@@ -15,3 +16,7 @@ class ConfigError(GradwiseError, ValueError):
 
 class CheckpointError(GradwiseError, RuntimeError):
     """A checkpoint that is missing, corrupted, untrusted or does not match the run."""
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was passed over: an older one was used in its place."""

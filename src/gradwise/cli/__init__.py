@@ -10,10 +10,15 @@ import torch), and what they share in :mod:`~gradwise.cli.options`. Command modu
 
 Bad input ends with one line on stderr, ``gradwise: error: ...``, and exit code 2 (no traceback;
 set ``GRADWISE_DEBUG=1`` to see one). A training run that diverges (NaN / inf) ends the same way;
-Ctrl-C ends ``gradwise train`` with exit code 130 after saying how to resume.
+Ctrl-C ends ``gradwise train`` with exit code 130 after saying how to resume. gradwise's own
+warnings (:class:`~gradwise.errors.CheckpointWarning`: a damaged checkpoint passed over) are one
+line each, ``gradwise: warning: ...``.
 """
 
 from __future__ import annotations
+
+import contextlib
+import warnings
 
 import click
 
@@ -72,8 +77,30 @@ COMMANDS = {
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name="gradwise")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """gradwise: train neural networks well and fast on PyTorch.
 
     Start with `gradwise train` (digits, an MLP and Adam, under 10 seconds).
     """
+    ctx.with_resource(_warnings_as_lines())
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """While a command runs: gradwise's own warnings as one line on stderr each."""
+    from gradwise.errors import CheckpointWarning
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CheckpointWarning):
+            click.echo(f"gradwise: warning: {message}", err=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original

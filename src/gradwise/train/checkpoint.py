@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from gradwise.errors import CheckpointError
+from gradwise.errors import CheckpointError, CheckpointWarning
 
 MAGIC = b"GRADWISE-CHECKPOINT"
 TMP_PREFIX = ".gradwise-tmp."  # temporary files: .gradwise-tmp.<pid>.<name>
@@ -195,7 +195,9 @@ def load_file(path: str | Path) -> dict:
 def load_latest(folder: str | Path) -> tuple[dict, Path, list[str]]:
     """The newest good checkpoint in ``folder``: (payload, path, problems with newer files).
 
-    Falls back to ``checkpoint.prev.pt`` when ``checkpoint.pt`` is missing or damaged.
+    Falls back to ``checkpoint.prev.pt`` when ``checkpoint.pt`` is missing or damaged; a
+    damaged one is named in a :class:`~gradwise.errors.CheckpointWarning` (the weights are then
+    an epoch older than the run's last).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -206,9 +208,17 @@ def load_latest(folder: str | Path) -> tuple[dict, Path, list[str]]:
         if not path.exists():
             continue
         try:
-            return load_file(path), path, problems
+            payload = load_file(path)
         except CheckpointError as e:
             problems.append(str(e))
+            continue
+        if problems:
+            warnings.warn(
+                f"{problems[0]}; using {path}, the checkpoint before it (an epoch older)",
+                CheckpointWarning,
+                stacklevel=2,
+            )
+        return payload, path, problems
     detail = ("; ".join(problems)) if problems else f"no {CURRENT} in it"
     raise CheckpointError(f"cannot resume from {folder}: {detail}")
 

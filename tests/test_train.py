@@ -556,3 +556,65 @@ def test_fit_chooses_its_threads_and_gives_them_back(monkeypatch):
             threads_seen(threads=0)
     finally:
         torch.set_num_threads(before)
+
+
+def _tiny_model(outputs: int = 3) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, outputs))
+
+
+X4 = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+Y3 = torch.arange(64) % 3
+
+
+@pytest.mark.parametrize(
+    ("targets", "loss", "outputs", "message"),
+    [
+        (
+            torch.arange(64) % 5,
+            "cross_entropy",
+            3,
+            r"labels must be class indices 0\.\.2 .* 0 to 4",
+        ),
+        (Y3 - 1, "cross_entropy", 3, r"labels must be class indices 0\.\.2 .* -1 to 1"),
+        (Y3.float(), "cross_entropy", 3, r"class indices \(integers: y\.long\(\)\) or class"),
+        (
+            Y3.int(),
+            "cross_entropy",
+            3,
+            r"class indices as int64 \(y\.long\(\)\); received torch.int32",
+        ),
+        (
+            torch.randn(64),
+            "mse",
+            1,
+            r"outputs \(32, 1\) and the targets are \(32,\) \(y\.unsqueeze",
+        ),
+    ],
+    ids=["label-too-large", "label-negative", "float-labels", "int32-labels", "mse-1d-target"],
+)
+def test_fit_refuses_targets_its_loss_cannot_use(targets, loss, outputs, message):
+    """Targets that torch would fail on deep inside a step (or, for mse, broadcast without a
+    word) are refused before the first step, saying what was expected."""
+    model = _tiny_model(outputs)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ConfigError, match=message):
+        fit(model, (X4, targets), loss=loss, metrics=(), epochs=1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_fit_takes_ignored_labels_and_class_probabilities():
+    y = Y3.clone()
+    y[:5] = -100  # cross_entropy's ignore_index
+    fit(_tiny_model(), (X4, y), metrics=(), epochs=1, progress=False)
+    probabilities = torch.softmax(torch.randn(64, 3), dim=1)
+    fit(_tiny_model(), (X4, probabilities), metrics=(), epochs=1, progress=False)
+
+
+def test_fit_refuses_an_optimizer_of_other_parameters_and_a_val_set_without_targets():
+    model = _tiny_model()
+    other = go.Adam(torch.nn.Linear(2, 2).parameters())
+    with pytest.raises(ConfigError, match=r"holds none of the model's 2 trainable parameter"):
+        fit(model, (X4, Y3), optimizer=other, epochs=1, progress=False)
+    with pytest.raises(ConfigError, match=r"val must be an \(x, y\) pair .* one tensor of shape"):
+        fit(model, (X4, Y3), val=X4, epochs=1, progress=False)

@@ -29,6 +29,11 @@ class Batches:
         augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ) -> None:
         self.loader, self.augment = None, augment
+        if isinstance(data, Tensor):  # iterable, but its rows are not batches
+            raise ConfigError(
+                f"fit: {what} must be an (x, y) pair of tensors or an iterable of batches; "
+                f"received one tensor of shape {tuple(data.shape)} (its targets missing?)"
+            )
         if (
             isinstance(data, tuple | list)
             and len(data) == 2
@@ -111,3 +116,39 @@ class Batches:
             return
         for i in range(0, len(self.x), size):
             yield self.x[i : i + size], self.y[i : i + size]
+
+
+def check_targets(out: Tensor, y: Tensor, loss: str, data: Batches) -> None:
+    """Before the first step, for fit's built-in losses: targets that would fail deep inside
+    torch, or broadcast without a word, refused with what was expected. ``out`` and ``y`` are
+    the first batch's outputs and targets; the label range is checked over all of ``data``'s
+    targets where they are in memory."""
+    shape, got = tuple(out.shape), tuple(y.shape)
+    if loss == "mse" and got != shape:
+        hint = " (y.unsqueeze(1) makes it (n, 1))" if y.dim() == 1 and shape[1:] == (1,) else ""
+        raise ConfigError(
+            f"fit: loss='mse' compares outputs and targets of one shape; the model outputs "
+            f"{shape} and the targets are {got}{hint}"
+        )
+    if loss != "cross_entropy":
+        return
+    if y.is_floating_point():  # class probabilities, of the outputs' shape
+        if got != shape:
+            raise ConfigError(
+                f"fit: loss='cross_entropy' takes class indices (integers: y.long()) or class "
+                f"probabilities of the outputs' shape {shape}; received {y.dtype} targets of "
+                f"shape {got}"
+            )
+        return
+    if y.dtype not in (torch.int64, torch.uint8):
+        raise ConfigError(
+            f"fit: loss='cross_entropy' takes class indices as int64 (y.long()); received {y.dtype}"
+        )
+    labels = data.y if data.loader is None else y
+    labels = labels[labels != -100]  # torch's ignore_index
+    classes = shape[1] if len(shape) > 1 else shape[0]
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ConfigError(
+            f"fit: the labels must be class indices 0..{classes - 1} for the model's {classes} "
+            f"outputs; received labels from {int(labels.min())} to {int(labels.max())}"
+        )

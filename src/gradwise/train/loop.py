@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from gradwise import checks
 from gradwise.errors import ConfigError
 from gradwise.train import distributed
-from gradwise.train.batches import Batches
+from gradwise.train.batches import Batches, check_targets
 from gradwise.train.callbacks import EMA, Callback, LossScaling, TensorBoard
 from gradwise.train.faults import Faults
 from gradwise.train.history import History
@@ -186,6 +186,7 @@ def fit(
         optimizer = Adam(model.parameters(), lr=1e-3)
     elif not isinstance(optimizer, torch.optim.Optimizer):
         optimizer = optimizer(model.parameters())
+    _check_optimizer_holds(model, optimizer)
     callbacks = list(callbacks)
     if ema is not None:
         callbacks.append(EMA(ema))
@@ -304,6 +305,20 @@ class _Processes:
         )
 
 
+def _check_optimizer_holds(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """An optimizer that holds none of the model's trainable parameters would train nothing,
+    without a word: refused. (One that holds some of them is a choice: the rest stay as they
+    are.)"""
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if trainable and not trainable & held:
+        raise ConfigError(
+            f"fit: the optimizer ({type(optimizer).__name__}) holds none of the model's "
+            f"{len(trainable)} trainable parameter tensors, so training would change nothing; "
+            "make it from model.parameters(), or pass a function model_parameters -> optimizer"
+        )
+
+
 class _Loop:
     """The epochs of one ``fit()``: the steps of each, then its row, scheduler, callbacks,
     parameter check and checkpoint."""
@@ -342,6 +357,8 @@ class _Loop:
         ]
         self.clock_base = state.history.wall_time
         self.started = time.perf_counter()
+        #: the built-in loss whose targets the first batch checks (check_targets), then None
+        self.unchecked = next((k for k, f in LOSSES.items() if f is loss_fn), None)
 
     def run(self, start_epoch: int, epochs: int, processes: _Processes, bar: Progress) -> None:
         state = self.state
@@ -413,6 +430,9 @@ class _Loop:
             with self.autocast:
                 out = processes.forward(xb)
             out = out.float()
+        if self.unchecked is not None:
+            check_targets(out, yb, self.unchecked, self.data)
+            self.unchecked = None
         shard = processes.shard
         loss = self.loss_fn(out, yb) if shard is None else shard.loss(self.loss_fn, out, yb)
         if self.penalty is not None:

@@ -92,6 +92,32 @@ def test_resume_with_more_epochs_extends_a_finished_run_from_another_folder(
         assert lrs[2:] == pytest.approx(expected[2:]) and lrs[1] != pytest.approx(expected[1])
 
 
+def test_a_runs_config_reused_with_another_optimizer_drops_what_that_one_does_not_take(project):
+    """A run's config.toml holds its optimizer's settings (momentum = 0.9 for momentum): with
+    --optimizer adam they are dropped, not refused as having no effect; the settings both take
+    (the learning rate) carry over, and one given as a flag is still refused."""
+    ok("train", "--config", "my.toml", "--optimizer", "momentum", "--lr", "0.05", "--epochs", "1",
+       "--out", "sgd")  # fmt: skip
+    ok("train", "--config", "sgd/config.toml", "--optimizer", "adam", "--out", "adam")
+    config = (project / "adam" / "config.toml").read_text()
+    assert 'optimizer = "adam"' in config and "lr = 0.05" in config
+    assert "momentum = 0.9" not in config
+    one_line_error(
+        gradwise_cli(
+            "train",
+            "--config",
+            "sgd/config.toml",
+            "--optimizer",
+            "adam",
+            "--momentum",
+            "0.5",
+            "--out",
+            "bad",
+        ),  # fmt: skip
+        "momentum=0.5 has no effect",
+    )
+
+
 def test_resume_refuses_fewer_epochs_and_other_options(project):
     ok("train", "--config", "my.toml", "--epochs", "2", "--out", "run")
     one_line_error(gradwise_cli("train", "--resume", "run", "--epochs", "1"), "at least its 2")

@@ -418,6 +418,12 @@ def _data(file: str, *extra: str) -> tuple[str, ...]:
 
 DATA_CASES: list[CliCase] = [
     CliCase("missing-file", _data("nope.csv"), r"file .*nope.csv does not exist"),
+    CliCase(
+        "and-a-dataset",
+        _data("data.csv", "--dataset", "moons"),
+        r"--dataset moons and --data .*data.csv: .*give one of them",
+        _csv(_good_rows()),
+    ),
     CliCase("a-directory", _data("run"), r"'--data'.*is a directory"),
     CliCase("empty-file", _data("data.csv"), r"the file is empty", _csv("")),
     CliCase("blank-lines-only", _data("data.csv"), r"the file is empty", _csv("\n \n\n")),

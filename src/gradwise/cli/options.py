@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from gradwise.errors import DataError, GradwiseError
+from gradwise.errors import ConfigError, DataError, GradwiseError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -448,13 +448,35 @@ def config_from_options(options: dict):
     base = TrainConfig.from_toml(config_file) if config_file else TrainConfig()
     names = (*CONFIG_OPTIONS, *HYPERPARAMETERS)
     values = {k: v for k, v in options.items() if k in names and v is not None}
+    if values.get("optimizer", base.optimizer) != base.optimizer:
+        base = _for_optimizer(base, values["optimizer"])
     if "batch_size" in values:
         values["batch_size"] = str(values["batch_size"])
-    if "dataset" in values and "data" not in values:
+    if "dataset" in values and "data" in values:
+        raise ConfigError(
+            f"--dataset {values['dataset']} and --data {values['data']}: --data trains on your "
+            "file instead of a bundled dataset; give one of them"
+        )
+    if "dataset" in values:
         values["data"] = None
     if values.get("data") is not None and not Path(values["data"]).exists():
         raise DataError(f"--data: file {values['data']} does not exist")
     return dataclasses.replace(base, **values).with_absolute_paths()
+
+
+def _for_optimizer(config, optimizer: str):
+    """``config`` (a file's, for another optimizer) without the settings that ``optimizer``
+    does not take: a run's config.toml holds its optimizer's settings, and reused with
+    ``--optimizer`` they would otherwise be refused as having no effect. The settings both
+    take (the learning rate, weight decay, ...) carry over."""
+    from gradwise.train.config import OPTIMIZER_OPTIONS, OPTION_DEFAULTS
+
+    dropped = {
+        name: OPTION_DEFAULTS[name]
+        for name, taking in OPTIMIZER_OPTIONS.items()
+        if optimizer not in taking
+    }
+    return dataclasses.replace(config, **dropped)
 
 
 def table_console():

@@ -416,7 +416,9 @@ def assemble(
             f"{source}: too few rows to split: {len(x)} rows cannot make train"
             + (f", validation (val_fraction={val_fraction:g})" if carve_val else "")
             + (f", test (test_fraction={test_fraction:g})" if carve_test else "")
-            + f"; need at least {need} rows, or set the fractions to 0"
+            + f"; need at least {need} rows"
+            + (", or no validation split (val_fraction 0: --val-fraction 0)" if carve_val else "")
+            + (", or no test split (test_fraction=0 in load_file)" if carve_test else "")
         )
     if carve_test:
         keep, held = _holdout(y, test_fraction, np.random.default_rng((test_seed, 1)), stratify)

@@ -474,6 +474,15 @@ def test_parse_rejects(text, segment, reason):
     assert "multistep:M1/M2/...[:GAMMA], exp:GAMMA" in message
 
 
+@pytest.mark.parametrize("text", ["cosine,cosine", "onecycle,constant", "cosine::0.01,warmup:5"])
+def test_a_segment_that_lasts_until_the_end_of_the_run_must_be_the_last(text):
+    """With the run's length known, ``cosine`` or ``onecycle`` without N lasts until its end:
+    a segment after it would never run, and is refused (it was accepted and ignored)."""
+    with pytest.raises(ConfigError, match="lasts until the end of the run, so the segments after"):
+        parse(text, total_steps=100)
+    assert parse("warmup:10," + text.split(",")[0], total_steps=100)(100) is not None
+
+
 def test_parse_rejects_non_text():
     with pytest.raises(ConfigError, match="must be a string"):
         parse(42)

@@ -152,10 +152,23 @@ def parse(text: str, total_steps: int | None = None) -> Schedule:
                 f"bad schedule segment {part!r} in {text!r}: it runs forever (it has no length "
                 f"N), so it must be the last segment; {_ALLOWED}"
             )
+        if remaining is not None and i < len(parts) - 1 and _until_the_end(part):
+            raise ConfigError(
+                f"bad schedule segment {part!r} in {text!r}: without a length N it lasts until "
+                f"the end of the run, so the segments after it would never run; give it a "
+                f"length or make it the last segment; {_ALLOWED}"
+            )
         segments.append((schedule, length))
     if len(segments) == 1:
         return segments[0][0]
     return Sequence(segments)
+
+
+def _until_the_end(part: str) -> bool:
+    """Whether ``part`` is a ``cosine`` or ``onecycle`` segment without its length N (it then
+    lasts until the end of the run, see :func:`parse`)."""
+    name, *args = part.replace(" ", "").lower().split(":")
+    return name in ("cosine", "onecycle") and (not args or not args[0])
 
 
 def _num(x: float) -> str:

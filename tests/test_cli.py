@@ -107,4 +107,5 @@ def test_lr_find_leaves_out_the_options_that_do_not_apply():
 def test_bench_is_named_gradwise_bench():
     result = CliRunner().invoke(main, ["bench", "--help"])
     assert result.exit_code == 0
-    assert result.output.startswith("usage: gradwise bench ")
+    assert result.output.startswith("gradwise bench --train-step [...] times whole training")
+    assert "\nusage: gradwise bench " in result.output  # the step's options, after that line

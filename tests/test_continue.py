@@ -29,6 +29,9 @@ def build(input_shape, n_outputs):
 
 def not_a_model(input_shape, n_outputs):
     return "a string"
+
+def one_too_wide(input_shape, n_outputs):
+    return torch.nn.Linear(input_shape[0], n_outputs + 1)
 """
 
 
@@ -177,6 +180,7 @@ def test_a_users_model_module(project, monkeypatch):
     [
         ("mymodel.py:nope", r"mymodel.py has no function 'nope'"),
         ("mymodel.py:not_a_model", r"must return an nn.Module; it returned str"),
+        ("mymodel.py:one_too_wide", r"must map \(rows, \*input_shape\) to \(rows, 1\); .*\(2, 2\)"),
         ("missing.py:build", r"file .*missing.py does not exist"),
         ("no_such_module_xyz:build", r"cannot import module 'no_such_module_xyz'"),
         ("transformer", r"model must be one of 'mlp', 'cnn1d', 'module:function'"),

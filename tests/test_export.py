@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 
 import pytest
 import torch
@@ -104,8 +107,6 @@ def test_onnx_export_runs_in_onnxruntime_like_torch(digits_run, tmp_path):
     ],
 )
 def test_export_errors_are_one_line(tmp_path, args, match):
-    import re
-
     result = gradwise_cli(*(a.format(tmp=tmp_path) for a in args))
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
@@ -123,3 +124,66 @@ def test_load_refuses_what_it_cannot_rebuild(tmp_path, digits_run):
         gradwise.load(plain)
     with pytest.raises(gradwise.errors.ConfigError, match="neither a run folder nor a file"):
         gradwise.load(tmp_path / "missing")
+
+
+def one_line_error(result, match: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and re.search(match, lines[0]), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors", "onnx"])
+def test_exported_files_have_the_permissions_of_a_plain_file(digits_run, tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxscript")
+    old = os.umask(0o002)  # not the usual 0o022: a hard-coded 0644 would show too
+    try:
+        plain = tmp_path / "plain"
+        with open(plain, "wb"):
+            pass
+        out = tmp_path / f"m.{fmt}"
+        result = gradwise_cli("export", digits_run, "--format", fmt, "--out", out)
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert oct(out.stat().st_mode & 0o777) == oct(plain.stat().st_mode & 0o777) == oct(0o664)
+
+
+def test_damaged_checkpoints_say_the_model_cannot_be_loaded(digits_run, tmp_path):
+    from gradwise.train import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    for name in (ckpt.CURRENT, ckpt.PREVIOUS):
+        (run / name).write_bytes(b"garbage")
+    match = (
+        rf"cannot load the model of {re.escape(str(run))}: "
+        r".*checkpoint\.pt is not a gradwise checkpoint.*; .*checkpoint\.prev\.pt is not"
+    )
+    line = one_line_error(gradwise_cli("export", run), rf"^gradwise: error: {match}")
+    assert "resume" not in line
+    new = tmp_path / "new.csv"
+    new.write_text("a,b\n1,2\n")
+    one_line_error(gradwise_cli("predict", run, "--data", new), match)
+    with pytest.raises(gradwise.errors.CheckpointError, match=match):
+        gradwise.load(run)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("{x", r"model\.json is not valid JSON \(Expecting property name.*line 1 column 2"),
+        ("\xff\xfe", r"model\.json is not valid JSON"),
+        ("[1, 2]", r"model\.json is not a JSON object \(it holds a list\)"),
+    ],
+)
+def test_a_corrupt_model_json_is_named_in_one_line(digits_run, tmp_path, text, match):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    (run / MODEL_FILE).write_bytes(text.encode("latin-1"))
+    line = one_line_error(gradwise_cli("export", run), rf"^gradwise: error: .*{match}")
+    assert str(run / MODEL_FILE) in line and "--resume" in line
+    with pytest.raises(gradwise.errors.ConfigError, match=match):
+        gradwise.load(run)

@@ -37,6 +37,12 @@ def bench_command(args):
         args.remove("--train-step")
         prog = "gradwise bench --train-step"
         sys.exit(train_step_main(args, prog=prog, parser_class=OneLineArgumentParser))
+    if {"-h", "--help"} & set(args):  # the step's options follow; say where the others are
+        click.echo(
+            "gradwise bench --train-step [...] times whole training iterations (its options: "
+            "gradwise bench --train-step --help).\ngradwise bench [...] times optimizer.step() "
+            "alone, with the options below.\n"
+        )
     from gradwise.lab.bench import main as bench_main
 
     sys.exit(bench_main(args, prog="gradwise bench", parser_class=OneLineArgumentParser))

@@ -145,7 +145,33 @@ def call_user_builder(spec: str, input_shape: tuple[int, ...], n_outputs: int) -
             f"model: {spec}(input_shape, n_outputs) must return an nn.Module; it returned "
             f"{type(model).__name__}"
         )
+    _check_outputs(model, spec, input_shape, n_outputs)
     return model
+
+
+def _check_outputs(model: nn.Module, spec: str, input_shape: tuple, n_outputs: int) -> None:
+    """A user's model must map ``(rows, *input_shape)`` to ``(rows, n_outputs)``: another
+    width trains as another number of classes (and predictions come out misaligned). Checked
+    on two rows of zeros, in eval mode and without gradients (nothing of the model changes). A
+    model that cannot take zeros of the parameters' dtype (token ids, say) is not checked here:
+    its first batch shows what it does."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            like = {} if param is None else {"device": param.device, "dtype": param.dtype}
+            out = model(torch.zeros(2, *input_shape, **like))
+    except Exception:  # noqa: BLE001 - not ours to judge here (see above)
+        return
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_outputs):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(
+            f"model: {spec}(input_shape, n_outputs={n_outputs}) must map (rows, *input_shape) to "
+            f"(rows, {n_outputs}); on 2 rows it gives {got}"
+        )
 
 
 # ------------------------------------------------------------------------------- run folders
@@ -168,12 +194,31 @@ def read_description(folder: str | Path) -> dict:
             f"{folder} has no {MODEL_FILE} (not a gradwise run, or made by an older gradwise: "
             f"`gradwise train --resume {folder}` writes it)"
         )
-    return json.loads(path.read_text())
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"model description {path} is not valid JSON ({e}); "
+            f"`gradwise train --resume {folder}` writes it again"
+        ) from None
+    if not isinstance(description, dict):
+        raise ConfigError(
+            f"model description {path} is not a JSON object (it holds a "
+            f"{type(description).__name__}); `gradwise train --resume {folder}` writes it again"
+        )
+    return description
 
 
 def run_weights(folder: str | Path) -> dict:
     """The model's state_dict from a run folder's latest good checkpoint."""
-    return ckpt.load_latest(folder)[0]["model"]
+    try:
+        return ckpt.load_latest(folder)[0]["model"]
+    except CheckpointError as e:
+        # load_latest speaks of resuming; here the model is loaded (export, predict, load)
+        detail = str(e)
+        for prefix in (f"cannot resume from {Path(folder)}: ", "cannot resume: "):
+            detail = detail.removeprefix(prefix)
+        raise CheckpointError(f"cannot load the model of {folder}: {detail}") from None
 
 
 def start_from(model: nn.Module, folder: str | Path) -> None:
@@ -226,9 +271,11 @@ def export(run: str | Path, format: str, out: str | Path | None = None) -> Path:
     if format == "pt":
         torch.save({"format": PT_FORMAT, "config": description, "state_dict": state}, out)
     elif format == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(state, str(out), metadata={"gradwise": json.dumps(description)})
+        # safetensors' save_file creates its file with mode 0600; written here with open() it
+        # gets the ordinary permissions (0666 less the umask), as the pt and onnx files do
+        out.write_bytes(save(state, metadata={"gradwise": json.dumps(description)}))
     else:
         _export_onnx(model, description, out)
     return out

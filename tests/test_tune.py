@@ -62,6 +62,17 @@ def test_space_refuses_bad_input_with_one_clear_error():
     assert space.values["lr"] == {"adam": [1e-3, 1e-2]} or "adam" in space.values["lr"]
 
 
+def test_the_defaults_are_retrained_as_long_as_the_trials_ran():
+    """A space that fixes the run length (``epochs = 3``) trains every trial 3 epochs: the
+    defaults it is compared against are retrained for 3 too, not the dataset's 20."""
+    from gradwise.train.config import TrainConfig
+
+    base = TrainConfig(dataset="moons")
+    assert Space.build("moons", "mlp", {"epochs": 3}).fixed_budget(base).epochs == 3
+    searched = Space.build("moons", "mlp", {"epochs": [2, 6]})
+    assert searched.fixed_budget(base) is base
+
+
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     space = tmp_path / "space.toml"
     space.write_text("epoch = [1, 2]\n")

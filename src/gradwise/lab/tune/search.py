@@ -446,7 +446,7 @@ def tune(
     return write_report(
         handle,
         out,
-        base=base,
+        base=chosen.fixed_budget(base),  # the defaults retrained as long as every trial ran
         storage=url,
         jobs=jobs,
         retrain_seeds=retrain_seeds,

@@ -251,6 +251,15 @@ class Space:
         return params
 
     # ------------------------------------------------------------------------------ helpers
+    def fixed_budget(self, base: TrainConfig) -> TrainConfig:
+        """``base`` with the run length the space fixes (``epochs = N``, not a range): the
+        defaults that the best configuration is compared against then train as long as every
+        trial did (with the dataset's own epochs they would train longer)."""
+        epochs = self.values["epochs"]
+        if isinstance(epochs, list):
+            return base
+        return dataclasses.replace(base, epochs=int(epochs))
+
     def spec(self, key: str, optimizer: str | None = None):
         value = self.values[key]
         if isinstance(value, dict):

@@ -277,9 +277,10 @@ def _print_summary(result) -> None:
             )
     if h.epochs:
         table.add_row("epochs · steps", f"{h.epochs[-1]['epoch']} · {h.summary['steps']}")
-    table.add_row(
-        "time", f"{h.summary['train_time']:.2f} s training, {h.summary['total_time']:.2f} s in all"
-    )
+    training, process = h.summary["train_time"], h.summary["total_time"]
+    # a resumed run's training time counts its earlier processes' too; this one's does not
+    where = "in all" if process >= training else "in this process (resumed)"
+    table.add_row("time", f"{training:.2f} s training, {process:.2f} s {where}")
     if h.stopped:
         table.add_row("stopped", h.stopped)
     if h.skipped_steps:

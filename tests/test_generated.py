@@ -50,6 +50,8 @@ def test_generated_kernels_match_torch(monkeypatch, tmp_path, name, cls, tcls, k
     tol = 2e-6 if dtype == torch.float32 else 1e-12
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+        for n, theirs in ob.state[y].items():  # every state tensor too
+            torch.testing.assert_close(oa.state[x][n], theirs, rtol=tol, atol=tol)
 
 
 @settings(

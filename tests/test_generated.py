@@ -422,3 +422,26 @@ def test_a_first_step_reads_small_gradients_where_they_lie(cls, kw):
     assert seg.flat and seg.grad is None
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "eager"])
+def test_sgd_momentum_turned_on_mid_run_makes_its_buffer_as_torch(monkeypatch, tmp_path, kernel):
+    """``param_groups[0]["momentum"]`` set from 0 to 0.9 mid-run: torch makes each buffer from
+    that step's gradient; the flat buffers had none, so that step runs per tensor (it raised
+    KeyError, and on the kernel path turned kernels off for the whole process). Off and on
+    again: the old buffer is used, as torch uses it."""
+    kernels = _fresh_kernels(monkeypatch, tmp_path)
+    if kernel:
+        monkeypatch.setattr(engine, "KERNEL_MIN_NUMEL", 1)
+        monkeypatch.setattr(engine, "AUTO_BUILD_NUMEL", 1)
+    a, b = twins(make_params(torch.float32, shapes=[(64, 33), (17,)]))
+    oa, ob = go.SGD(a, lr=0.01, fused=kernel), torch.optim.SGD(b, lr=0.01, foreach=False)
+    gen = torch.Generator().manual_seed(3)
+    for step, momentum in enumerate([0, 0, 0.9, 0.9, 0.9, 0, 0.5, 0.5]):
+        oa.param_groups[0]["momentum"] = ob.param_groups[0]["momentum"] = momentum
+        run_lockstep(oa, ob, a, b, 1, gen)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-6, msg=f"step {step}")
+            for n, theirs in ob.state[y].items():
+                torch.testing.assert_close(oa.state[x][n], theirs, rtol=2e-6, atol=1e-6)
+    assert kernels.available() and bool(kernels._loaded) == kernel

@@ -308,8 +308,9 @@ class Optimizer(torch.optim.Optimizer):
         if not seg.flat and seg.flattenable and self._first_step(seg):
             self._lay_out_fresh(seg, group)
         layout = seg.layout() if seg.flat else engine.Segment.MOVED
-        if seg.flat and layout == engine.Segment.MOVED:
-            seg.flat = False  # a parameter was moved or replaced: flatten again once possible
+        # moved/replaced, or a state the buffers lack (SGD's momentum on): per tensor, re-flattened
+        if seg.flat and (layout == seg.MOVED or not {*self.state_names(group)} <= seg.state.keys()):
+            seg.flat = False
         views = layout == engine.Segment.VIEWS  # the usual case after zero_grad(False)
         step = engine.uniform_step(seg) if seg.flat else None
         if step is not None:
@@ -379,8 +380,7 @@ class Optimizer(torch.optim.Optimizer):
         replayer = plan.replayer if plan is not None else None
         if replayer is None or torch.compiler.is_compiling():  # the user's torch.compile: traced
             return False
-        # every tensor a graph touches: the flat buffers (this step's gather buffer, or the whole
-        # gradient buffer of views), and where backward left each gradient
+        # what a graph touches: the flat buffers, this step's gather buffer, backward's gradients
         buffers = (seg.param, seg.gather_buffer(), *seg.state.values())
         grads = () if views else list(map(_GRAD, seg.params))
         try:

@@ -215,6 +215,16 @@ def test_a_kernel_is_compiled_once(cuda_path_on_cpu, widths, set_to_none):
     assert counters["stats"]["unique_graphs"] - before == 1
 
 
+def _twin_mlps_with_adams():
+    """Two equal small MLPs, one with gradwise's Adam (fused=True), one with torch's."""
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 3))
+    ref = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 3))
+    ref.load_state_dict(ours.state_dict())
+    oa = go.Adam(ours.parameters(), lr=0.01, fused=True)
+    return ours, ref, oa, torch.optim.Adam(ref.parameters(), lr=0.01)
+
+
 @pytest.mark.parametrize("set_to_none", [True, False, "both"])
 def test_replayed_training_loop_equals_torch(cuda_path_on_cpu, set_to_none):
     """A training loop as users write it (zero_grad, forward, backward, step), the CUDA path
@@ -222,12 +232,7 @@ def test_replayed_training_loop_equals_torch(cuda_path_on_cpu, set_to_none):
     where backward leaves them), with set_to_none=False (gradients as views of the flat
     buffer: one set of addresses, replayed from the third step on), and switching from one to
     the other and back (the gradient buffer is replaced: graphs bound to it never replay)."""
-    torch.manual_seed(0)
-    ours = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 3))
-    ref = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 3))
-    ref.load_state_dict(ours.state_dict())
-    oa = go.Adam(ours.parameters(), lr=0.01, fused=True)
-    ob = torch.optim.Adam(ref.parameters(), lr=0.01)
+    ours, ref, oa, ob = _twin_mlps_with_adams()
     gen = torch.Generator().manual_seed(1)
     for i in range(15):
         x, y = torch.randn(8, 16, generator=gen), torch.randint(0, 3, (8,), generator=gen)
@@ -271,12 +276,7 @@ def test_a_gather_buffer_off_the_cpu_lives_for_one_step(cuda_path_on_cpu, monkey
 
     monkeypatch.setattr(engine.Segment, "gather_buffer", gather_buffer)
     monkeypatch.setattr(graphs, "RECORDERS", {"cpu": record})
-    torch.manual_seed(0)
-    ours = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 3))
-    ref = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 3))
-    ref.load_state_dict(ours.state_dict())
-    oa = go.Adam(ours.parameters(), lr=0.01, fused=True)
-    ob = torch.optim.Adam(ref.parameters(), lr=0.01)
+    ours, ref, oa, ob = _twin_mlps_with_adams()
     segment = lambda: oa._group_segments(oa.param_groups[0])[0]  # noqa: E731
     grads = [torch.zeros_like(p) for p in ours.parameters()]
     gen = torch.Generator().manual_seed(1)

@@ -17,9 +17,6 @@ line each, ``gradwise: warning: ...``.
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-
 import click
 
 from gradwise import __version__
@@ -83,24 +80,7 @@ def main(ctx: click.Context) -> None:
 
     Start with `gradwise train` (digits, an MLP and Adam, under 10 seconds).
     """
-    ctx.with_resource(_warnings_as_lines())
-
-
-@contextlib.contextmanager
-def _warnings_as_lines():
-    """While a command runs: gradwise's own warnings as one line on stderr each."""
+    from gradwise.cli.options import warnings_as_lines
     from gradwise.errors import CheckpointWarning
 
-    original = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, CheckpointWarning):
-            click.echo(f"gradwise: warning: {message}", err=True)
-        else:
-            original(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = original
+    ctx.with_resource(warnings_as_lines(CheckpointWarning))

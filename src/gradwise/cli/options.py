@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -477,6 +478,26 @@ def _for_optimizer(config, optimizer: str):
         if optimizer not in taking
     }
     return dataclasses.replace(config, **dropped)
+
+
+@contextlib.contextmanager
+def warnings_as_lines(*categories: type[Warning], shown: bool = True):
+    """While a command runs: warnings of ``categories`` as one line on stderr each, ``gradwise:
+    warning: ...``, every time one is given (none where not ``shown``: another process of the
+    run says them); any other warning as Python shows it."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, categories):
+            original(message, category, filename, lineno, file, line)
+        elif shown:
+            click.echo(f"gradwise: warning: {message}", err=True)
+
+    with warnings.catch_warnings():  # restores the filters and showwarning after
+        for category in categories:
+            warnings.simplefilter("always", category)
+        warnings.showwarning = show
+        yield
 
 
 def table_console():

@@ -12,7 +12,6 @@ import dataclasses
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import click
@@ -26,6 +25,7 @@ from gradwise.cli.options import (
     friendly,
     sigterm_as_interrupt,
     train_options,
+    warnings_as_lines,
 )
 from gradwise.errors import GradwiseError
 
@@ -236,19 +236,8 @@ def _warnings_as_lines():
     from gradwise.train import distributed
     from gradwise.train.faults import SkippedStepWarning
 
-    quiet = not distributed.is_main()  # every rank skips the same steps: rank 0 says it
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, SkippedStepWarning):
-            if not quiet:
-                click.echo(f"gradwise: warning: {message}", err=True)
-        else:
-            original(message, category, filename, lineno, file, line)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", SkippedStepWarning)
-        original = warnings.showwarning
-        warnings.showwarning = show
+    # every rank skips the same steps: rank 0 says it
+    with warnings_as_lines(SkippedStepWarning, shown=distributed.is_main()):
         yield
 
 

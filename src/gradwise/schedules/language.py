@@ -55,11 +55,10 @@ def _segment(text: str, remaining: int | None = None) -> tuple[Schedule, int | N
     ``remaining``: the steps left in the run, the length of a ``cosine`` or ``onecycle`` given
     without one (``cosine`` or ``cosine::0.01``).
     """
-    name, *args = (part.strip() for part in text.split(":"))
-    name = name.lower()
+    name, args = _name_and_args(text)
     if name not in _ARITY:
         raise ConfigError(f"unknown schedule name {name!r}")
-    if name in ("cosine", "onecycle") and remaining is not None and (not args or not args[0]):
+    if remaining is not None and _until_the_end(text):
         args = [str(max(remaining, 1)), *args[1:]]
     low, high = _ARITY[name]
     if not low <= len(args) <= high:
@@ -164,10 +163,16 @@ def parse(text: str, total_steps: int | None = None) -> Schedule:
     return Sequence(segments)
 
 
-def _until_the_end(part: str) -> bool:
-    """Whether ``part`` is a ``cosine`` or ``onecycle`` segment without its length N (it then
-    lasts until the end of the run, see :func:`parse`)."""
-    name, *args = part.replace(" ", "").lower().split(":")
+def _name_and_args(text: str) -> tuple[str, list[str]]:
+    """A segment's name (lower case) and its arguments, as written."""
+    name, *args = (part.strip() for part in text.split(":"))
+    return name.lower(), args
+
+
+def _until_the_end(text: str) -> bool:
+    """Whether the segment ``text`` is a ``cosine`` or ``onecycle`` without its length N: with
+    the run's length known, it lasts until the run's end (see :func:`parse`)."""
+    name, args = _name_and_args(text)
     return name in ("cosine", "onecycle") and (not args or not args[0])
 
 

@@ -265,9 +265,10 @@ def at_chance(result: RunResult) -> str | None:
     at most :data:`CHANCE_FACTOR` times chance, the share of the most common class, or chance
     plus a quarter of the way to 100% where that is lower (two balanced classes: 62.5%).
     Reporting such a run as a success would be garbage (``--optimizer sgd --batch-size 1`` on
-    digits: 8.8% against a chance of 10.1%). The accuracy is the last epoch's on the validation
-    set, else the test set's, else the training accuracy (an average over the epoch, while the
-    model was still learning: a one-epoch run that ends at 87.5% can average 48%)."""
+    digits: 9.72% validation accuracy against a chance of 10.42%). The accuracy is the last
+    epoch's on the validation set, else the test set's, else the training accuracy (an average
+    over the epoch, while the model was still learning: a one-epoch run that ends at 87.5% can
+    average 48%)."""
     epoch = result.history.epochs[-1] if result.history.epochs else {}
     data = result.data
     measured = [

@@ -156,6 +156,86 @@ def test_grads_from_zero_grad_views_and_backward(name, cls, tcls, kw):
 
 
 LARGE = [(301, 300), (17,), (5, 5), (256, 300), (3,)]  # two tensors of >= DIRECT_NUMEL elements
+FROZEN = GRID + [
+    ("nadam", go.NAdam, torch.optim.NAdam, dict()),
+    ("asgd", go.ASGD, torch.optim.ASGD, dict(t0=3)),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "tcls", "kw"), FROZEN[::3], ids=[g[0] for g in FROZEN[::3]]
+)
+def test_a_flat_segment_parted_keeps_its_largest_part_where_it_lies(name, cls, tcls, kw):
+    """A parameter of a flat segment that misses a gradient parts the segment: the largest
+    part stays in the segment's buffers (no second copy of it, even for a moment), the small
+    one moves to buffers of its own, and both step flat from then on, with the default
+    ``zero_grad()`` and then with ``set_to_none=False`` (the kept part's gradients then views
+    of a buffer with gaps where the moved tensors were). Against torch for 10 steps."""
+    a, b = twins(make_params(torch.float64, LARGE))
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    gen = torch.Generator().manual_seed(6)
+    run_lockstep(oa, ob, a, b, 3, gen)
+    (whole,) = oa._group_segments(oa.param_groups[0])
+    buffers = [whole.param.data_ptr(), *(t.data_ptr() for t in whole.state.values())]
+    run_lockstep(oa, ob, a, b, 1, gen, none_at=lambda _: {1})
+    kept, moved = sorted(oa._group_segments(oa.param_groups[0]), key=lambda s: -len(s.params))
+    assert [p is a[1] for p in moved.params] == [True] and kept.flat and moved.flat
+    assert [kept.param.data_ptr(), *(t.data_ptr() for t in kept.state.values())] == buffers
+    assert moved.param.data_ptr() not in buffers
+    run_lockstep(oa, ob, a, b, 2, gen)
+    for _ in range(4):
+        oa.zero_grad(set_to_none=False)
+        ob.zero_grad(set_to_none=False)
+        for x, y in zip(a, b):
+            g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+            x.grad.copy_(g)
+            y.grad.copy_(g)
+        oa.step()
+        ob.step()
+    assert kept.grads_are_views() and moved.grads_are_views()
+    assert_same_state(oa, ob, a, b, torch.float64)
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=IDS)
+@pytest.mark.parametrize("count", [2, 40], ids=["python-check", "native-check"])
+def test_a_step_without_any_gradient_changes_nothing(name, cls, tcls, kw, count):
+    """Once laid out flat, a segment whose gradients are all None at a step (a head not used
+    on this batch, in a param group of its own) is left alone, as torch leaves it. Before the
+    fix, the layout check without the native helpers (segments of few tensors) took "every
+    gradient is its view of the flat buffer" to hold when there were no views and no
+    gradients, and the step ran on the gradients of the step before."""
+    a, b = twins(make_params(torch.float64, [(3, 2)] * count))
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    gen = torch.Generator().manual_seed(4)
+    run_lockstep(oa, ob, a, b, 6, gen, none_at=lambda i: range(count) if i >= 3 else ())
+    assert_same_state(oa, ob, a, b, torch.float64)
+    assert all(s.flat for s in oa._group_segments(oa.param_groups[0]))
+
+
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), FROZEN, ids=[g[0] for g in FROZEN])
+@pytest.mark.parametrize("shapes", [SHAPES, LARGE], ids=["small", "kernel"])
+def test_frozen_parameters_are_parted_off_and_the_rest_steps_flat(name, cls, tcls, kw, shapes):
+    """Parameters handed to the optimizer that get no gradient (a frozen backbone) become a
+    segment of their own: the others are laid out and stepped flat from their first step, as
+    if the frozen ones were not there (every step ran per tensor before, 4x slower than torch
+    fused on a 1,200-tensor net). Unfrozen one by one later, each is laid out in turn. Against
+    torch for 12 steps, every state tensor compared; ``kernel``: parts large enough for the
+    fused kernel."""
+    a, b = twins(make_params(torch.float64, shapes))
+    oa, ob = cls(a, **kw), tcls(b, foreach=False, **kw)
+    gen = torch.Generator().manual_seed(5)
+    frozen = lambda i: {0, 3} if i < 4 else {3} if i < 8 else set()  # noqa: E731
+    for i in range(12):
+        set_grads(a, b, gen, none=frozen(i))
+        oa.step()
+        ob.step()
+        segments = oa._group_segments(oa.param_groups[0])
+        if i in (0, 4, 8):  # the ones stepped so far lie in flat segments, the frozen in none
+            stepped = {id(p) for j, p in enumerate(a) if j not in frozen(i)}
+            assert {id(p) for s in segments if s.flat for p in s.params} == stepped
+            assert not any(s.flat for s in segments if {id(p) for p in s.params} - stepped)
+    assert_same_state(oa, ob, a, b, torch.float64)
+    assert len(segments) == 3 and all(s.flat for s in segments)
 
 
 @pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID[::2], ids=IDS[::2])

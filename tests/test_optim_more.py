@@ -356,13 +356,11 @@ SCALAR = [g for g in GRID if g[1].scalar_state]
 
 
 @pytest.mark.parametrize(("name", "cls", "tcls", "kw"), SCALAR, ids=[g[0] for g in SCALAR])
-def test_scalar_state_that_differs_between_parameters_runs_per_tensor_until_equal(
-    name, cls, tcls, kw
-):
+def test_parameters_whose_scalar_state_differs_are_parted_into_flat_segments(name, cls, tcls, kw):
     """Parameters whose scalar state differs (one of them skipped a step: its ``mu_product``
-    or ``eta`` lags) are stepped one at a time, as torch steps them; the flat path, which
-    advances the state as one value, resumes once counts and values agree again (they never
-    do here). Checked against torch for 8 steps."""
+    or ``eta`` lags) cannot share a flat step, which advances the state as one value: the
+    segment is parted by step count, and each part runs flat. Checked against torch for 8
+    steps."""
     ours, theirs = make_params(torch.float64), make_params(torch.float64)
     ours = [torch.nn.Parameter(t) for t in ours]
     theirs = [torch.nn.Parameter(t) for t in theirs]
@@ -379,7 +377,9 @@ def test_scalar_state_that_differs_between_parameters_runs_per_tensor_until_equa
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
         for key in cls.scalar_state:
             torch.testing.assert_close(a.state[p][key], b.state[q][key], rtol=1e-12, atol=0)
-    assert engine.uniform_step(a._group_segments(a.param_groups[0])[0]) is None
+    segments = a._group_segments(a.param_groups[0])
+    assert sorted(len(s.params) for s in segments) == [1, len(ours) - 1]
+    assert all(s.flat and engine.uniform_step(s) is not None for s in segments)
 
 
 @pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=IDS)

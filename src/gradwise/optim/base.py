@@ -258,10 +258,10 @@ class Optimizer(torch.optim.Optimizer):
             for seg in self._group_segments(group):
                 layout = seg.layout() if seg.flat else engine.Segment.MOVED
                 moved = layout == engine.Segment.MOVED
-                if moved or (layout == engine.Segment.FLAT and _placed_elsewhere(seg)):
+                if moved or (layout == engine.Segment.FLAT and seg.grads_placed_elsewhere()):
                     for p in seg.params:
                         if p.grad is not None:
-                            _zero_in_place(p.grad)
+                            torch_api.zero_in_place(p.grad)
                     continue
                 seg.use_grad_views()
                 seg.grad.zero_()
@@ -300,6 +300,8 @@ class Optimizer(torch.optim.Optimizer):
         return cached[1]
 
     def _step_segment(self, seg: engine.Segment, group: dict) -> None:
+        if not seg.flat and not seg.any_grad():
+            return  # nothing to step (torch passes over a parameter without a gradient too)
         if _per_tensor(group):  # never flattened
             self._step_each(seg, group)
             return
@@ -321,7 +323,35 @@ class Optimizer(torch.optim.Optimizer):
             if pieces is not None:
                 self._step_pieces(seg, group, pieces, self._count_step(seg, group, step))
                 return
+        if seg.flattenable and (parts := self._parted(seg, group)) is not None:
+            for part in parts:
+                self._step_segment(part, group)
+            return
         self._step_each(seg, group)
+
+    def _parted(self, seg: engine.Segment, group: dict) -> list[engine.Segment] | None:
+        """A segment whose parameters have come apart, in parts that can each be stepped flat
+        (:func:`layout.part`): parameters with a gradient at this step and those without (a
+        frozen layer handed to the optimizer, a head used on some batches only), by their
+        step count. Each part is a segment of its own from now on (the ones without a gradient
+        wait, as torch's would). None where the parameters are all alike: the per-tensor path
+        takes the step (a sparse gradient, the layout moved)."""
+        keys = list(map(self._progress, seg.params))
+        if len(set(keys)) == 1:
+            return None
+        names = self.state_names(group)
+        parts = layout.part(seg, keys, self.state, names, self.has_step, self.scalar_state)
+        params, segments, count = self._segments[id(group)]
+        segments = [each for s in segments for each in (parts if s is seg else (s,))]
+        self._segments[id(group)] = (params, segments, count)
+        return parts
+
+    def _progress(self, p: Tensor) -> tuple[bool, bool, float | None]:
+        """What a parameter's step takes: whether it has a gradient, whether it has state, its
+        step count."""
+        state = self.state.get(p)
+        step = state.get("step") if state else None
+        return p.grad is not None, bool(state), None if step is None else float(step)
 
     def _first_step(self, seg: engine.Segment) -> bool:
         """No parameter has state yet, and each has a dense gradient to make it from."""
@@ -443,7 +473,9 @@ class Optimizer(torch.optim.Optimizer):
         for p in seg.params:
             if p.grad is None:
                 continue
-            grad = self._dense(p.grad, group) if p.grad.layout != torch.strided else p.grad
+            grad = p.grad
+            if grad.layout != torch.strided:
+                grad = torch_api.dense(type(self).__name__, type(self).sparse_grads, grad, group)
             new = not self._has_state(p, names)
             if new:
                 state = self.state[p]
@@ -481,22 +513,6 @@ class Optimizer(torch.optim.Optimizer):
             seg.step = None  # step counts may now differ between parameters
         if seg.flattenable and not seg.flat and all(self._has_state(p, names) for p in seg.params):
             layout.flatten(seg, self.state, names, self.has_step, self.scalar_state)
-
-    def _dense(self, grad: Tensor, group: dict) -> Tensor:
-        """A sparse gradient (``nn.Embedding(sparse=True)``) as the dense one it stands for,
-        where torch's class takes sparse gradients (duplicate indices add up, as in torch).
-        Every element it leaves out is a zero gradient, so the update is torch's to float
-        rounding; the dense copy lives only during the step. Refused as torch refuses it."""
-        name = type(self).__name__
-        if not type(self).sparse_grads:
-            hint = ", please consider SparseAdam instead" if "Adam" in name else ""
-            raise RuntimeError(f"{name} does not support sparse gradients{hint}")
-        if group.get("weight_decay", 0) != 0:
-            raise RuntimeError(
-                f"{name}: weight_decay option is not compatible with sparse gradients; "
-                f"received weight_decay={group['weight_decay']}"
-            )
-        return grad.to_dense()
 
     def _has_state(self, p: Tensor, names: list[str]) -> bool:
         state = self.state.get(p, {})
@@ -556,25 +572,6 @@ def _per_tensor(group: dict) -> bool:
     ``capturable=True`` (a CUDA graph holds their addresses; each step reads its counter on
     the device)."""
     return bool(group.get("differentiable") or group.get("capturable"))
-
-
-def _placed_elsewhere(seg: engine.Segment) -> bool:
-    """Whether a gradient of ``seg`` is a view into another owner's buffer (DDP's
-    ``gradient_as_bucket_view=True`` buckets, which its all-reduce reads): then gradients stay
-    where their owner put them."""
-    ours = seg.grad if seg.whole_grad else None
-    return any(
-        p.grad is not None and p.grad._is_view() and p.grad._base is not ours for p in seg.params
-    )
-
-
-def _zero_in_place(grad: Tensor) -> None:
-    """``grad`` zeroed where it lies, as ``torch.optim.Optimizer.zero_grad(False)`` zeroes it."""
-    if grad.grad_fn is not None:
-        grad.detach_()
-    else:
-        grad.requires_grad_(False)
-    grad.zero_()
 
 
 def as_real(t: Tensor) -> Tensor:

@@ -11,10 +11,12 @@ tensor. The engine decides *what* it is applied to:
   default ``zero_grad()``) a large tensor's gradient is used where backward left it; the small
   tensors' gradients are gathered into one buffer, or, for a generated CPU kernel, read where
   backward left them through a table of their addresses (:meth:`Segment.gradient_pieces`).
-* **Per-tensor path.** Where the flat view cannot hold (a parameter whose ``.grad`` is ``None`` on
-  this step, parameters whose step counts differ, a state not yet created, a sparse gradient, a
-  tensor subclass such as a DTensor), the same rule runs on each tensor on its own. The results
-  are the same; only the speed differs.
+* **Parts.** Parameters without a gradient at a step (a frozen layer handed to the optimizer)
+  or whose step counts came apart are parted into segments of their own
+  (``Optimizer._parted``, :func:`layout.part`), each flat from then on.
+* **Per-tensor path.** Where the flat view cannot hold (a state not yet created, a sparse
+  gradient, a tensor subclass such as a DTensor, the step that parts a segment), the same rule
+  runs on each tensor on its own. The results are the same; only the speed differs.
 
 The per-parameter ``self.state[p]`` dicts always hold tensors in PyTorch's layout (in the flat
 path they are views into the segment's buffers), so ``state_dict()`` moves either way between
@@ -64,7 +66,9 @@ class Segment:
     ``state[name]`` and ``steps`` are flat buffers and the per-parameter tensors are views into
     them. In the buffers, the parameters under :data:`DIRECT_NUMEL` elements come first
     (``small`` elements in all), the larger ones after them; parameter ``i`` is at
-    ``slices[i]``.
+    ``slices[i]``. The largest part of a parted segment keeps its buffers, with gaps where the
+    other parts' tensors were (:func:`layout.part`): the flat update goes over them, and no
+    parameter reads them.
 
     ``grad`` is the gradient buffer: None until a step gathers the small tensors' gradients
     (:meth:`gather_buffer`: the first ``small`` elements only; a generated CPU kernel reads them
@@ -133,8 +137,22 @@ class Segment:
         return list(map(Tensor.data_ptr, self.params)) == self.ptrs
 
     def grads_are_views(self) -> bool:
-        """True when every ``p.grad`` is its view into the flat gradient buffer."""
-        return all(map(operator.is_, map(_GRAD, self.params), self.grad_views))
+        """True when every ``p.grad`` is its view into the flat gradient buffer (never before
+        :meth:`use_grad_views` made them: a gradient of None is no view)."""
+        return self.whole_grad and all(map(operator.is_, map(_GRAD, self.params), self.grad_views))
+
+    def grads_placed_elsewhere(self) -> bool:
+        """Whether a gradient is a view into another owner's buffer (DDP's
+        ``gradient_as_bucket_view=True`` buckets, which its all-reduce reads): then gradients
+        stay where their owner put them."""
+        ours = self.grad if self.whole_grad else None
+        return any(
+            p.grad is not None and p.grad._is_view() and p.grad._base is not ours
+            for p in self.params
+        )
+
+    def any_grad(self) -> bool:
+        return any(map(operator.is_not, map(_GRAD, self.params), itertools.repeat(None)))
 
     def all_have_grads(self) -> bool:
         return all(map(operator.is_not, map(_GRAD, self.params), itertools.repeat(None)))

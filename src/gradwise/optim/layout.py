@@ -72,6 +72,52 @@ def flatten(
             view.copy_(states[p][name])
             states[p][name] = view
         seg.state[name] = buf
+    _index(seg, small, states, has_step, scalars)
+
+
+def part(
+    seg: Segment,
+    keys: list,
+    states: dict,
+    names: list[str],
+    has_step: bool,
+    scalars: tuple[str, ...] = (),
+) -> list[Segment]:
+    """``seg`` in parts, one per distinct key in ``keys`` (one key per parameter), each with
+    its parameters in their order. Parts of a segment not laid out are new segments, laid out
+    at their own first steps. Of a flat segment, the part with the most elements keeps the
+    buffers, its tensors where they are (the others' places become gaps that no parameter
+    reads), and the other parts move to buffers of their own at once, before the kept part's
+    next update goes over their old places: parting never holds a second copy of the largest
+    part."""
+    members: dict = {key: [] for key in keys}
+    for p, key in zip(seg.params, keys):
+        members[key].append(p)
+    parts = [Segment(params, flattenable=True) for params in members.values()]
+    if not seg.flat:
+        return parts
+    kept = max(parts, key=lambda each: sum(p.numel() for p in each.params))
+    for each in parts:
+        if each is not kept:
+            flatten(each, states, names, has_step, scalars)
+    where = {id(p): sl for p, sl in zip(seg.params, seg.slices)}
+    kept.param, kept.state, kept.small = seg.param, seg.state, seg.small
+    kept.slices = [where[id(p)] for p in kept.params]
+    small = [i for i, p in enumerate(kept.params) if p.numel() < engine.DIRECT_NUMEL]
+    kept.small_params = [kept.params[i] for i in small]
+    kept.large = [
+        (kept.params[i], kept.slices[i]) for i in range(len(kept.params)) if i not in small
+    ]
+    _index(kept, small, states, has_step, scalars)
+    return parts
+
+
+def _index(seg: Segment, small: list[int], states: dict, has_step: bool, scalars) -> None:
+    """What a segment whose tensors lie in its flat buffers at ``seg.slices`` keeps to step
+    them: its step counters and scalar state as one tensor each (views of it in ``states``),
+    the parameters' addresses, the small ones' (indices ``small``) table; no gradient buffer
+    yet."""
+    params = seg.params
     seg.views_at = {}
     seg.kernel_plans = {}  # their CUDA graphs (plans.Plan) are bound to the old buffers
     seg.small_index, seg.grad, seg.small_views, seg.whole_grad = small, None, [], False

@@ -131,3 +131,28 @@ def graph_capture_health_check(optimizer: torch.optim.Optimizer) -> None:
     ``_accelerator_graph_capture_health_check`` in others, torch 2.11's)."""
     check = getattr(optimizer, "_cuda_graph_capture_health_check", None)
     (check or optimizer._accelerator_graph_capture_health_check)()
+
+
+def zero_in_place(grad: Tensor) -> None:
+    """``grad`` zeroed where it lies, as ``torch.optim.Optimizer.zero_grad(False)`` zeroes it."""
+    if grad.grad_fn is not None:
+        grad.detach_()
+    else:
+        grad.requires_grad_(False)
+    grad.zero_()
+
+
+def dense(name: str, takes_sparse: bool, grad: Tensor, group: dict) -> Tensor:
+    """A sparse gradient (``nn.Embedding(sparse=True)``) as the dense one it stands for, where
+    torch's class ``name`` takes sparse gradients (duplicate indices add up, as in torch).
+    Every element it leaves out is a zero gradient, so the update is torch's to float
+    rounding; the dense copy lives only during the step. Refused as torch refuses it."""
+    if not takes_sparse:
+        hint = ", please consider SparseAdam instead" if "Adam" in name else ""
+        raise RuntimeError(f"{name} does not support sparse gradients{hint}")
+    if group.get("weight_decay", 0) != 0:
+        raise RuntimeError(
+            f"{name}: weight_decay option is not compatible with sparse gradients; "
+            f"received weight_decay={group['weight_decay']}"
+        )
+    return grad.to_dense()

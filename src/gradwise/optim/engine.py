@@ -165,7 +165,7 @@ class Segment:
         like = self.param
         self.grad = torch.zeros(like.numel(), dtype=like.dtype, device=like.device)
         self.whole_grad = True
-        self.grad_views = [self.grad[sl].view_as(p) for p, sl in zip(self.params, self.slices)]
+        self.grad_views = [laid_out_as(self.grad[sl], p) for p, sl in zip(self.params, self.slices)]
         small = {id(p) for p in self.small_params}
         self.small_views = [v for p, v in zip(self.params, self.grad_views) if id(p) in small]
 
@@ -198,7 +198,7 @@ class Segment:
             g = p.grad
             if g is None or g.layout != torch.strided:
                 return None
-            pieces.append((sl, _flat(g)))
+            pieces.append((sl, _flat(g, p)))
         return pieces
 
     def _gathered(self) -> Tensor | None:
@@ -259,7 +259,7 @@ class Segment:
         if not self.small_views and self.small_index:
             buffer = self.gather_buffer()
             self.small_views = [
-                buffer[self.slices[i]].view_as(self.params[i]) for i in self.small_index
+                laid_out_as(buffer[self.slices[i]], self.params[i]) for i in self.small_index
             ]
         return self.small_views
 
@@ -280,13 +280,13 @@ class Segment:
         the small tensors' gradients of this step (the tensors bound now, as a graph binds
         them) and returns the pieces. Every gradient must be there and dense."""
         small = list(map(_GRAD, self.small_params))
-        large = [(where, p.grad) for p, where in self.large]
+        large = [(where, p.grad, p) for p, where in self.large]
         views, piece = (self.gather_views(), self._small_piece()) if self.small else ([], None)
 
         def gather() -> list[tuple[slice, Tensor]]:
             if piece is not None:
                 torch._foreach_copy_(views, small)
-            return ([piece] if piece is not None else []) + [(w, _flat(g)) for w, g in large]
+            return ([piece] if piece is not None else []) + [(w, _flat(g, p)) for w, g, p in large]
 
         return gather
 
@@ -303,13 +303,43 @@ def each_tensor(seg: Segment, param: Tensor, grad: Any, state: dict) -> list[tup
     for i in seg.small_index:  # the piece starts at 0: the small tensors' own slices
         where = seg.slices[i]
         views = {name: buffer[where] for name, buffer in state.items()}
-        found.append((param[where], _flat(seg.params[i].grad), views))
+        p = seg.params[i]
+        found.append((param[where], _flat(p.grad, p), views))
     return found
 
 
-def _flat(grad: Tensor) -> Tensor:
-    """A gradient as 1-D: a view where it is contiguous, else a copy."""
-    return grad.view(-1) if grad.is_contiguous() else grad.reshape(-1)
+def laid_out_as(piece: Tensor, p: Tensor) -> Tensor:
+    """A 1-D piece of a flat buffer (``p.numel()`` elements) as a tensor of ``p``'s shape, laid
+    out as ``p`` is: with ``p``'s strides where its elements fill their memory in another order
+    than row-major (``channels_last``), so that a parameter moved into the buffer keeps its
+    memory format, and the buffer holds every tensor of it (state, gradient) in that order."""
+    return piece.as_strided(p.shape, p.stride()) if _permuted(p) else piece.view_as(p)
+
+
+def _permuted(t: Tensor) -> bool:
+    """Whether ``t``'s elements fill ``t.numel()`` consecutive places of memory, in an order
+    other than row-major (``channels_last``)."""
+    if t.is_contiguous():
+        return False
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda each: each[1]):
+        if size != 1:
+            if stride != expected:
+                return False
+            expected *= size
+    return True
+
+
+def _flat(grad: Tensor, param: Tensor) -> Tensor:
+    """A gradient as 1-D, its elements in the order its parameter's lie in the flat buffers
+    (:func:`laid_out_as`): a view where it is laid out as they are, else a copy."""
+    if not _permuted(param):
+        return grad.view(-1) if grad.is_contiguous() else grad.reshape(-1)
+    if grad.stride() == param.stride():
+        return grad.as_strided((grad.numel(),), (1,))
+    flat = torch.empty(grad.numel(), dtype=grad.dtype, device=grad.device)
+    laid_out_as(flat, param).copy_(grad)
+    return flat
 
 
 def split_group(params: list[Tensor]) -> list[Segment]:

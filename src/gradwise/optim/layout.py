@@ -27,7 +27,7 @@ def move_params(seg: Segment) -> None:
     slices, length, _ = plan_layout(seg.params)
     seg.param = _empty_with_zero_gaps(length, _gaps(slices, length), like.dtype, like.device)
     for p, sl in zip(seg.params, slices):
-        view = seg.param[sl].view_as(p)
+        view = engine.laid_out_as(seg.param[sl], p)
         view.copy_(p.detach())
         p.data = view
 
@@ -68,7 +68,7 @@ def flatten(
         dtype = states[params[0]][name].dtype
         buf = _empty_with_zero_gaps(offset, gaps, dtype, like.device)
         for p, sl in zip(params, seg.slices):
-            view = buf[sl].view_as(p)
+            view = engine.laid_out_as(buf[sl], p)
             view.copy_(states[p][name])
             states[p][name] = view
         seg.state[name] = buf
@@ -222,7 +222,7 @@ def _place(seg: Segment, param: Tensor, name: str, dtype, shape, device) -> Tens
     if buf is None:
         gaps = _gaps(list(seg.fresh_slices.values()), seg.fresh_length)
         buf = seg.fresh_state[name] = _empty_with_zero_gaps(seg.fresh_length, gaps, dtype, device)
-    return buf[where].view(shape) if buf.dtype == dtype else None
+    return engine.laid_out_as(buf[where], param) if buf.dtype == dtype else None
 
 
 def _gaps(slices: list[slice], length: int) -> list[slice]:

@@ -243,6 +243,39 @@ def test_channels_last_parameters_keep_their_memory_format(name, cls, tcls, kw, 
         assert all(t.stride() == q.stride() for t in tensors), [t.stride() for t in tensors]
 
 
+@pytest.mark.parametrize(("name", "cls", "tcls", "kw"), GRID, ids=IDS)
+def test_a_model_moved_to_another_dtype_takes_its_state_along(name, cls, tcls, kw):
+    """``model.double()`` after some steps: each state tensor follows its parameter's new
+    dtype, as ``load_state_dict`` casts it (torch's optimizers raise a dtype mismatch here; kept
+    in float32, every moment would be rounded to it at every step). Against torch with its
+    state cast that way; a group's ``state_dtype`` still wins."""
+    torch.manual_seed(0)
+    net_a = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    net_b = copy.deepcopy(net_a)
+    oa, ob = cls(net_a.parameters(), **kw), tcls(net_b.parameters(), foreach=False, **kw)
+    x, y = torch.randn(32, 6, dtype=torch.float64), torch.randn(32, 2, dtype=torch.float64)
+    for step in range(6):
+        if step == 3:
+            net_a.double(), net_b.double()
+            ob.load_state_dict(ob.state_dict())  # torch's way to cast its state
+        for net, opt in ((net_a, oa), (net_b, ob)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x.to(net[0].weight.dtype)), y.to(x.dtype)).backward()
+            opt.step()
+    a, b = list(net_a.parameters()), list(net_b.parameters())
+    assert_same_state(oa, ob, a, b, torch.float64)
+    for p in a:
+        assert all(v.dtype == torch.float64 for k, v in oa.state[p].items() if k != "step")
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = cls([p], state_dtype=torch.bfloat16, **kw)
+    for _ in range(2):
+        p.grad = torch.randn(5, dtype=p.dtype)
+        opt.step()
+        p.data = p.data.double()
+    names = opt.state_names(opt.param_groups[0])
+    assert all(opt.state[p][n].dtype == torch.bfloat16 for n in names)
+
+
 @pytest.mark.parametrize(("name", "cls", "tcls", "kw"), FROZEN, ids=[g[0] for g in FROZEN])
 @pytest.mark.parametrize("shapes", [SHAPES, LARGE], ids=["small", "kernel"])
 def test_frozen_parameters_are_parted_off_and_the_rest_steps_flat(name, cls, tcls, kw, shapes):

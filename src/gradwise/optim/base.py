@@ -483,6 +483,7 @@ class Optimizer(torch.optim.Optimizer):
                     state.setdefault(n, v)
             else:
                 state = self.state.get(p, {})
+                layout.follow_dtype(p, state, names, group.get("state_dtype"))
             if group.get("capturable"):
                 torch_api.check_capturable(p, state.get("step"))
             if self.has_step:

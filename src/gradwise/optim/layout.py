@@ -144,6 +144,19 @@ def _index(seg: Segment, small: list[int], states: dict, has_step: bool, scalars
     seg.flat = True
 
 
+def follow_dtype(p: Tensor, state: dict, names: list[str], state_dtype) -> None:
+    """A parameter's elementwise state in the dtype it is kept in: the group's ``state_dtype``
+    where it sets one, else the parameter's. A model moved to another dtype after a step
+    (``model.double()``) takes its state along, as ``load_state_dict`` casts it; torch's
+    optimizers raise a dtype mismatch there, and keeping the old dtype would round every
+    moment to it."""
+    want = state_dtype or p.dtype
+    for name in names:
+        t = state.get(name)
+        if t is not None and t.dtype != want and t.is_floating_point() and t.shape == p.shape:
+            state[name] = t.to(want)
+
+
 def plan_layout(params: list[Tensor]) -> tuple[list[slice], int, list[int]]:
     """Where :func:`flatten` puts each parameter (``slices[i]`` for ``params[i]``): the tensors
     under :data:`engine.DIRECT_NUMEL` elements first, then the larger ones, each at an aligned

@@ -300,7 +300,7 @@ class Optimizer(torch.optim.Optimizer):
         return cached[1]
 
     def _step_segment(self, seg: engine.Segment, group: dict) -> None:
-        if not seg.flat and not seg.any_grad():
+        if seg.params[0].grad is None and not seg.any_grad():
             return  # nothing to step (torch passes over a parameter without a gradient too)
         if _per_tensor(group):  # never flattened
             self._step_each(seg, group)

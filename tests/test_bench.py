@@ -263,3 +263,20 @@ def test_train_step_muon_rows_pair_torch_muon_with_adamw_and_skip_models_without
     assert (skipped["model"], skipped["optimizer"]) == ("conv", "muon")
     assert "hidden 2-D weight" in skipped["why"]
     assert any("conv × muon: skipped" in line for line in logged)
+
+
+@pytest.mark.parametrize("command", [[], ["--train-step"]], ids=["step", "train-step"])
+@pytest.mark.parametrize("option", ["--rounds", "--warmup"])
+def test_a_count_out_of_range_is_refused_even_with_quick(command, option, capsys):
+    """``--rounds 0`` ended in an IndexError (``gradwise bench``) or was replaced by --quick's
+    number without a word (``--train-step``): a number given is now checked, and wins over
+    --quick's."""
+    from gradwise.cli import main as cli
+
+    bad = "0" if option == "--rounds" else "-1"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", *command, option, bad, "--quick"], standalone_mode=False)
+    assert exit_.value.code == 2
+    low = 1 if option == "--rounds" else 0
+    name = option[2:]
+    assert f"{name} must be >= {low}; received {name}={bad}" in capsys.readouterr().err

@@ -95,6 +95,42 @@ def test_resume_with_more_epochs_extends_a_finished_run_from_another_folder(
         assert lrs[2:] == pytest.approx(expected[2:]) and lrs[1] != pytest.approx(expected[1])
 
 
+def test_every_setting_a_run_writes_reads_back():
+    """Every setting of TrainConfig, given a value, goes through config.toml and back unchanged:
+    its type is read from the dataclass's annotations. Before, settings whose default is None
+    and that a hand-kept table missed (clip_grad_norm, ema) were refused when read back, so such
+    a run could not be resumed or reused with --config."""
+    import dataclasses
+    import tomllib
+
+    from gradwise.train.config import TrainConfig, _setting_types
+
+    samples = {str: "8", tuple: (3, 2), float: 0.5, int: 3, bool: True, dict: {"k": 1}}
+    values = {name: samples[kind] for name, kind in _setting_types().items()}
+    config = TrainConfig(**values)
+    back = TrainConfig.from_dict(tomllib.loads(config.to_toml()))
+    assert dataclasses.asdict(back) == dataclasses.asdict(config)
+
+
+def test_a_run_with_clipping_and_an_average_resumes(project):
+    ok(
+        "train",
+        "--config",
+        "my.toml",
+        "--epochs",
+        "1",
+        "--clip-grad-norm",
+        "1",
+        "--ema",
+        "0.9",
+        "--out",
+        "run",
+    )
+    ok("train", "--resume", "run", "--epochs", "2")
+    assert [e["epoch"] for e in epochs_of(project / "run")] == [1, 2]
+    ok("train", "--config", "run/config.toml", "--epochs", "1", "--out", "again")
+
+
 def test_a_runs_config_reused_with_another_optimizer_drops_what_that_one_does_not_take(project):
     """A run's config.toml holds its optimizer's settings (momentum = 0.9 for momentum): with
     --optimizer adam they are dropped, not refused as having no effect; the settings both take

@@ -303,6 +303,10 @@ BAD = [
     (go.Adadelta, dict(rho=1.5), "Invalid rho value"),
     (go.Rprop, dict(etas=(1.5, 2.0)), "Invalid eta values"),
     (go.ASGD, dict(weight_decay=-1.0), "Invalid weight_decay value"),
+    # torch takes these, and its rate's denominator then reaches 0 (lambd) or its power turns
+    # the decay into growth (alpha): refused
+    (go.ASGD, dict(lambd=-1.0), r"lambd must be >= 0; received lambd=-1.0"),
+    (go.ASGD, dict(alpha=-0.5), r"alpha must be >= 0; received alpha=-0.5"),
 ]
 
 

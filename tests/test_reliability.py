@@ -1399,6 +1399,10 @@ def test_cli_divergence_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path,
         assert all(torch.isfinite(t).all() for t in payload["model"].values())
     if "skip" in args:
         assert "gradwise: warning: step skipped:" in result.stderr
+    if not kept:  # the folder holds nothing to continue: a run with a sane rate may take it over
+        again = invoke(["--optimizer", "sgd", "--hidden", "32", "--epochs", "1", "--out", str(out)])
+        assert again.exit_code == 0, again.stderr
+        assert "lr = 0.1" in (out / "config.toml").read_text()
 
 
 class _NanFromEpoch2:

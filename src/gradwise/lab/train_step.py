@@ -259,7 +259,8 @@ class Config:
                     f"{what} must be a non-empty list from {', '.join(allowed)}; "
                     f"received {what}={','.join(chosen)}"
                 )
-        for what, value, low in (("rounds", self.rounds, 1), ("iterations", self.iterations, 1)):
+        numbers = (("rounds", self.rounds, 1), ("iterations", self.iterations, 1))
+        for what, value, low in (*numbers, ("warmup", self.warmup, 0)):
             if value < low:
                 raise ValueError(f"{what} must be >= {low}; received {what}={value}")
 
@@ -495,14 +496,18 @@ def build_parser(
         "heavyball: its class for the same algorithm, where it has one)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--rounds", type=int, default=21, help="interleaved rounds (default 21)")
-    p.add_argument("--iterations", type=int, default=3, help="iterations per round (default 3)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up iterations (default 3)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 21)")
+    p.add_argument("--iterations", type=int, default=None, help="iterations per round (default 3)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default 3)")
     p.add_argument("--quick", action="store_true", help="3 rounds of 1 iteration, 1 warm-up")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--json", metavar="PATH", default=None, help="write all results as JSON")
     return p
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def main(
@@ -522,9 +527,10 @@ def main(
             optimizers=args.optimizers,
             implementations=args.impls,
             threads=args.threads,
-            rounds=3 if args.quick else args.rounds,
-            iterations=1 if args.quick else args.iterations,
-            warmup=1 if args.quick else args.warmup,
+            # a number given wins over --quick's
+            rounds=_given(args.rounds, 3 if args.quick else 21),
+            iterations=_given(args.iterations, 1 if args.quick else 3),
+            warmup=_given(args.warmup, 1 if args.quick else 3),
             seed=args.seed,
             device=args.device,
         )

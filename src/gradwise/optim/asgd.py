@@ -76,8 +76,10 @@ class ASGD(Optimizer):
         l1: float = 0.0,
         state_dtype: torch.dtype | None = None,
     ) -> None:
-        for name, value in (("lambd", lambd), ("alpha", alpha), ("t0", t0)):
-            checks.number("ASGD", name, value)
+        # a negative decay or power would make the rate's denominator 0 or negative
+        checks.at_least("ASGD", "lambd", lambd, 0)
+        checks.at_least("ASGD", "alpha", alpha, 0)
+        checks.number("ASGD", "t0", t0)
         defaults = dict(
             lr=lr,
             lambd=lambd,

@@ -206,6 +206,8 @@ def load_latest(folder: str | Path) -> tuple[dict, Path, list[str]]:
     for name in (CURRENT, PREVIOUS):
         path = folder / name
         if not path.exists():
+            if name == CURRENT and (folder / PREVIOUS).exists():  # a save never leaves this
+                problems.append(f"{path} is missing")
             continue
         try:
             payload = load_file(path)

@@ -9,7 +9,10 @@ it back (:meth:`TrainConfig.from_toml`) repeats or continues the run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,24 +360,7 @@ class TrainConfig:
 
 def _coerce(source: str, key: str, value, default):
     """Check a config file's value against the setting's type (TOML has no tuples or None)."""
-    kinds = {"float": float, "int": int, "pair": tuple, "flag": bool}
-    expected = {
-        **{name: kinds[hyper.kind] for name, hyper in HYPERPARAMETERS.items()},
-        "hidden": tuple,
-        "channels": tuple,
-        "lr": float,
-        "dropout": float,
-        "epochs": int,
-        "batch_size": str,
-        "data": str,
-        "init_from": str,
-        "target": str,
-        "model": str,
-        "schedule": str,
-        "threads": int,
-        "split_seed": int,
-        "extra": dict,
-    }.get(key, type(default))
+    expected = _setting_types().get(key, type(default))
     if expected is tuple:
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key} must be a list; received {key}={value!r}")
@@ -388,6 +374,18 @@ def _coerce(source: str, key: str, value, default):
             f"{source}: {key} must be of type {expected.__name__}; received {key}={value!r}"
         )
     return value
+
+
+@functools.cache
+def _setting_types() -> dict[str, type]:
+    """Each setting's type, from :class:`TrainConfig`'s annotations (``X | None``: ``X``;
+    ``tuple[int, ...]``: ``tuple``), so that every setting a run writes reads back."""
+    found = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        if isinstance(hint, types.UnionType):
+            (hint,) = (kind for kind in typing.get_args(hint) if kind is not type(None))
+        found[name] = typing.get_origin(hint) or hint
+    return found
 
 
 def parse_batch_size(text: str) -> int | str:

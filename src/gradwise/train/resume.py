@@ -91,7 +91,10 @@ def _restore(payload, model, optimizer, scheduler, shuffle, callbacks):
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
+        lines = [line.strip() for line in str(e).strip().splitlines()]
+        first = (lines[1] if len(lines) > 1 else lines[0]).rstrip(". ")  # not the header
+        more = len(lines) - 2
+        first += f"; {more} more difference{'s' if more > 1 else ''}" if more > 0 else ""
         raise CheckpointError(
             f"the checkpoint was written for a different model and cannot be resumed ({first})"
         ) from None

@@ -337,7 +337,10 @@ def prepare_out(out: Path, config: TrainConfig, resume: bool) -> None:
     text = config.to_toml()
     held = [name for name in RUN_FILES if (out / name).exists()]
     saved = out / "config.toml"
-    if held or (saved.exists() and saved.read_bytes() != text.encode()):
+    # a run's config.toml and model.json without a checkpoint or metrics: a run that stopped in
+    # its first epoch (diverged, interrupted), with nothing to continue; a new run takes over
+    stopped_early = not held and (out / "model.json").exists()
+    if held or (saved.exists() and saved.read_bytes() != text.encode() and not stopped_early):
         what = ", ".join(held) if held else "the config.toml of another run"
         raise ConfigError(
             f"output folder {out} already holds a run ({what}); continue it with --resume {out} "

@@ -73,6 +73,11 @@ class Config:
     seed: int = 0
     quick: bool = False
 
+    def __post_init__(self) -> None:
+        for what, value, low in (("rounds", self.rounds, 1), ("warmup", self.warmup, 0)):
+            if value < low:
+                raise ValueError(f"{what} must be >= {low}; received {what}={value}")
+
 
 def quick_config(**overrides) -> Config:
     """The ``--quick`` preset: full-size workloads, few rounds (under a minute on 2 cores)."""

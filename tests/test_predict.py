@@ -139,3 +139,18 @@ def test_predict_errors_are_one_line(flowers, tmp_path, header, rows, match):
     assert answer.exit_code == 2
     lines = answer.output.strip().splitlines()
     assert len(lines) == 1 and re.search(match, lines[0]), answer.output
+
+
+def test_an_out_that_cannot_be_written_is_named(flowers, tmp_path):
+    """predict's and export's --out under a regular file: the option is named, not only the
+    OS's words."""
+    _, out = flowers
+    new = write_csv(tmp_path / "new.csv", ["petal", "sepal"], [(3, 0)])
+    for args in (("predict", out, "--data", new), ("export", out)):
+        answer = gradwise_cli(*args, "--out", new / "x.out")
+        assert answer.exit_code == 2
+        lines = answer.output.strip().splitlines()
+        assert len(lines) == 1, answer.output
+        # export makes the folders it needs first: the OS then says "File exists"
+        said = re.escape(f"--out {new}/x.out: cannot write it (")
+        assert re.search(said + r"(Not a directory|File exists)\)", lines[0]), lines[0]

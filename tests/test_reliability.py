@@ -337,6 +337,16 @@ CLI_CASES: list[CliCase] = [
     ),
     CliCase("betas-out-of-range", ("--betas", "1.5,0.9"), r"betas\[0\] must be in \[0, 1\)"),
     CliCase("betas-one-number", ("--betas", "0.9"), r"'--betas'.*two numbers"),
+    CliCase(
+        "etas-one-number",
+        ("--optimizer", "rprop", "--etas", "0.5"),
+        r"'--etas'.*two numbers .*\(e\.g\. 0\.5,1\.2\)",
+    ),
+    CliCase(
+        "model-not-a-builder",
+        ("--model", "os:getcwd"),
+        r"model: calling os:getcwd\(input_shape, n_outputs\) failed: .*takes no arguments",
+    ),
     CliCase("eps-negative", ("--eps", "-1e-8"), r"eps must be >= 0"),
     CliCase("weight-decay-negative", ("--weight-decay", "-0.01"), r"weight_decay must be >= 0"),
     CliCase("l1-negative", ("--l1", "-1"), r"l1 must be >= 0"),

@@ -29,8 +29,8 @@ COMMANDS = {
     "train": (
         "gradwise.cli.train",
         "train_command",
-        "Train a model and write a run folder: config.toml, metrics.csv, history.jsonl, "
-        "checkpoint.pt and curves.png.",
+        "Train a model and write a run folder: config.toml, model.json, metrics.csv, "
+        "history.jsonl, checkpoint.pt, curves.png and confusion.png.",
     ),
     "lr-find": ("gradwise.cli.lab", "lr_find_command", "Find a learning rate: the range test."),
     "compare": (

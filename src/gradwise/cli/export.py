@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
-from gradwise.cli.options import OneLineErrors, friendly
+from gradwise.cli.options import OneLineErrors, friendly, writing
 
 
 @click.command("export", cls=OneLineErrors)
@@ -33,5 +35,6 @@ def export_command(run, fmt, out):
     """
     from gradwise.train.export import export
 
-    path = export(run, fmt, out)
+    with writing("--out", out) if out is not None else contextlib.nullcontext():
+        path = export(run, fmt, out)
     click.echo(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB, {fmt})")

@@ -78,7 +78,7 @@ class LazyGroup(click.Group):
         except click.UsageError as e:
             self._one_line(e, ctx.meta.get("gradwise.args", []), ctx)
         except KeyboardInterrupt:  # e.g. while a command's module was being imported
-            click.echo("\ngradwise: interrupted", err=True)
+            click.echo("\ngradwise: interrupted while starting; nothing was written", err=True)
             ctx.exit(EXIT_INTERRUPTED)
 
     @staticmethod

@@ -93,6 +93,16 @@ def friendly(fn):
 
 
 @contextlib.contextmanager
+def writing(option: str, path):
+    """An ``OSError`` while writing ``path``, the value of ``option``, said as that option's
+    (``--out /proc/x.csv: cannot write it (No such file or directory)``)."""
+    try:
+        yield
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot write it ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
 def sigterm_as_interrupt(terminated: list[bool]):
     """SIGTERM handled as Ctrl-C (``KeyboardInterrupt``) for the duration; ``terminated``
     records that it came. It goes through the current SIGINT handler, so that a checkpoint
@@ -218,14 +228,19 @@ def csv_ints(ctx, param, value):
     return items
 
 
+#: an example of each pair option, torch's defaults
+PAIR_EXAMPLES = {"betas": "0.9,0.999", "etas": "0.5,1.2", "step_sizes": "1e-6,50"}
+
+
 def _pair(ctx, param, value):
     if value is None:
         return None
     try:
         first, second = (float(v) for v in value.split(","))
     except ValueError:
+        example = PAIR_EXAMPLES.get(param.name, "0.9,0.999")
         raise click.BadParameter(
-            f"expected two numbers separated by a comma (e.g. 0.9,0.999), got {value!r}"
+            f"expected two numbers separated by a comma (e.g. {example}), got {value!r}"
         ) from None
     return (first, second)
 

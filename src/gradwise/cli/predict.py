@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gradwise.cli.options import OneLineErrors, friendly
+from gradwise.cli.options import OneLineErrors, friendly, writing
 
 
 @click.command("predict", cls=OneLineErrors)
@@ -38,5 +38,6 @@ def predict_command(run, data, out):
     if out is None:
         click.echo(text, nl=False)
         return
-    Path(out).write_text(text)
+    with writing("--out", out):
+        Path(out).write_text(text)
     click.echo(f"wrote {text.count(chr(10)) - 1} predictions to {out}")

@@ -139,7 +139,10 @@ def user_builder(spec: str):
 
 def call_user_builder(spec: str, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
     """``function(input_shape, n_outputs)`` for the function ``spec`` names, checked."""
-    model = user_builder(spec)(input_shape, n_outputs)
+    try:
+        model = user_builder(spec)(input_shape, n_outputs)
+    except TypeError as e:  # not a builder's signature, or a TypeError inside it: said as such
+        raise ConfigError(f"model: calling {spec}(input_shape, n_outputs) failed: {e}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(
             f"model: {spec}(input_shape, n_outputs) must return an nn.Module; it returned "

@@ -354,7 +354,12 @@ def test_schedule_choice_errors():
 
 def test_mean_std():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
-    assert mean_std([5.0]) == (5.0, 0.0)
+    mean, std = mean_std([5.0])  # one seed: no sample std, and the tables show none
+    assert mean == 5.0 and math.isnan(std)
+    from gradwise.lab.compare.records import fmt_mean_std
+
+    assert fmt_mean_std(0.972, std, percent=True) == "97.2 %"
+    assert fmt_mean_std(0.972, 0.004, percent=True) == "97.2 ± 0.4 %"
     assert all(math.isnan(v) for v in mean_std([]))
 
 

@@ -344,21 +344,26 @@ class Comparison:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample std (n − 1; 0 for one value; NaN, NaN for none) of the finite values."""
+    """Mean and sample std (n − 1; NaN for one value, which has none; NaN, NaN for none) of
+    the finite values."""
     xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not xs:
         return math.nan, math.nan
     mean = sum(xs) / len(xs)
     if len(xs) == 1:
-        return mean, 0.0
+        return mean, math.nan
     return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def fmt_mean_std(mean: float, std: float, percent: bool = False, compact: bool = False) -> str:
-    """``97.2 ± 0.4 %`` / ``0.0812 ± 0.0031`` / ``—`` for no value (``compact``: no spaces)."""
+    """``97.2 ± 0.4 %`` / ``0.0812 ± 0.0031`` / ``—`` for no value / ``97.2 %`` for one run,
+    which has no std (``compact``: no spaces)."""
     if mean is None or not math.isfinite(mean):
         return "—"
-    text = f"{100 * mean:.1f} ± {100 * std:.1f} %" if percent else f"{mean:.4g} ± {std:.2g}"
+    if std is None or not math.isfinite(std):
+        text = f"{100 * mean:.1f} %" if percent else f"{mean:.4g}"
+    else:
+        text = f"{100 * mean:.1f} ± {100 * std:.1f} %" if percent else f"{mean:.4g} ± {std:.2g}"
     return text.replace(" ", "") if compact else text
 
 

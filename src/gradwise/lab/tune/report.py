@@ -106,6 +106,7 @@ def write_plots(study, out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     from optuna.visualization import matplotlib as oplt
 
     written = []
@@ -113,11 +114,14 @@ def write_plots(study, out: Path) -> list[str]:
         try:
             with warnings.catch_warnings():  # Optuna's notes on too few trials per value
                 warnings.simplefilter("ignore")
-                kwargs = {}
+                kwargs = {"target_name": "validation accuracy"}  # not "Objective Value"
                 if function == "plot_parallel_coordinate":
                     kwargs["params"] = top_params(study)
                 ax = getattr(oplt, function)(study, **kwargs)
-            figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            first = ax.flat[0] if hasattr(ax, "flat") else ax
+            if function == "plot_optimization_history":  # trials are whole numbers
+                first.xaxis.set_major_locator(MaxNLocator(integer=True))
+            figure = first.figure
             figure.set_size_inches(10, 6)
             figure.tight_layout()
             figure.savefig(out / name, dpi=100)

@@ -182,6 +182,8 @@ def test_a_flat_segment_parted_keeps_its_largest_part_where_it_lies(name, cls, t
     assert [p is a[1] for p in moved.params] == [True] and kept.flat and moved.flat
     assert [kept.param.data_ptr(), *(t.data_ptr() for t in kept.state.values())] == buffers
     assert moved.param.data_ptr() not in buffers
+    gap = whole.slices[1]  # the moved tensor's old place: zeros, as between aligned tensors
+    assert all(not t[gap].any() for t in (kept.param, *kept.state.values()))
     run_lockstep(oa, ob, a, b, 2, gen)
     for _ in range(4):
         oa.zero_grad(set_to_none=False)

@@ -78,7 +78,7 @@ def _run_name(config) -> str:
 @friendly
 def train_command(out, resume_dir, no_progress, nproc, dist_timeout, **options):
     """Train a model and write a run folder: config.toml, model.json, metrics.csv,
-    history.jsonl, checkpoint.pt, curves.png and confusion.png (classification).
+    history.jsonl, checkpoint.pt, curves.png and confusion.png.
 
     With no options: an MLP on the bundled digits set with Adam.
 

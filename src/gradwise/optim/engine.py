@@ -66,9 +66,8 @@ class Segment:
     ``state[name]`` and ``steps`` are flat buffers and the per-parameter tensors are views into
     them. In the buffers, the parameters under :data:`DIRECT_NUMEL` elements come first
     (``small`` elements in all), the larger ones after them; parameter ``i`` is at
-    ``slices[i]``. The largest part of a parted segment keeps its buffers, with gaps where the
-    other parts' tensors were (:func:`layout.part`): the flat update goes over them, and no
-    parameter reads them.
+    ``slices[i]``. The largest part of a parted segment keeps its buffers, with gaps of zeros
+    where the other parts' tensors were (:func:`layout.part`), as between aligned tensors.
 
     ``grad`` is the gradient buffer: None until a step gathers the small tensors' gradients
     (:meth:`gather_buffer`: the first ``small`` elements only; a generated CPU kernel reads them

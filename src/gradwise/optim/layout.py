@@ -86,10 +86,11 @@ def part(
     """``seg`` in parts, one per distinct key in ``keys`` (one key per parameter), each with
     its parameters in their order. Parts of a segment not laid out are new segments, laid out
     at their own first steps. Of a flat segment, the part with the most elements keeps the
-    buffers, its tensors where they are (the others' places become gaps that no parameter
-    reads), and the other parts move to buffers of their own at once, before the kept part's
-    next update goes over their old places: parting never holds a second copy of the largest
-    part."""
+    buffers, its tensors where they are (the others' places become gaps of zeros, as the
+    alignment gaps between tensors are, so that a rule's sums over a whole buffer, Prodigy's,
+    hold), and the other parts move to buffers of their own at
+    once, before the kept part's next update goes over their old places: parting never holds a
+    second copy of the largest part."""
     members: dict = {key: [] for key in keys}
     for p, key in zip(seg.params, keys):
         members[key].append(p)
@@ -97,10 +98,13 @@ def part(
     if not seg.flat:
         return parts
     kept = max(parts, key=lambda each: sum(p.numel() for p in each.params))
+    where = {id(p): sl for p, sl in zip(seg.params, seg.slices)}
     for each in parts:
         if each is not kept:
             flatten(each, states, names, has_step, scalars)
-    where = {id(p): sl for p, sl in zip(seg.params, seg.slices)}
+            for p in each.params:  # its old places: zeros, as the gaps between tensors are
+                for buffer in (seg.param, *seg.state.values()):
+                    buffer[where[id(p)]].zero_()
     kept.param, kept.state, kept.small = seg.param, seg.state, seg.small
     kept.slices = [where[id(p)] for p in kept.params]
     small = [i for i, p in enumerate(kept.params) if p.numel() < engine.DIRECT_NUMEL]

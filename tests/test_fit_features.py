@@ -126,6 +126,110 @@ def test_ema_resumes_exactly(tmp_path):
     assert_same(whole, split, rtol=0, atol=0)
 
 
+def overfitting():
+    """Training data and a validation set of unrelated labels: the validation loss is lowest
+    early, then grows while the model fits its training set."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 10, generator=g)
+    y = (x[:, :3].sum(1) > 0).long()
+    xv, yv = torch.randn(100, 10, generator=g), (torch.randn(100, generator=g) > 0).long()
+
+    def net():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 2))
+
+    return x, y, (xv, yv), net
+
+
+def val_loss_of(net, val) -> float:
+    return evaluate(net, val, "cross_entropy")["loss"]
+
+
+@pytest.mark.parametrize("ema", [None, 0.5])
+@pytest.mark.parametrize("patience", [3, 100], ids=["stopped", "epochs-ran-out"])
+def test_early_stopping_and_best_checkpoint_keep_the_weights_their_numbers_are_of(
+    tmp_path, ema, patience
+):
+    """The weights EarlyStopping puts back and BestCheckpoint writes are those the best epoch's
+    validation numbers are of: with ``ema``, the average (they used to keep the raw weights,
+    and the EMA's end then replaced what EarlyStopping restored: 1.655 where the best epoch
+    had 0.732). EarlyStopping restores at the end when the epochs run out too, and the run's
+    last checkpoint holds what the model ends with."""
+    from gradwise.train import checkpoint as ckpt
+    from gradwise.train.callbacks import EarlyStopping
+
+    x, y, val, net = overfitting()
+    best_file = tmp_path / "best.pt"
+    ours = net()
+    history = fit(
+        ours,
+        (x, y),
+        val=val,
+        epochs=15,
+        ema=ema,
+        optimizer=lambda p: torch.optim.Adam(p, 1e-2),
+        callbacks=[EarlyStopping(patience=patience), BestCheckpoint(best_file)],
+        checkpoint_dir=tmp_path / "run",
+        progress=False,
+    )
+    best = min(row["val_loss"] for row in history.epochs)
+    assert best < history.epochs[-1]["val_loss"]  # it overfits: the last epoch is not the best
+    assert val_loss_of(ours, val) == pytest.approx(best, rel=1e-6)
+    saved = torch.load(best_file, weights_only=True)
+    kept = net()
+    kept.load_state_dict(saved["model"])
+    assert saved["val_loss"] == best and val_loss_of(kept, val) == pytest.approx(best, rel=1e-6)
+    last = ckpt.load_latest(tmp_path / "run")[0]["model"]
+    assert all(torch.equal(last[k], v) for k, v in ours.state_dict().items())
+
+
+def test_an_ema_runs_checkpoint_holds_the_average_and_a_resumed_run_trains_on_from_its_weights(
+    tmp_path,
+):
+    """The last checkpoint of a run with ``ema`` holds the average, which the fit leaves in the
+    model (gradwise.load, export and predict read it; they used to get the raw weights), and
+    the raw weights beside it, which a resumed run trains on from: extended to 6 epochs it
+    equals a 6-epoch run."""
+    from gradwise.train import checkpoint as ckpt
+
+    x, y = data()
+    short = model()
+    fit_full(short, x, y, 3, ema=0.8, checkpoint_dir=tmp_path / "short")
+    saved = ckpt.load_latest(tmp_path / "short")[0]["model"]
+    assert all(torch.equal(saved[k], v) for k, v in short.state_dict().items())
+    assert_same(short, hand_loop(model(), x, y, 3, ema=0.8))
+    fit_full(short, x, y, 6, ema=0.8, checkpoint_dir=tmp_path / "short", resume=True)
+    whole = model()
+    fit_full(whole, x, y, 6, ema=0.8)
+    assert_same(whole, short, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("where", ["early-stopping", "best-checkpoint", "plateau"])
+def test_a_monitor_the_epochs_row_lacks_is_refused_with_the_names_it_has(tmp_path, where):
+    """A misspelt ``monitor`` (``val_acc`` for ``val_accuracy``) was passed over: early stopping
+    never stopped, the best checkpoint was never written, and the plateau was fed the training
+    loss. Refused after the first epoch, naming the numbers there are."""
+    from gradwise.errors import ConfigError
+    from gradwise.schedules import Constant, Plateau, Scheduler
+    from gradwise.train.callbacks import EarlyStopping
+
+    x, y, val, net = overfitting()
+    m = net()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    kw = {
+        "early-stopping": dict(callbacks=[EarlyStopping(monitor="val_acc")]),
+        "best-checkpoint": dict(callbacks=[BestCheckpoint(tmp_path / "b.pt", monitor="val_acc")]),
+        "plateau": dict(
+            scheduler=Scheduler(opt, Constant(), plateau=Plateau(mode="max")), monitor="val_acc"
+        ),
+    }[where]
+    named = r"monitor='val_acc' is not among the epoch's numbers \(train_loss, .*val_accuracy"
+    with pytest.raises(ConfigError, match=named):
+        fit(m, (x, y), val=val, epochs=3, optimizer=opt, progress=False, **kw)
+    with pytest.raises(ConfigError, match=r"monitor='val_loss' .*; give fit\(\) val= data"):
+        fit(net(), (x, y), epochs=2, callbacks=[EarlyStopping()], progress=False)
+
+
 class Counter(Callback):
     def __init__(self):
         self.steps, self.losses, self.ends, self.starts = 0, [], 0, 0

@@ -31,8 +31,10 @@ SHAPES = [(257, 256), (64, 33), (17,), (5, 5), (1,), (0, 3)]
 STEPS = 22
 #: d is one global reduction: in float32 the flat buffers' partial sums round differently
 #: from the reference's per-tensor ones, and every element is scaled by d. Differences are
-#: measured against the tensor's largest element (s and the moments cancel to near zero)
-RTOL = {torch.float32: 2e-5, torch.float64: 1e-12}
+#: measured against the tensor's largest element (s and the moments cancel to near zero). The
+#: worst float32 case, d_coef=2 with its d grown fastest, reads up to 2.5e-5 (its sums are two
+#: partial sums from step 3 on: the missing gradient parts the segment)
+RTOL = {torch.float32: 5e-5, torch.float64: 1e-12}
 
 
 def assert_close(ours, theirs, rtol):

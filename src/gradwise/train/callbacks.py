@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from gradwise import checks
+from gradwise.errors import ConfigError
 from gradwise.train import checkpoint
 
 
@@ -37,7 +38,8 @@ class Callback:
 
     def on_fit_end(self, state) -> None:
         """Called once when training ends, after the last epoch or a stop (``state.stop`` says
-        why; None after the last epoch). Not called when ``fit`` raises."""
+        why; None after the last epoch), before the last checkpoint is written: what it leaves
+        in the model is saved. Not called when ``fit`` raises."""
 
     def state_dict(self) -> dict:
         return {}
@@ -46,10 +48,34 @@ class Callback:
         pass
 
 
+def monitored(owner: str, monitor: str, state) -> float:
+    """The value of ``monitor`` in the epoch's row; refused, with the names there are, where it
+    has none (a misspelt name, or ``val_loss`` without validation data)."""
+    row = state.history.epochs[-1]
+    value = row.get(monitor)
+    if value is None:
+        names = ", ".join(k for k, v in row.items() if k not in ("epoch", "step") and v is not None)
+        validated = any(k.startswith("val_") for k in row)
+        hint = "; give fit() val= data" if monitor.startswith("val_") and not validated else ""
+        raise ConfigError(
+            f"{owner}: monitor={monitor!r} is not among the epoch's numbers ({names}){hint}"
+        )
+    return value
+
+
+def _weights(state) -> dict:
+    """A copy of the weights the epoch's numbers are of: an EMA's average when there is one
+    (validation evaluates it, and it is what the fit leaves in the model), else the model's."""
+    model = state.evaluated if getattr(state, "evaluated", None) is not None else state.model
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
 
-    With ``restore_best=True`` the model's weights of the best epoch are put back at the end.
+    With ``restore_best=True`` the weights of the best epoch are put back at the end (after a
+    stop, or when the epochs run out), before the last checkpoint; with ``fit(ema=...)``, the
+    average of that epoch, which its numbers are of.
     """
 
     def __init__(
@@ -72,9 +98,7 @@ class EarlyStopping(Callback):
         self.best_weights = None
 
     def on_epoch_end(self, state) -> None:
-        value = state.history.epochs[-1].get(self.monitor)
-        if value is None:
-            return
+        value = monitored("EarlyStopping", self.monitor, state)
         better = (
             value < self.best - self.min_delta
             if self.mode == "min"
@@ -83,18 +107,18 @@ class EarlyStopping(Callback):
         if better:
             self.best, self.best_epoch, self.wait = value, state.epoch, 0
             if self.restore_best:
-                self.best_weights = {
-                    k: v.detach().clone() for k, v in state.model.state_dict().items()
-                }
+                self.best_weights = _weights(state)
             return
         self.wait += 1
         if self.wait >= self.patience:
             state.stop = (
                 f"early stopping: {self.monitor} did not improve for {self.patience} epochs "
-                f"(best {self.best:.4g} at epoch {self.best_epoch})"
+                f"(best {self.best:.4g} at epoch {self.best_epoch + 1})"
             )
-            if self.restore_best and self.best_weights is not None:
-                state.model.load_state_dict(self.best_weights)
+
+    def on_fit_end(self, state) -> None:
+        if self.restore_best and self.best_weights is not None:
+            state.model.load_state_dict(self.best_weights)
 
     def state_dict(self) -> dict:
         return {
@@ -123,7 +147,8 @@ def _mode(owner: str, monitor: str, mode: str) -> str:
 class BestCheckpoint(Callback):
     """Keep the weights of the best epoch so far by ``monitor`` in ``path``, written atomically
     (a crash mid-write leaves the previous best): ``{"model": state_dict, "epoch": n,
-    monitor: value}``, loadable with ``torch.load(path, weights_only=True)``."""
+    monitor: value}``, loadable with ``torch.load(path, weights_only=True)``. With
+    ``fit(ema=...)``, the average's weights, which the epoch's numbers are of."""
 
     def __init__(self, path: str | Path, monitor: str = "val_loss", mode: str = "auto") -> None:
         self.path = Path(path)
@@ -132,11 +157,11 @@ class BestCheckpoint(Callback):
         self.best = math.inf if self.mode == "min" else -math.inf
 
     def on_epoch_end(self, state) -> None:
-        value = state.history.epochs[-1].get(self.monitor)
-        if value is None or not _better(self.mode, value, self.best):
+        value = monitored("BestCheckpoint", self.monitor, state)
+        if not _better(self.mode, value, self.best):
             return
         self.best = value
-        weights = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
+        weights = {k: v.cpu() for k, v in _weights(state).items()}
         checkpoint.atomic_save(
             {"model": weights, "epoch": state.epoch + 1, self.monitor: value}, self.path
         )
@@ -155,13 +180,18 @@ class EMA(Callback):
 
     (``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``; the first step
     copies θ). Validation after each epoch evaluates the average, and at the end of the fit the
-    model's weights become the average, so what is tested, saved and exported is the average.
+    model's weights become the average, before the last checkpoint, so what is tested, saved
+    and exported is the average; the checkpoint keeps the model's own weights too, which a
+    resumed run trains on from.
     """
 
     def __init__(self, decay: float = 0.999) -> None:
         self.decay = checks.in_range("EMA", "decay", decay, 0.0, 1.0)
         self.average: nn.Module | None = None
         self._pending: dict | None = None  # a checkpoint's average, until there is a model
+        # the model's own weights when the fit put the average in their place (on_fit_end):
+        # a resumed run trains on from them, as an uninterrupted one would
+        self.trained: dict | None = None
 
     def on_fit_start(self, state) -> None:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -173,6 +203,9 @@ class EMA(Callback):
         if self._pending is not None:
             self.average.load_state_dict(self._pending)
             self._pending = None
+        if self.trained is not None:  # the checkpoint's model is the average: train on from
+            state.model.load_state_dict(self.trained)  # the weights that made it
+            self.trained = None
 
     def on_step_end(self, state) -> None:
         self.average.update_parameters(state.model)
@@ -186,13 +219,16 @@ class EMA(Callback):
 
     def on_fit_end(self, state) -> None:
         if self.eval_model is not None:
+            self.trained = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
             state.model.load_state_dict(self.average.module.state_dict())
 
     def state_dict(self) -> dict:
-        return {"average": None if self.average is None else self.average.state_dict()}
+        average = None if self.average is None else self.average.state_dict()
+        return {"average": average, "trained": self.trained}
 
     def load_state_dict(self, state: dict) -> None:
         self._pending = state["average"]  # applied once on_fit_start has built the average
+        self.trained = state.get("trained")  # None in checkpoints of older releases
 
 
 class LossScaling(Callback):

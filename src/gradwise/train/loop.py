@@ -24,7 +24,7 @@ from gradwise import checks
 from gradwise.errors import ConfigError
 from gradwise.train import distributed
 from gradwise.train.batches import Batches, check_targets
-from gradwise.train.callbacks import EMA, Callback, LossScaling, TensorBoard
+from gradwise.train.callbacks import EMA, Callback, LossScaling, TensorBoard, monitored
 from gradwise.train.faults import Faults
 from gradwise.train.history import History
 from gradwise.train.metrics import (  # noqa: F401 (evaluate's names, from here before)
@@ -60,6 +60,8 @@ class TrainState:
     stop: str | None = None
     loss: Tensor | None = None  # the last step's loss (detached), for on_step_end
     extra: dict = field(default_factory=dict)
+    # the model the epoch's validation numbers are of: an EMA's average, else ``model``
+    evaluated: nn.Module | None = None
 
 
 def fit(
@@ -188,8 +190,8 @@ def fit(
         optimizer = optimizer(model.parameters())
     _check_optimizer_holds(model, optimizer)
     callbacks = list(callbacks)
-    if ema is not None:
-        callbacks.append(EMA(ema))
+    if ema is not None:  # first: its average is in the model before the others' on_fit_end
+        callbacks.insert(0, EMA(ema))
     if precision == "fp16":
         callbacks.append(LossScaling(dev.type))
     if tensorboard is not None and (ctx is None or ctx.is_main):
@@ -248,8 +250,8 @@ def fit(
     try:
         with bar, processes.dropout:
             loop.run(start_epoch, epochs, processes, bar)
-        for cb in callbacks:
-            cb.on_fit_end(state)
+        if not loop.ended:  # no epoch left to run (a finished run resumed)
+            loop.end(state)
     except KeyboardInterrupt:
         checkpoints.interrupted()
         raise
@@ -346,6 +348,7 @@ class _Loop:
         self.loss_fn, self.metrics, self.shuffle = loss_fn, metrics, shuffle
         self.callbacks, self.faults, self.checkpoints = callbacks, faults, checkpoints
         self.penalty, self.monitor, self.interval = penalty, monitor, scheduler_interval
+        self.ended = False  # whether on_fit_end was called (see end)
         self.clip_grad_norm, self.autocast, self.accumulate = clip_grad_norm, autocast, accumulate
         self.scaler = next((cb.scaler for cb in callbacks if isinstance(cb, LossScaling)), None)
         batches = data.steps_per_epoch
@@ -516,24 +519,33 @@ class _Loop:
         # checkpoint and whatever follows fit() (export, predict)
         optimizer_mode(optimizer, "eval")
         row = record.row(history, epoch, state.step, processes.reduce())
+        state.evaluated = next(
+            (m for cb in self.callbacks if (m := getattr(cb, "eval_model", None)) is not None),
+            state.model,
+        )  # an EMA's average, when there is one
         if self.val_data is not None:
-            model = next(
-                (m for cb in self.callbacks if (m := getattr(cb, "eval_model", None)) is not None),
-                state.model,
-            )  # an EMA's average, when there is one
-            row.update(evaluate(model, self.val_data, self.loss_fn, self.metrics, prefix="val_"))
+            numbers = evaluate(state.evaluated, self.val_data, self.loss_fn, self.metrics, "val_")
+            row.update(numbers)
         row["lr"] = optimizer.param_groups[0]["lr"]
         row["elapsed"] = self.clock_base + time.perf_counter() - self.started
         history.epochs.append(row)
         if scheduler is not None:
-            _scheduler_epoch_end(scheduler, row, self.monitor, self.interval)
+            _scheduler_epoch_end(scheduler, state, self.monitor, self.interval)
         for cb in self.callbacks:
             cb.on_epoch_end(state)
         bar.end_epoch(row)
         self.faults.parameters(state.step)  # never checkpoint NaN/inf weights
         self.faults.loss_growth(state.step)  # nor a diverged run's
         last = last or state.stop is not None
+        if last:  # before the last checkpoint: what on_fit_end puts in the model is saved
+            self.end(state)
         self.checkpoints.end_epoch(state, self.shuffle, self.callbacks, last)
+
+    def end(self, state: TrainState) -> None:
+        """Every callback's ``on_fit_end``, once."""
+        self.ended = True
+        for cb in self.callbacks:
+            cb.on_fit_end(state)
 
 
 def optimizer_mode(optimizer, mode: str) -> None:
@@ -564,12 +576,19 @@ def _scheduler_step(scheduler) -> None:
         scheduler.step()
 
 
-def _scheduler_epoch_end(scheduler, row: dict, monitor: str, interval: str) -> None:
-    value = row.get(monitor, row.get("train_loss"))
+def _scheduler_epoch_end(scheduler, state: TrainState, monitor: str, interval: str) -> None:
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(value)
+        scheduler.step(_monitored(state, monitor))
         return
     if interval == "epoch":
         scheduler.step()
     if getattr(scheduler, "plateau", None) is not None:
-        scheduler.report(value)
+        scheduler.report(_monitored(state, monitor))
+
+
+def _monitored(state: TrainState, monitor: str) -> float:
+    """What a plateau is fed: ``monitor``'s value (the default ``val_loss`` without validation
+    data: the training loss); a name the epoch's row lacks is refused, not replaced."""
+    if monitor == "val_loss" and "val_loss" not in state.history.epochs[-1]:
+        return state.history.epochs[-1]["train_loss"]
+    return monitored("fit", monitor, state)

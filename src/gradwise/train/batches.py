@@ -71,6 +71,14 @@ class Batches:
                 f"received {type(data).__name__}"
             )
 
+    def rows(self, batch: int) -> int | None:
+        """How many rows the ``batch``-th batch of an epoch (from 1) holds, all ranks together;
+        None for a loader's batches, which are not known ahead."""
+        if self.loader is not None:
+            return None
+        n, bs = len(self.x), self.batch_size
+        return max(0, min(bs, n - (batch - 1) * bs))
+
     def epoch(self, generator: torch.Generator, shard: distributed.Shard | None = None):
         """One epoch's batches, shuffled (and augmented) with ``generator``."""
         batches = self._epoch(generator, shard)

@@ -151,9 +151,11 @@ def fit(
     (:class:`~gradwise.train.callbacks.EMA`), which validation evaluates and which the model
     ends with. ``tensorboard``: a folder to log
     to (:class:`~gradwise.train.callbacks.TensorBoard`). ``accumulate=k``: gradient
-    accumulation, one optimizer step per ``k`` batches, each batch's loss divided by the number
-    of batches in its group (the last group of an epoch may be smaller), so that with a mean loss
-    a step equals one on a ``k`` times larger batch; steps (and a scheduler's steps, the
+    accumulation, one optimizer step per ``k`` batches, each batch's loss weighted by its share
+    of the group's rows (the last group of an epoch may hold fewer batches, and its last batch
+    fewer rows), so that with a mean loss a step equals one on the group's rows as one batch
+    (a loader's batches, whose sizes are not known ahead, weigh one over the group's batches);
+    steps (and a scheduler's steps, the
     recorded losses and ``state.step``) count optimizer steps. An optimizer with ``train()``
     and ``eval()`` methods (Schedule-Free's) is put in train mode before each epoch's steps
     and in eval mode at its end, so that validation, callbacks, checkpoints and the model
@@ -465,8 +467,12 @@ class _Loop:
                 optimizer.zero_grad(set_to_none=False)
                 size = k if batches is None else min(k, batches - batch + 1)
                 group, rows, total, poisoned = 0, 0, None, False
+                group_rows = self._group_rows(batch, size)
             out, batch_loss = self._forward_loss(xb, yb, processes)
-            part = batch_loss / size
+            # each batch weighs its rows' share of the group's (k, for k batches alike: bitwise
+            # the division by k; a loader's batches, not known ahead, weigh 1/k each)
+            share_of = size if group_rows is None else group_rows / self.data.rows(batch)
+            part = batch_loss / share_of
             (part if scaler is None else scaler.scale(part)).backward()
             group += 1
             finite = (
@@ -478,7 +484,7 @@ class _Loop:
                 poisoned = faults.at_fault(
                     batch_loss, state.step + 1, epoch + 1, batch, gradients=scaler is None
                 )
-            share = batch_loss.detach() / size
+            share = batch_loss.detach() / share_of
             total = share if total is None else total + share
             rows += yb.shape[0]
             if record.accuracy:
@@ -509,6 +515,11 @@ class _Loop:
             if bar.enabled:
                 bar.advance(total, lr)
         return record
+
+    def _group_rows(self, first: int, size: int) -> int | None:
+        """The rows of the ``size`` batches from the ``first``-th (None for a loader's)."""
+        rows = [self.data.rows(b) for b in range(first, first + size)]
+        return None if None in rows else sum(rows)
 
     def _end_epoch(
         self, epoch: int, record: EpochRecord, processes: _Processes, bar: Progress, last: bool

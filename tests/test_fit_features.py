@@ -421,3 +421,57 @@ def test_a_loss_scale_skips_an_overflowing_step_and_halves(monkeypatch):
     history = fit_full(net, x, y, 40, precision="fp16")  # the scale comes down, steps resume
     assert not torch.equal(before[0], net[0].weight.detach())
     assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
+
+
+def _misuse_cases():
+    x, y = data()
+    ok = dict(train=(x, y))
+    other = torch.optim.SGD(model().parameters(), lr=0.1)
+    return {
+        "val-labels-out-of-range": (
+            dict(ok, val=(x, torch.full_like(y, 5))),
+            r"fit: val: the labels must be class indices 0\.\.2 for the model's 3 outputs",
+        ),
+        "val-float-labels": (dict(ok, val=(x, y.float())), r"fit: val: loss='cross_entropy'"),
+        "val-other-features": (
+            dict(ok, val=(x[:, :2], y)),
+            r"val x has rows of shape \(2,\) and train x rows of shape \(5,\)",
+        ),
+        "float64-inputs": (dict(train=(x.double(), y)), r"train x is torch\.float64 .*x\.to"),
+        "numpy-arrays": (
+            dict(train=(x.numpy(), y.numpy())),
+            r"train must be torch tensors .*received numpy arrays",
+        ),
+        "empty-loader": (
+            dict(train=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:0], y[:0]))),
+            r"the train loader gave no batches",
+        ),
+        "optimizer-name": (dict(ok, optimizer="adam"), r"optimizer must be an optimizer or a fun"),
+        "scheduler-text": (dict(ok, scheduler="cosine:10"), r"scheduler must be a gradwise"),
+        "scheduler-of-another-optimizer": (
+            dict(ok, scheduler=torch.optim.lr_scheduler.StepLR(other, 1)),
+            r"the scheduler \(StepLR\) was made for another optimizer",
+        ),
+        "penalty-number": (dict(ok, penalty=0.1), r"penalty must be a function"),
+        "model-function": (dict(ok, model=model), r"model must be a torch\.nn\.Module"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_misuse_cases()))
+def test_misuse_is_refused_before_training_naming_the_argument(case, tmp_path):
+    """What used to fail inside torch (a dtype or shape error, an IndexError after an epoch of
+    training on bad validation labels) or train on without a word (an empty loader, a scheduler
+    of another optimizer): refused before the first step, naming the argument."""
+    kw, match = _misuse_cases()[case]
+    net = kw.pop("model", model())
+    train = kw.pop("train")
+    with pytest.raises((ValueError, TypeError), match=match):
+        fit(net, train, epochs=1, progress=False, **kw)
+
+
+def test_a_regression_records_no_accuracy_by_default_and_one_metric_may_be_named_alone():
+    x, _ = data()
+    history = fit(model(), (x, torch.randn(len(x), 3)), loss="mse", epochs=1, progress=False)
+    assert not any("accuracy" in key for key in history.epochs[-1])
+    history = fit(model(), data(), val=data(32, seed=1), metrics="f1", epochs=1, progress=False)
+    assert "val_f1" in history.epochs[-1] and "val_accuracy" not in history.epochs[-1]

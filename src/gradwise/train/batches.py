@@ -28,7 +28,12 @@ class Batches:
         what: str,
         augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ) -> None:
-        self.loader, self.augment = None, augment
+        self.loader, self.augment, self.what = None, augment, what
+        if isinstance(data, tuple | list) and any(type(t).__module__ == "numpy" for t in data):
+            raise ConfigError(
+                f"fit: {what} must be torch tensors (or an iterable of batches); received "
+                "numpy arrays: torch.from_numpy(x).float(), torch.from_numpy(y)"
+            )
         if isinstance(data, Tensor):  # iterable, but its rows are not batches
             raise ConfigError(
                 f"fit: {what} must be an (x, y) pair of tensors or an iterable of batches; "
@@ -88,8 +93,11 @@ class Batches:
 
     def _epoch(self, generator: torch.Generator, shard: distributed.Shard | None):
         if self.loader is not None:
-            for xb, yb in self.loader:
+            count = 0
+            for count, (xb, yb) in enumerate(self.loader, 1):  # noqa: B007 (counted)
                 yield xb.to(self.device), yb.to(self.device)
+            if count == 0:
+                raise ConfigError(f"fit: the {self.what} loader gave no batches (is it empty?)")
             return
         if shard is not None:
             yield from self._shards(generator, shard)
@@ -119,11 +127,25 @@ class Batches:
 
     def chunks(self, size: int):
         if self.loader is not None:
-            for xb, yb in self.loader:
+            count = 0
+            for count, (xb, yb) in enumerate(self.loader, 1):  # noqa: B007 (counted)
                 yield xb.to(self.device), yb.to(self.device)
+            if count == 0:
+                raise ConfigError(f"fit: the {self.what} loader gave no batches (is it empty?)")
             return
         for i in range(0, len(self.x), size):
             yield self.x[i : i + size], self.y[i : i + size]
+
+
+def check_val_targets(out: Tensor, val: Batches, loss: str) -> None:
+    """:func:`check_targets` for in-memory validation targets, given a training batch's
+    outputs ``out`` (the model's outputs for them would have its shape past the rows)."""
+    if val.loader is not None:
+        return
+    try:
+        check_targets(out.new_empty((len(val.y), *out.shape[1:])), val.y, loss, val)
+    except ConfigError as e:
+        raise ConfigError(f"fit: val: {str(e).removeprefix('fit: ')}") from None
 
 
 def check_targets(out: Tensor, y: Tensor, loss: str, data: Batches) -> None:

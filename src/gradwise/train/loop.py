@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from gradwise import checks
 from gradwise.errors import ConfigError
-from gradwise.train import distributed
-from gradwise.train.batches import Batches, check_targets
+from gradwise.train import arguments, distributed
+from gradwise.train.batches import Batches, check_targets, check_val_targets
 from gradwise.train.callbacks import EMA, Callback, LossScaling, TensorBoard, monitored
 from gradwise.train.faults import Faults
 from gradwise.train.history import History
@@ -74,7 +74,7 @@ def fit(
     epochs: int = 10,
     batch_size: int | str = 32,
     val=None,
-    metrics: Sequence[str] = ("accuracy",),
+    metrics: Sequence[str] | None = None,
     callbacks: Iterable[Callback] = (),
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 1,
@@ -124,7 +124,10 @@ def fit(
     an epoch's worth of skipped steps in a row, are :class:`Diverged` under either policy; NaN or
     infinite weights are never written to a checkpoint (:mod:`gradwise.train.faults`).
     ``penalty()`` (e.g. an L1/L2 term from :mod:`gradwise.regularization`) is added to the
-    training loss of every step; ``extra_state`` is stored in each checkpoint.
+    training loss of every step; ``extra_state`` is stored in each checkpoint. ``metrics``:
+    names among ``accuracy`` and ``f1`` (one name alone too); by default accuracy, and none
+    with ``loss="mse"``. Arguments and in-memory data are checked before the first step
+    (:mod:`gradwise.train.arguments`; validation targets against the model's outputs).
 
     Started by a launcher on several processes (``torchrun``, ``gradwise train --nproc N``:
     ``WORLD_SIZE > 1`` in the environment), ``fit`` joins the process group and trains with
@@ -176,7 +179,9 @@ def fit(
     checks.integer("fit", "accumulate", accumulate, low=1)
     if clip_grad_norm is not None:
         checks.positive("fit", "clip_grad_norm", clip_grad_norm)
+    arguments.check_objects(model, optimizer, scheduler, penalty, checkpoint_dir)
     loss_fn = loss_function(loss)
+    metrics = arguments.metrics_for(loss, metrics)
     for name in metrics:
         checks.choice("fit", "metrics", name, (*METRICS, "f1"))
     dev = resolve_device(device)
@@ -190,7 +195,7 @@ def fit(
         optimizer = Adam(model.parameters(), lr=1e-3)
     elif not isinstance(optimizer, torch.optim.Optimizer):
         optimizer = optimizer(model.parameters())
-    _check_optimizer_holds(model, optimizer)
+    arguments.check_optimizer(model, optimizer, scheduler)
     callbacks = list(callbacks)
     if ema is not None:  # first: its average is in the model before the others' on_fit_end
         callbacks.insert(0, EMA(ema))
@@ -202,6 +207,7 @@ def fit(
         checks.refuse("fit", "augment", "None or a callable augment(x, generator) -> x", augment)
     data = Batches(train, batch_size, dev, "train", augment)
     val_data = Batches(val, "full", dev, "val") if val is not None else None
+    arguments.check_inputs(model, data, val_data)
     if ctx is not None and data.loader is None:
         distributed.check_global_batch("fit", data.batch_size, ctx.world_size, batch_size)
 
@@ -306,20 +312,6 @@ class _Processes:
             return None
         return lambda losses, sizes, right: distributed.reduce_epoch(
             losses, sizes, right, self.device
-        )
-
-
-def _check_optimizer_holds(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """An optimizer that holds none of the model's trainable parameters would train nothing,
-    without a word: refused. (One that holds some of them is a choice: the rest stay as they
-    are.)"""
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    if trainable and not trainable & held:
-        raise ConfigError(
-            f"fit: the optimizer ({type(optimizer).__name__}) holds none of the model's "
-            f"{len(trainable)} trainable parameter tensors, so training would change nothing; "
-            "make it from model.parameters(), or pass a function model_parameters -> optimizer"
         )
 
 
@@ -437,6 +429,8 @@ class _Loop:
             out = out.float()
         if self.unchecked is not None:
             check_targets(out, yb, self.unchecked, self.data)
+            if self.val_data is not None:  # now, not after an epoch of training
+                check_val_targets(out, self.val_data, self.unchecked)
             self.unchecked = None
         shard = processes.shard
         loss = self.loss_fn(out, yb) if shard is None else shard.loss(self.loss_fn, out, yb)

@@ -497,3 +497,21 @@ def test_a_grid_applies_an_optimizer_option_where_it_applies():
     assert by_optimizer["sgd"].betas == (0.9, 0.999)
     with pytest.raises(ConfigError, match="momentum=0.95 has no effect with any of the"):
         grid(base, optimizers=["sgd", "adam"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compare", "--data", "nan.csv", "--target", "y", "--optimizers", "sgd,adam"],
+        ["tune", "--storage", "bogus://x", "--trials", "1"],
+    ],
+    ids=["compare-bad-data", "tune-bad-storage"],
+)
+def test_a_command_that_fails_at_once_leaves_no_empty_folder(args, tmp_path, monkeypatch):
+    """compare and tune make their report folder (under runs/) before the data or the storage
+    is found wrong: the folders they made, still empty, go again with the error."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nan.csv").write_text("a,b,y\n1,nan,0\n2,3,1\n")
+    result = CliRunner().invoke(main, [*args, "--no-progress"] if args[0] == "compare" else args)
+    assert result.exit_code == 2, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.csv"]

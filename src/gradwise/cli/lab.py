@@ -21,6 +21,7 @@ from gradwise.cli.options import (
     friendly,
     interruptible,
     leave_out,
+    no_empty_folder_left,
     table_console,
     train_options,
 )
@@ -355,15 +356,16 @@ def compare_command(
                 finished = done
                 on_result(record, done, of)
 
-            result = compare(
-                configs,
-                seeds=range(first.seed, first.seed + seeds),
-                jobs=jobs,
-                out=folder,
-                target_accuracy=target_accuracy,
-                on_result=count,
-                command=_command_line(ctx),
-            )
+            with no_empty_folder_left(folder):
+                result = compare(
+                    configs,
+                    seeds=range(first.seed, first.seed + seeds),
+                    jobs=jobs,
+                    out=folder,
+                    target_accuracy=target_accuracy,
+                    on_result=count,
+                    command=_command_line(ctx),
+                )
         reported = True
         _print_comparison(result, folder)
 

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import functools
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -90,6 +91,22 @@ def friendly(fn):
             sys.exit(EXIT_USAGE)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def no_empty_folder_left(folder):
+    """``folder``, if what follows makes it and fails before writing any file into it, is
+    removed again: a command refused or stopped at once leaves nothing behind."""
+    made = Path(folder).absolute()  # the outermost folder of its path that is not there yet
+    while not made.parent.exists():
+        made = made.parent
+    existed = made.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and made.is_dir() and not any(p.is_file() for p in made.rglob("*")):
+            shutil.rmtree(made, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

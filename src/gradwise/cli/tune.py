@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from gradwise.cli.options import OneLineErrors, friendly, interruptible
+from gradwise.cli.options import OneLineErrors, friendly, interruptible, no_empty_folder_left
 from gradwise.errors import ConfigError
 
 
@@ -160,7 +160,7 @@ def tune_command(
         )
 
     command = "gradwise tune " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    with interruptible(kept):
+    with interruptible(kept), no_empty_folder_left(folder):
         result = tune(
             dataset,
             model,

@@ -1,7 +1,7 @@
 """How a segment's tensors come to live in flat buffers (see :mod:`engine`): where each
 parameter goes (:func:`plan_layout`), the move of the parameters (:func:`move_params`) and of
-every state (:func:`flatten`), and a first step's new state made at its place
-(:func:`lay_out_fresh`).
+every state (:func:`flatten`), a first step's new state made at its place
+(:func:`lay_out_fresh`), and a segment whose parameters came apart parted (:func:`part`).
 """
 
 from __future__ import annotations
@@ -86,11 +86,10 @@ def part(
     """``seg`` in parts, one per distinct key in ``keys`` (one key per parameter), each with
     its parameters in their order. Parts of a segment not laid out are new segments, laid out
     at their own first steps. Of a flat segment, the part with the most elements keeps the
-    buffers, its tensors where they are (the others' places become gaps of zeros, as the
-    alignment gaps between tensors are, so that a rule's sums over a whole buffer, Prodigy's,
-    hold), and the other parts move to buffers of their own at
+    buffers, its tensors where they are, and the other parts move to buffers of their own at
     once, before the kept part's next update goes over their old places: parting never holds a
-    second copy of the largest part."""
+    second copy of the largest part. Their old places become gaps of zeros, as the alignment
+    gaps between tensors are, so that a rule's sums over a whole buffer (Prodigy's) hold."""
     members: dict = {key: [] for key in keys}
     for p, key in zip(seg.params, keys):
         members[key].append(p)
@@ -110,7 +109,7 @@ def part(
     small = [i for i, p in enumerate(kept.params) if p.numel() < engine.DIRECT_NUMEL]
     kept.small_params = [kept.params[i] for i in small]
     kept.large = [
-        (kept.params[i], kept.slices[i]) for i in range(len(kept.params)) if i not in small
+        (p, sl) for p, sl in zip(kept.params, kept.slices) if p.numel() >= engine.DIRECT_NUMEL
     ]
     _index(kept, small, states, has_step, scalars)
     return parts

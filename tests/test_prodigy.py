@@ -110,6 +110,23 @@ def test_groups_with_lr_zero_and_a_first_step_without_gradient():
     assert_same(ours, ref, a, b, RTOL[torch.float64])
 
 
+@pytest.mark.parametrize("kw", [{}, dict(use_bias_correction=True)], ids=["defaults", "bias"])
+def test_a_step_without_any_gradient_later_on_counts_nothing(kw):
+    """step() with no gradient at all (no backward ran) after the first update: nothing is
+    counted or decayed, as in the reference, which returns when its denominator is 0 (before,
+    only a first step did: k ran one ahead from then on, d_numerator decayed once more, and
+    the parameters drifted 1e-5 from the reference's). Found without a host sync."""
+    a, b = params(torch.float64)
+    ours, ref = go.Prodigy(a, **kw), prodigyopt.Prodigy(b, **kw)
+    lockstep(ours, ref, a, b, 4)
+    for x, y in zip(a, b):
+        x.grad = y.grad = None
+    ours.step(), ref.step()
+    assert ours.param_groups[0]["k"] == ref.param_groups[0]["k"] == 4
+    lockstep(ours, ref, a, b, 6, seed=2)
+    assert_same(ours, ref, a, b, RTOL[torch.float64])
+
+
 def test_no_host_sync_after_the_first_update(monkeypatch):
     """On an accelerator the estimate stays on the device: after the first update, a step
     reads no tensor's value on the host (no .item(), .tolist() or bool()). Checked on the

@@ -104,9 +104,10 @@ def part(
             for p in each.params:  # its old places: zeros, as the gaps between tensors are
                 for buffer in (seg.param, *seg.state.values()):
                     buffer[where[id(p)]].zero_()
-    kept.param, kept.state, kept.small = seg.param, seg.state, seg.small
+    kept.param, kept.state = seg.param, seg.state
     kept.slices = [where[id(p)] for p in kept.params]
     small = [i for i, p in enumerate(kept.params) if p.numel() < engine.DIRECT_NUMEL]
+    kept.small = seg.small if small else 0  # no small piece to step without small tensors
     kept.small_params = [kept.params[i] for i in small]
     kept.large = [
         (p, sl) for p, sl in zip(kept.params, kept.slices) if p.numel() >= engine.DIRECT_NUMEL

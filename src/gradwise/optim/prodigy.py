@@ -255,6 +255,8 @@ class Prodigy(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         groups = self.param_groups
+        if all(p.grad is None for g in groups for p in g["params"]):
+            return loss  # no gradient, no progress: nothing counted or decayed, as the reference
         first = groups[0]
         beta1, beta2 = first["betas"]
         beta3 = first["beta3"] if first["beta3"] is not None else math.sqrt(beta2)

@@ -475,3 +475,17 @@ def test_a_regression_records_no_accuracy_by_default_and_one_metric_may_be_named
     assert not any("accuracy" in key for key in history.epochs[-1])
     history = fit(model(), data(), val=data(32, seed=1), metrics="f1", epochs=1, progress=False)
     assert "val_f1" in history.epochs[-1] and "val_accuracy" not in history.epochs[-1]
+
+
+def test_a_scheduler_of_a_combined_optimizers_member_is_taken():
+    """A scheduler made for one member of a Combined optimizer sets rates the combined step
+    reads (the same group dicts): taken, not refused as made for another optimizer."""
+    x, y = data()
+    net = model()
+    first = torch.optim.SGD(net[0].parameters(), lr=0.1)
+    second = torch.optim.SGD(net[2].parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(first, 1, gamma=0.5)
+    both = go.Combined(first, second)
+    fit(net, (x, y), optimizer=both, scheduler=sched, epochs=2, scheduler_interval="epoch",
+        progress=False)  # fmt: skip
+    assert first.param_groups[0]["lr"] == 0.025 and second.param_groups[0]["lr"] == 0.1

@@ -47,8 +47,9 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
             f"{len(trainable)} trainable parameter tensors, so training would change nothing; "
             "make it from model.parameters(), or pass a function model_parameters -> optimizer"
         )
-    its = getattr(scheduler, "optimizer", None)
-    if its is not None and its is not optimizer:
+    its = getattr(scheduler, "optimizer", None)  # its groups among the stepped ones: read
+    stepped = {id(group) for group in optimizer.param_groups}  # (Combined holds its members')
+    if its is not None and not all(id(g) in stepped for g in getattr(its, "param_groups", [])):
         raise ConfigError(
             f"fit: the scheduler ({type(scheduler).__name__}) was made for another optimizer "
             f"than the one fit() steps ({type(optimizer).__name__}), so it would set rates "

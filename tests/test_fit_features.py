@@ -453,6 +453,13 @@ def _misuse_cases():
             r"the scheduler \(StepLR\) was made for another optimizer",
         ),
         "penalty-number": (dict(ok, penalty=0.1), r"penalty must be a function"),
+        "batch-size-with-a-loader": (
+            dict(
+                train=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y)),
+                batch_size=64,
+            ),
+            r"batch_size is for in-memory \(x, y\) data; a loader makes its own batches",
+        ),
         "model-function": (dict(ok, model=model), r"model must be a torch\.nn\.Module"),
     }
 

@@ -58,6 +58,16 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         )
 
 
+def check_batch_size(data, batch_size) -> None:
+    """A ``batch_size`` given with a loader, which makes its own batches, would be ignored."""
+    if data.loader is not None and batch_size is not None:
+        raise ConfigError(
+            f"fit: batch_size is for in-memory (x, y) data; a loader makes its own batches "
+            f"(DataLoader(..., batch_size={batch_size!r})); received batch_size={batch_size!r} "
+            "with one"
+        )
+
+
 def metrics_for(loss, metrics: Sequence[str] | str | None) -> tuple[str, ...]:
     """The metrics to record: one name as itself; by default (None) accuracy for a
     classification loss and none for ``"mse"``, whose accuracy would mean nothing."""

@@ -72,7 +72,7 @@ def fit(
     optimizer: torch.optim.Optimizer | Callable | None = None,
     scheduler=None,
     epochs: int = 10,
-    batch_size: int | str = 32,
+    batch_size: int | str | None = None,
     val=None,
     metrics: Sequence[str] | None = None,
     callbacks: Iterable[Callback] = (),
@@ -103,7 +103,7 @@ def fit(
 
     * ``batch_size="full"``: batch gradient descent, one step per epoch on the whole set;
     * ``batch_size=1``: stochastic gradient descent, one sample per step;
-    * ``batch_size=n``: mini-batch gradient descent.
+    * ``batch_size=n``: mini-batch gradient descent (default: 32; a loader batches itself).
 
     ``optimizer`` is an optimizer of the model's parameters or a function ``params -> optimizer``
     (default: ``gradwise.optim.Adam`` with lr 1e-3). ``scheduler`` is a
@@ -205,7 +205,8 @@ def fit(
         callbacks.append(TensorBoard(tensorboard))
     if augment is not None and not callable(augment):
         checks.refuse("fit", "augment", "None or a callable augment(x, generator) -> x", augment)
-    data = Batches(train, batch_size, dev, "train", augment)
+    data = Batches(train, 32 if batch_size is None else batch_size, dev, "train", augment)
+    arguments.check_batch_size(data, batch_size)
     val_data = Batches(val, "full", dev, "val") if val is not None else None
     arguments.check_inputs(model, data, val_data)
     if ctx is not None and data.loader is None:

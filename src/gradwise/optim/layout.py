@@ -47,13 +47,11 @@ def flatten(
     one buffer at a time."""
     params = seg.params
     like = params[0]
-    seg.slices, offset, order = plan_layout(params)
-    small = [i for i in order if params[i].numel() < engine.DIRECT_NUMEL]
+    seg.slices, offset, _ = plan_layout(params)
+    small = _small(params)
     # the small tensors' piece ends aligned: in the gap before the first large tensor, or in
     # the buffers' own aligned end
     seg.small = _aligned(seg.slices[small[-1]].stop, like.element_size()) if small else 0
-    seg.small_params = [params[i] for i in small]
-    seg.large = [(params[i], seg.slices[i]) for i in order[len(small) :]]
     gaps = _gaps(seg.slices, offset)
     if not params_moved:
         move_params(seg)
@@ -106,22 +104,25 @@ def part(
                     buffer[where[id(p)]].zero_()
     kept.param, kept.state = seg.param, seg.state
     kept.slices = [where[id(p)] for p in kept.params]
-    small = [i for i, p in enumerate(kept.params) if p.numel() < engine.DIRECT_NUMEL]
+    small = _small(kept.params)
     kept.small = seg.small if small else 0  # no small piece to step without small tensors
-    kept.small_params = [kept.params[i] for i in small]
-    kept.large = [
-        (p, sl) for p, sl in zip(kept.params, kept.slices) if p.numel() >= engine.DIRECT_NUMEL
-    ]
     _index(kept, small, states, has_step, scalars)
     return parts
+
+
+def _small(params: list[Tensor]) -> list[int]:
+    """The indices of the tensors under :data:`engine.DIRECT_NUMEL` elements, in order."""
+    return [i for i, p in enumerate(params) if p.numel() < engine.DIRECT_NUMEL]
 
 
 def _index(seg: Segment, small: list[int], states: dict, has_step: bool, scalars) -> None:
     """What a segment whose tensors lie in its flat buffers at ``seg.slices`` keeps to step
     them: its step counters and scalar state as one tensor each (views of it in ``states``),
-    the parameters' addresses, the small ones' (indices ``small``) table; no gradient buffer
-    yet."""
+    the small tensors (indices ``small``) and the large ones, the parameters' addresses, the
+    small ones' table; no gradient buffer yet."""
     params = seg.params
+    seg.small_params = [params[i] for i in small]
+    seg.large = [(p, sl) for p, sl in zip(params, seg.slices) if p.numel() >= engine.DIRECT_NUMEL]
     seg.views_at = {}
     seg.kernel_plans = {}  # their CUDA graphs (plans.Plan) are bound to the old buffers
     seg.small_index, seg.grad, seg.small_views, seg.whole_grad = small, None, [], False

@@ -93,11 +93,7 @@ class Batches:
 
     def _epoch(self, generator: torch.Generator, shard: distributed.Shard | None):
         if self.loader is not None:
-            count = 0
-            for count, (xb, yb) in enumerate(self.loader, 1):  # noqa: B007 (counted)
-                yield xb.to(self.device), yb.to(self.device)
-            if count == 0:
-                raise ConfigError(f"fit: the {self.what} loader gave no batches (is it empty?)")
+            yield from self._loaded()
             return
         if shard is not None:
             yield from self._shards(generator, shard)
@@ -125,13 +121,18 @@ class Batches:
             mine = batch[start:stop]
             yield self.x[mine], self.y[mine]
 
+    def _loaded(self):
+        """The loader's batches on the device; a loader that gives none is refused (it would
+        train or validate on nothing)."""
+        count = 0
+        for count, (xb, yb) in enumerate(self.loader, 1):  # noqa: B007 (counted)
+            yield xb.to(self.device), yb.to(self.device)
+        if count == 0:
+            raise ConfigError(f"fit: the {self.what} loader gave no batches (is it empty?)")
+
     def chunks(self, size: int):
         if self.loader is not None:
-            count = 0
-            for count, (xb, yb) in enumerate(self.loader, 1):  # noqa: B007 (counted)
-                yield xb.to(self.device), yb.to(self.device)
-            if count == 0:
-                raise ConfigError(f"fit: the {self.what} loader gave no batches (is it empty?)")
+            yield from self._loaded()
             return
         for i in range(0, len(self.x), size):
             yield self.x[i : i + size], self.y[i : i + size]

@@ -66,7 +66,7 @@ def monitored(owner: str, monitor: str, state) -> float:
 def _weights(state) -> dict:
     """A copy of the weights the epoch's numbers are of: an EMA's average when there is one
     (validation evaluates it, and it is what the fit leaves in the model), else the model's."""
-    model = state.evaluated if getattr(state, "evaluated", None) is not None else state.model
+    model = state.evaluated if state.evaluated is not None else state.model
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
